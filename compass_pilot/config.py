@@ -1,0 +1,271 @@
+"""Site configuration: one YAML file per site, validated on load.
+
+A site admin edits these files by hand on a MOM node or a pilot factory; a typo
+must fail at start with the file, the key and the expected type, not hours later
+in a batch job.  Each section is a dataclass; the loader walks the YAML against the
+dataclass fields and refuses unknown keys and wrong types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import string
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compass_pilot.errors import ConfigError
+
+
+@dataclass
+class SiteSection:
+    """Who we are to PanDA and where jobs run."""
+
+    name: str = "LOCAL"  # PanDA queue name, sent as siteName / site_name
+    resource_type: str = "SCORE"
+    computing_element: str = ""
+    job_label: str = "managed"  # prodSourceLabel asked for
+    workdir: str = "${TMPDIR}/compass-pilot"  # pilot work root; one subdir per job
+
+
+@dataclass
+class PandaSection:
+    """How to reach the PanDA server (or the embedded dispatcher)."""
+
+    url: str = "http://127.0.0.1:25080"
+    dialect: str = "legacy"  # "legacy" (/server/panda/<method>) or "v1" (/api/v1/pilot/<method>)
+    timeout: float = 60.0  # seconds per request
+    retries: int = 5  # attempts on connection errors and 5xx
+    backoff: float = 1.0  # first backoff in seconds, doubled each retry, with jitter
+    backoff_max: float = 60.0
+    x509_proxy: str = ""  # proxy file used as client cert + key; "" = X509_USER_PROXY if set
+    ca_dir: str = ""  # CA directory; "" = X509_CERT_DIR or /etc/grid-security/certificates if present
+    token_file: str = ""  # bearer token file; "" = OIDC_AUTH_TOKEN / PANDA_AUTH_TOKEN if set
+    origin: str = ""  # Origin header sent with a token (the VO / issuer)
+    verify: bool = True  # verify the server certificate (https only)
+    proxy_warn_hours: float = 24.0  # warn when the proxy has less life than this
+    max_response_bytes: int = 64 * 1024 * 1024  # refuse larger answers
+
+
+@dataclass
+class GridSection:
+    """One pilot, one job at a time (pilot-factory mode)."""
+
+    heartbeat_interval: float = 1800.0  # seconds between running heartbeats (pilot3: 1800)
+    max_jobs: int = 1  # jobs to run before exiting (0 = until the server has none)
+    payload_grace: float = 60.0  # SIGTERM → SIGKILL grace
+    sample_interval: float = 60.0  # psutil sampling of the payload (low rate)
+    looping_timeout: float = 0.0  # kill if no output file changes for this long (0 = off)
+
+
+@dataclass
+class StorageSection:
+    """Where input comes from and output goes: a local root or an XRootD endpoint."""
+
+    copytool: str = "local"  # "local" or "xrootd"
+    input_root: str = ""  # local dir or root://host:port//path
+    output_root: str = ""
+    link_inputs: bool = False  # local copytool: symlink instead of copy
+    retries: int = 3
+    timeout: float = 600.0  # seconds per transfer
+
+
+@dataclass
+class CalibDBSection:
+    """The calibration database the payload reads."""
+
+    backend: str = "sqlite"  # "sqlite", "mariadb" or "external"
+    snapshot: str = ""  # sqlite file, or mariadb datadir / tar; "" = the demo's bundled one
+    scratch_dir: str = "${TMPDIR}"  # node-local scratch for the private instance
+    start_timeout: float = 60.0
+    stop_timeout: float = 30.0
+    mariadbd: str = ""  # path of mariadbd; "" = look on PATH and in /usr/sbin
+    host: str = ""  # external backend
+    port: int = 3306
+    user: str = "root"
+    password_file: str = ""
+    database: str = "calib"
+
+
+@dataclass
+class QueueSection:
+    """One batch queue class: which job types go there and how long they may run."""
+
+    name: str = "long"  # the batch system's queue name
+    job_types: list[str] = field(default_factory=list)
+    max_walltime: int = 18 * 3600  # seconds
+    walltime_margin: int = 600  # added to the jobs' own limit
+
+
+@dataclass
+class HPCSection:
+    """Multi-job mode on a MOM node."""
+
+    max_jobs: int = 512  # per submission
+    max_nodes: int = 16
+    slots_per_node: int = 32
+    min_jobs: int = 1  # fewer than this from PanDA: wait instead of submitting
+    max_submissions: int = 2  # in flight at once
+    poll_interval: float = 30.0  # seconds between report / batch checks
+    heartbeat_interval: float = 1800.0
+    no_jobs_backoff: float = 60.0  # first wait when PanDA has no jobs (doubles, capped)
+    no_jobs_backoff_max: float = 1800.0
+    launcher: str = "mpiexec"  # "mpiexec", "aprun" or "srun"
+    batch_url: str = "fork://localhost"  # radical.saga job service URL
+    project: str = ""  # account / allocation
+    fake_nodes: bool = False  # one host plays several nodes (tests, demo)
+    shared_dir: str = "${TMPDIR}/compass-pilot/hpc"  # visible from MOM and compute nodes
+    python: str = ""  # interpreter on the compute nodes; "" = this one
+    queues: list[QueueSection] = field(
+        default_factory=lambda: [
+            QueueSection(name="long", job_types=["reco", "ddd"], max_walltime=18 * 3600),
+            QueueSection(name="medium", job_types=["merge_mdst"], max_walltime=6 * 3600),
+            QueueSection(name="short", job_types=["merge_hist", "merge_dump", "xcheck"], max_walltime=2 * 3600),
+        ]
+    )
+
+
+@dataclass
+class SiteConfig:
+    """The whole site file."""
+
+    site: SiteSection = field(default_factory=SiteSection)
+    panda: PandaSection = field(default_factory=PandaSection)
+    grid: GridSection = field(default_factory=GridSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    calibdb: CalibDBSection = field(default_factory=CalibDBSection)
+    hpc: HPCSection = field(default_factory=HPCSection)
+    journal: str = ""  # journal file; "" = <workdir>/journal.sqlite
+    source: str = "<defaults>"  # the file it came from (not a YAML key)
+
+
+def expand(value: str) -> str:
+    """Expand ``${VAR}`` / ``~`` in paths; ``${TMPDIR}`` defaults to /tmp."""
+    env = dict(os.environ)
+    env.setdefault("TMPDIR", "/tmp")
+    return os.path.expanduser(string.Template(value).safe_substitute(env))
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where, source)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {where}: expected {_type_name(tp)}, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where, source)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: {where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {where}: unsupported type {tp}")
+
+
+def _build(cls: Any, data: dict[str, Any], where: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key {path!r} (known here: {known})")
+        kwargs[key] = _convert(value, hints[key], path, source)
+    return cls(**kwargs)
+
+
+_CHOICES = {
+    ("panda", "dialect"): ("legacy", "v1"),
+    ("storage", "copytool"): ("local", "xrootd"),
+    ("calibdb", "backend"): ("sqlite", "mariadb", "external"),
+    ("hpc", "launcher"): ("mpiexec", "aprun", "srun"),
+}
+
+
+def validate(config: SiteConfig) -> SiteConfig:
+    """Checks across fields that types alone cannot express."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in choices:
+            raise ConfigError(f"{config.source}: {section}.{key}: expected one of {', '.join(choices)}, got {value!r}")
+    hpc = config.hpc
+    for key in ("max_jobs", "max_nodes", "slots_per_node", "max_submissions"):
+        if getattr(hpc, key) < 1:
+            raise ConfigError(f"{config.source}: hpc.{key}: expected a positive integer, got {getattr(hpc, key)}")
+    if hpc.max_jobs > hpc.max_nodes * hpc.slots_per_node:
+        raise ConfigError(
+            f"{config.source}: hpc.max_jobs: {hpc.max_jobs} exceeds max_nodes × slots_per_node "
+            f"({hpc.max_nodes} × {hpc.slots_per_node})"
+        )
+    seen: dict[str, str] = {}
+    for i, queue in enumerate(hpc.queues):
+        for job_type in queue.job_types:
+            if job_type in seen:
+                raise ConfigError(
+                    f"{config.source}: hpc.queues[{i}].job_types: {job_type!r} is already in queue {seen[job_type]!r}"
+                )
+            seen[job_type] = queue.name
+    if config.grid.heartbeat_interval < 1 or hpc.poll_interval < 1:
+        raise ConfigError(f"{config.source}: heartbeat and poll intervals must be at least 1 s (no busy polling)")
+    return config
+
+
+def load_site_config(path: str | os.PathLike[str] | None) -> SiteConfig:
+    """Load and validate a site file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return validate(SiteConfig())
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read site config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    config = _build(SiteConfig, data, "", source)
+    config.source = source
+    return validate(config)
+
+
+def config_to_dict(config: SiteConfig) -> dict[str, Any]:
+    """The config as plain data (to hand to a node agent or to print)."""
+    data = dataclasses.asdict(config)
+    data.pop("source", None)
+    return data
