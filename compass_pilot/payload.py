@@ -1,0 +1,286 @@
+"""Run one payload: own process group, logs to files, walltime watchdog, psutil samples.
+
+The old COMPASS pilots spent a CPU core each polling their payloads.  Here the only
+thing that wakes up is a waiter thread blocked in ``os.wait4`` (the kernel tells us
+when the payload ends) and a watchdog blocked on an ``Event`` with a timeout that is
+either the next psutil sample (default 60 s) or the walltime deadline, whichever
+comes first.  Killing always targets the whole process group, so a payload's
+children (coral.exe under a shell wrapper) cannot outlive it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from compass_pilot.errors import ErrorCode, code_for_signal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PayloadResult:
+    """How a payload ended and what it used."""
+
+    exit_code: int | None  # None when it was killed by a signal
+    signal: int | None
+    cpu_seconds: float
+    max_rss: int  # bytes, peak over the process tree
+    wall_seconds: float
+    timed_out: bool = False
+    killed_by: str = ""  # "", "walltime", "server", "pilot", "batch"
+    start_time: float = 0.0
+    end_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.killed_by
+
+    def error(self) -> tuple[int, str] | None:
+        """Pilot error code and diagnostic for an unsuccessful run, None if it exited 0."""
+        if self.killed_by == "walltime":
+            return ErrorCode.BATCH_TIME_LIMIT, f"payload exceeded its walltime after {self.wall_seconds:.0f} s"
+        if self.killed_by == "server":
+            return ErrorCode.KILLED_BY_SERVER, "payload killed on the server's request"
+        if self.killed_by == "batch":
+            return ErrorCode.BATCH_TIME_LIMIT, "payload killed at the end of the batch allocation"
+        if self.killed_by:
+            return ErrorCode.SIGTERM, f"payload killed by the pilot ({self.killed_by})"
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name if self.signal in signal.Signals.__members__.values() else "?"
+            return code_for_signal(self.signal), f"payload killed by signal {self.signal} ({name})"
+        if self.exit_code != 0:
+            return ErrorCode.PAYLOAD_FAILED, f"payload exited with code {self.exit_code}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PayloadResult:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _tree_rss(pid: int) -> int:
+    """Sum of RSS over a process and its descendants (0 if it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+class PayloadProcess:
+    """A payload running in its own session; non-blocking, with a blocking ``wait``."""
+
+    def __init__(
+        self,
+        cmd: list[str] | str,
+        workdir: Path,
+        env: dict[str, str],
+        *,
+        walltime: float = 0,
+        grace: float = 60,
+        sample_interval: float = 60,
+        stdout_name: str = "payload.stdout",
+        stderr_name: str = "payload.stderr",
+    ) -> None:
+        self.cmd = cmd
+        self.workdir = Path(workdir)
+        self.env = env
+        self.walltime = walltime
+        self.grace = grace
+        self.sample_interval = max(1.0, sample_interval)
+        self.stdout_path = self.workdir / stdout_name
+        self.stderr_path = self.workdir / stderr_name
+        self.pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._result: PayloadResult | None = None
+        self._killed_by = ""
+        self._peak_rss = 0
+        self._start = 0.0
+
+    def start(self) -> PayloadProcess:
+        """Start the payload; raises OSError if it cannot be started at all."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        shell = isinstance(self.cmd, str)
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self._proc = subprocess.Popen(  # noqa: S603 - the command is the job's payload by design
+                self.cmd,
+                shell=shell,
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                executable="/bin/bash" if shell else None,
+            )
+        self.pid = self._proc.pid
+        self._start = time.time()
+        log.info("payload started pid=%d workdir=%s", self.pid, self.workdir)
+        threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
+        threading.Thread(target=self._watch, name=f"watch-{self.pid}", daemon=True).start()
+        return self
+
+    # -- the two threads ---------------------------------------------------------------
+    def _reap(self) -> None:
+        """Block in wait4 until the payload ends: the kernel wakes us, nobody polls."""
+        assert self.pid is not None
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+        except ChildProcessError:  # reaped elsewhere (should not happen)
+            status, usage = 0, None
+        end = time.time()
+        exit_code = os.waitstatus_to_exitcode(status)
+        sig = -exit_code if exit_code < 0 else None
+        cpu = (usage.ru_utime + usage.ru_stime) if usage else 0.0
+        rss = max(self._peak_rss, (usage.ru_maxrss * 1024) if usage else 0)
+        if self._proc is not None:
+            self._proc.returncode = exit_code  # so Popen does not try to reap it again
+        # whatever the payload left behind in its group goes with it
+        self._signal_group(signal.SIGKILL)
+        with self._lock:
+            self._result = PayloadResult(
+                exit_code=None if sig else exit_code,
+                signal=sig,
+                cpu_seconds=round(cpu, 3),
+                max_rss=rss,
+                wall_seconds=round(end - self._start, 3),
+                timed_out=self._killed_by == "walltime",
+                killed_by=self._killed_by,
+                start_time=self._start,
+                end_time=end,
+            )
+        self._done.set()
+        log.info("payload pid=%d ended exit=%s signal=%s killed_by=%s", self.pid, exit_code, sig, self._killed_by)
+
+    def _watch(self) -> None:
+        """Sample memory at a low rate and enforce the walltime; sleeps on the done event."""
+        assert self.pid is not None
+        deadline = self._start + self.walltime if self.walltime > 0 else None
+        while not self._done.is_set():
+            timeout = self.sample_interval
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - time.time()))
+            if self._done.wait(timeout):
+                return
+            self._peak_rss = max(self._peak_rss, _tree_rss(self.pid))
+            if deadline is not None and time.time() >= deadline:
+                log.warning("payload pid=%d exceeded walltime %.0f s", self.pid, self.walltime)
+                self.kill("walltime")
+                return
+
+    # -- control -------------------------------------------------------------------------
+    def _signal_group(self, signum: int) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self, reason: str = "pilot", grace: float | None = None) -> None:
+        """SIGTERM the whole group, then SIGKILL after the grace period (in a timer thread)."""
+        if self._done.is_set():
+            return
+        with self._lock:
+            if not self._killed_by:
+                self._killed_by = reason
+        self._signal_group(signal.SIGTERM)
+        wait = self.grace if grace is None else grace
+
+        def _hard_kill() -> None:
+            if not self._done.wait(wait):
+                log.warning("payload pid=%s ignored SIGTERM for %.0f s: SIGKILL", self.pid, wait)
+                self._signal_group(signal.SIGKILL)
+
+        threading.Thread(target=_hard_kill, name=f"kill-{self.pid}", daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> PayloadResult | None:
+        """The result once the payload has ended, or None if ``timeout`` passed first."""
+        if not self._done.wait(timeout):
+            return None
+        return self._result
+
+    @property
+    def done(self) -> threading.Event:
+        """Set when the payload has ended (for callers that wait on several at once)."""
+        return self._done
+
+    def sample(self) -> dict[str, float]:
+        """Current CPU seconds and RSS of the tree (for heartbeats)."""
+        if self.pid is None or self._done.is_set():
+            return {}
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+            cpu = 0.0
+            for proc in procs:
+                try:
+                    times = proc.cpu_times()
+                    cpu += times.user + times.system
+                except psutil.Error:
+                    continue
+        except psutil.Error:
+            return {}
+        rss = _tree_rss(self.pid)
+        self._peak_rss = max(self._peak_rss, rss)
+        return {"cpu_seconds": cpu, "rss": rss, "max_rss": self._peak_rss}
+
+
+def run_payload(
+    cmd: list[str] | str,
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    walltime: float = 0,
+    grace: float = 60,
+    sample_interval: float = 60,
+    stop_event: threading.Event | None = None,
+    stdout_name: str = "payload.stdout",
+    stderr_name: str = "payload.stderr",
+) -> PayloadResult:
+    """Run a payload to its end; ``stop_event`` set → the payload is killed ("pilot")."""
+    proc = PayloadProcess(
+        cmd,
+        workdir,
+        env,
+        walltime=walltime,
+        grace=grace,
+        sample_interval=sample_interval,
+        stdout_name=stdout_name,
+        stderr_name=stderr_name,
+    ).start()
+    if stop_event is not None:
+
+        def _stop_on_event() -> None:
+            # Two events cannot be waited on together with threading; a 5 s period only
+            # bounds how long this helper thread outlives its payload.
+            while not proc.done.is_set():
+                if stop_event.wait(5):
+                    proc.kill("pilot")
+                    return
+
+        threading.Thread(target=_stop_on_event, daemon=True).start()
+    result = proc.wait()
+    assert result is not None
+    return result
