@@ -1,0 +1,185 @@
+"""The one job lifecycle both modes share: spec → stage-in → run → outputs → stage-out → report.
+
+Grid mode runs every step on the worker node.  Multi-job mode splits it: the MOM-node
+daemon calls :func:`prepare_job` and :func:`finish_job`, the node agent runs the payload
+in between.  Neither mode has its own copy of a step: the report a job ends with is
+built here and only here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compass_pilot.config import SiteConfig, expand
+from compass_pilot.errors import ErrorCode, PilotError, StageOutError
+from compass_pilot.experiment import compass
+from compass_pilot.job import JobReport, JobSpec, OutputFileReport, failed_report, new_guid, utc_timestamp
+from compass_pilot.payload import PayloadResult
+
+log = logging.getLogger(__name__)
+
+STDOUT_NAME = "payload.stdout"
+STDERR_NAME = "payload.stderr"
+
+
+@dataclass
+class Timing:
+    """Seconds spent per step, sent as pilotTiming ``getjob|stagein|payload|stageout|initsetup|setup``."""
+
+    getjob: float = 0.0
+    stagein: float = 0.0
+    payload: float = 0.0
+    stageout: float = 0.0
+    initsetup: float = 0.0
+    setup: float = 0.0
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def pilot_timing(self) -> str:
+        return "|".join(
+            str(round(v)) for v in (self.getjob, self.stagein, self.payload, self.stageout, self.initsetup, self.setup)
+        )
+
+
+def job_workdir(site: SiteConfig, job: JobSpec) -> Path:
+    """``<workdir>/PandaJob_<PandaID>_<attempt>``: a new attempt never reuses an old dir."""
+    return Path(expand(site.site.workdir)) / f"PandaJob_{job.panda_id}_{job.attempt_nr}"
+
+
+def prepare_job(job: JobSpec, site: SiteConfig, copytool: object, timing: Timing | None = None) -> Path:
+    """Create the job's work dir and stage its inputs in; raises PilotError with the right code."""
+    start = time.time()
+    workdir = job_workdir(site, job)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        code = ErrorCode.NO_LOCAL_SPACE if exc.errno == errno.ENOSPC else ErrorCode.GENERAL
+        raise PilotError(f"cannot create work dir {workdir}: {exc.strerror}", code) from None
+    need = sum(spec.fsize for spec in job.input_files)
+    free = shutil.disk_usage(workdir).free
+    if need and free < need:
+        raise PilotError(f"inputs need {need} bytes, {free} free in {workdir}", ErrorCode.NO_LOCAL_SPACE)
+    for spec in job.input_files:
+        src = compass.input_src_path(job, spec)
+        copytool.stage_in(spec, src, workdir)  # type: ignore[attr-defined]
+    if timing is not None:
+        timing.stagein = time.time() - start
+    return workdir
+
+
+def _pack_log(job: JobSpec, workdir: Path) -> Path | None:
+    """The job log tarball (payload stdout/stderr and any *.log) under the logFile name."""
+    if job.log_file is None:
+        return None
+    target = workdir / job.log_file.lfn
+    try:
+        with tarfile.open(target, "w:gz") as tar:
+            for name in sorted(p.name for p in workdir.iterdir()):
+                if name in (STDOUT_NAME, STDERR_NAME) or name.endswith(".log"):
+                    tar.add(workdir / name, arcname=f"{job.job_name}/{name}")
+    except OSError as exc:
+        log.warning("job %d: cannot pack log: %s", job.panda_id, exc)
+        return None
+    return target
+
+
+def _stage_out(job: JobSpec, workdir: Path, copytool: object, include_outputs: bool) -> list[OutputFileReport]:
+    reports = []
+    specs = list(job.output_files) if include_outputs else []
+    if job.log_file is not None:
+        specs.append(job.log_file)
+    for spec in specs:
+        local = workdir / spec.lfn
+        if not local.is_file():
+            if spec.kind == "log":
+                continue
+            raise PilotError(f"output {spec.lfn} was not produced", ErrorCode.MISSING_OUTPUT)
+        dest = compass.output_dest_path(job, spec)
+        report = copytool.stage_out(local, dest, guid=spec.guid or new_guid())  # type: ignore[attr-defined]
+        reports.append(report)
+    return reports
+
+
+def finish_job(
+    job: JobSpec,
+    workdir: Path,
+    result: PayloadResult,
+    site: SiteConfig,
+    copytool: object,
+    timing: Timing | None = None,
+    verdict: tuple[int, str] | str | None = "check",
+) -> JobReport:
+    """Judge the payload, stage out outputs (and the log), and build the final report.
+
+    ``verdict`` is the payload check already made elsewhere (the node agent makes it
+    next to the logs); by default it is made here from the log files.
+    """
+    timing = timing or Timing()
+    stdout = compass.tail(workdir / STDOUT_NAME)
+    stderr = compass.tail(workdir / STDERR_NAME)
+    if verdict == "check":
+        verdict = compass.check_payload_output(job, stdout, stderr, result)
+    n_events = compass.count_events(job, stdout)
+    common = {
+        "core_count": job.core_count,
+        "cpu_consumption_time": round(result.cpu_seconds),
+        "max_rss": result.max_rss // 1024 if result.max_rss else None,  # kB, as pilot3 sends it
+        "start_time": utc_timestamp(result.start_time) if result.start_time else None,
+        "trans_exit_code": result.exit_code if result.exit_code is not None else None,
+        "exe_error_code": result.exit_code if result.exit_code not in (None, 0) else None,
+    }
+    timing.payload = result.wall_seconds
+    start = time.time()
+    if verdict is not None:
+        code, diag = verdict  # type: ignore[misc]
+        logs: list[OutputFileReport] = []
+        _pack_log(job, workdir)
+        try:
+            logs = _stage_out(job, workdir, copytool, include_outputs=False)
+        except PilotError as exc:
+            log.warning("job %d: log stage-out failed: %s", job.panda_id, exc.diag)
+        timing.stageout = time.time() - start
+        report = failed_report(job.panda_id, job.attempt_nr, code, diag, **common)
+        report.n_events = n_events
+        report.output_files = logs
+        report.pilot_timing = timing.pilot_timing()
+        return report
+    _pack_log(job, workdir)
+    try:
+        files = _stage_out(job, workdir, copytool, include_outputs=True)
+    except PilotError as exc:
+        timing.stageout = time.time() - start
+        report = failed_report(job.panda_id, job.attempt_nr, exc.code, exc.diag, **common)
+        report.pilot_timing = timing.pilot_timing()
+        report.n_events = n_events
+        return report
+    except OSError as exc:
+        code = ErrorCode.NO_LOCAL_SPACE if exc.errno == errno.ENOSPC else ErrorCode.STAGE_OUT_FAILED
+        err = StageOutError(f"stage-out failed: {exc}", code)
+        return failed_report(job.panda_id, job.attempt_nr, err.code, err.diag, **common)
+    timing.stageout = time.time() - start
+    for i, f in enumerate(files):
+        if f.lfn.startswith("mDST-") and n_events is not None:
+            files[i] = OutputFileReport(f.lfn, f.guid, f.fsize, f.adler32, f.surl, n_events)
+    return JobReport(
+        panda_id=job.panda_id,
+        state="finished",
+        attempt_nr=job.attempt_nr,
+        n_events=n_events,
+        end_time=utc_timestamp(),
+        pilot_error_code=0,
+        pilot_timing=timing.pilot_timing(),
+        job_metrics=f"coreCount={job.core_count} nEvents={n_events or 0}",
+        output_files=files,
+        **common,
+    )
+
+
+def clean_workdir(workdir: Path) -> None:
+    """Remove a finished job's work dir (outputs are safe at the destination by now)."""
+    shutil.rmtree(workdir, ignore_errors=True)
