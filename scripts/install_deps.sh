@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what compass-pilot and its test suite need on a fresh Debian machine (run as root).
+# Real servers only: MariaDB (calibration DB), XRootD (stage-in/out), Slurm + munge (batch path),
+# MPICH via the mpich wheel (node agents). Idempotent: re-running installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(mariadb-server-core mariadb-client slurmctld slurmd slurm-client munge xrootd-server xrootd-client
+      iproute2 util-linux openssl procps)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+python3 -m pip install -q -e '.[mpi,saga,mysql,test]'
