@@ -1,0 +1,170 @@
+"""The two bulk mechanisms, named as Balsam names them: a job source and a status updater.
+
+The Blue Waters pilot asked for jobs one request at a time and reported one
+``updateJob`` per job per round; with 512 jobs that is what overloaded both the
+pilot and the server.  Here:
+
+- :class:`JobSource` fetches a whole job set in ONE ``get_jobs(n)`` request and backs
+  off (doubling, capped) while the server has none;
+- :class:`StatusUpdater` pools every pending state change into ONE ``update_jobs``
+  request per round.  Intermediate states are coalesced (only the newest per job is
+  sent); a final state stays pending until the server acknowledges it, and once
+  acknowledged it is never sent again.
+
+Both modes use them, so neither has a per-job request loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from compass_pilot.errors import ServerError
+from compass_pilot.job import JobReport
+
+log = logging.getLogger(__name__)
+
+
+class ReportJournal(Protocol):
+    """What the status updater needs from the durable journal (compass_pilot.journal)."""
+
+    def report_queued(self, report: JobReport) -> None: ...
+    def report_acked(self, report: JobReport, command: str | None) -> None: ...
+    def final_acked(self, panda_id: int, attempt_nr: int) -> bool: ...
+
+
+@dataclass
+class SourceStats:
+    requests: int = 0
+    jobs: int = 0
+    empty: int = 0
+    last_contact: float = 0.0
+
+
+class JobSource:
+    """Prefetch job sets in one request each; exponential backoff while PanDA is empty."""
+
+    def __init__(self, client: Any, *, backoff: float = 60.0, backoff_max: float = 1800.0) -> None:
+        self.client = client
+        self.backoff_first = backoff
+        self.backoff_max = backoff_max
+        self._next_try = 0.0
+        self._backoff = backoff
+        self.stats = SourceStats()
+
+    def ready(self, now: float | None = None) -> bool:
+        """Whether a fetch is allowed now (not inside a no-jobs backoff)."""
+        return (now or time.time()) >= self._next_try
+
+    def seconds_until_ready(self) -> float:
+        return max(0.0, self._next_try - time.time())
+
+    def fetch(self, n: int) -> list[dict[str, Any]]:
+        """Up to n raw job dicts in one request; [] (and a longer backoff) when there are none."""
+        if n <= 0 or not self.ready():
+            return []
+        self.stats.requests += 1
+        try:
+            jobs = self.client.get_jobs(n)
+        except ServerError as exc:
+            log.warning("getJob failed: %s", exc)
+            self._defer()
+            return []
+        self.stats.last_contact = time.time()
+        if not jobs:
+            self.stats.empty += 1
+            self._defer()
+            log.info("no jobs from PanDA; next try in %.0f s", self._backoff / 2)
+            return []
+        self._backoff = self.backoff_first
+        self._next_try = 0.0
+        self.stats.jobs += len(jobs)
+        return list(jobs)
+
+    def _defer(self) -> None:
+        self._next_try = time.time() + self._backoff
+        self._backoff = min(self._backoff * 2, self.backoff_max)
+
+
+@dataclass
+class UpdaterStats:
+    requests: int = 0
+    updates_sent: int = 0
+    finals_acked: int = 0
+    failures: int = 0
+    last_contact: float = 0.0
+    per_round: list[int] = field(default_factory=list)
+
+
+class StatusUpdater:
+    """Pools job updates into one bulk request per flush; finals are retried until acknowledged."""
+
+    def __init__(self, client: Any, journal: ReportJournal | None = None) -> None:
+        self.client = client
+        self.journal = journal
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[int, int], JobReport] = {}
+        self._acked_final: set[tuple[int, int]] = set()
+        self.commands: dict[int, str] = {}  # PandaID → last non-NULL command from the server
+        self.stats = UpdaterStats()
+
+    def queue(self, report: JobReport) -> None:
+        """Queue an update; a newer state of the same job replaces an older non-final one."""
+        key = (report.panda_id, report.attempt_nr)
+        with self._lock:
+            if key in self._acked_final or (self.journal is not None and self.journal.final_acked(*key)):
+                log.info("job %d attempt %d: final state already acknowledged, not re-sent", *key)
+                return
+            current = self._pending.get(key)
+            if current is not None and current.is_final and not report.is_final:
+                return  # never downgrade a pending final state
+            self._pending[key] = report
+            if self.journal is not None:
+                self.journal.report_queued(report)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def pending_finals(self) -> int:
+        with self._lock:
+            return sum(1 for r in self._pending.values() if r.is_final)
+
+    def flush(self) -> dict[int, str | None]:
+        """Send everything pending in ONE request; returns PandaID → command for the answered jobs."""
+        with self._lock:
+            batch = list(self._pending.values())
+        if not batch:
+            return {}
+        self.stats.requests += 1
+        self.stats.per_round.append(len(batch))
+        try:
+            answers = self.client.update_jobs(batch)
+        except ServerError as exc:
+            self.stats.failures += 1
+            log.warning("bulk update of %d jobs failed, kept for the next round: %s", len(batch), exc)
+            return {}
+        self.stats.last_contact = time.time()
+        self.stats.updates_sent += len(batch)
+        commands: dict[int, str | None] = {}
+        with self._lock:
+            for report, answer in zip(batch, answers, strict=False):
+                key = (report.panda_id, report.attempt_nr)
+                command = getattr(answer, "command", None)
+                commands[report.panda_id] = command
+                if command:
+                    self.commands[report.panda_id] = command
+                if not getattr(answer, "ok", False) and report.is_final and command != "tobekilled":
+                    continue  # keep it: a final state must be acknowledged
+                # a rejected intermediate update, or a job the server told us to drop, is done with
+                if self._pending.get(key) is report:
+                    del self._pending[key]
+                if report.is_final:
+                    self._acked_final.add(key)
+                    self.stats.finals_acked += 1
+                if self.journal is not None:
+                    self.journal.report_acked(report, command)
+        return commands

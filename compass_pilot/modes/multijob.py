@@ -1,0 +1,505 @@
+"""Multi-job HPC mode: the MOM-node daemon.
+
+One daemon per MOM node replaces hundreds of per-job pilots.  Each round it:
+
+1. fetches a job set in ONE request (:class:`~compass_pilot.bulk.JobSource`) when
+   fewer than ``hpc.max_submissions`` submissions are in flight;
+2. packs the jobs (``hpc.packing.plan_submissions``: ≤512 jobs, ≤16 nodes × 32 slots,
+   queue by job type; a smaller submission when PanDA has fewer jobs), stages their
+   inputs in (the shared :mod:`compass_pilot.lifecycle`), writes the job set and
+   submits it through the batch plugins (the same Harvester plugins Harvester loads);
+3. reads the node agents' per-job ``.started`` markers and result files, stages the
+   outputs out and builds each job's final report with the same lifecycle code as
+   grid mode;
+4. reports every change in ONE bulk request (:class:`~compass_pilot.bulk.StatusUpdater`),
+   and sends running heartbeats for all running jobs in that same request every
+   ``hpc.heartbeat_interval``.
+
+Between rounds it sleeps on an Event for ``hpc.poll_interval`` seconds (30 s at a
+real site): the daemon is idle almost all the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from compass_pilot import lifecycle
+from compass_pilot.bulk import JobSource, StatusUpdater
+from compass_pilot.config import SiteConfig, config_to_dict, expand, load_site_config
+from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
+from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
+from compass_pilot.payload import PayloadResult
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "daemon_state.json"
+
+
+class BatchBackend(Protocol):
+    """How the daemon reaches the batch system (implemented on the Harvester plugins)."""
+
+    def submit(self, submission: Any, subdir: Path, jobset: Path) -> str: ...
+    def status(self, batch_id: str, subdir: Path) -> str: ...  # WorkSpec statuses
+    def kill(self, batch_id: str, subdir: Path) -> None: ...
+
+
+@dataclass
+class JobEntry:
+    """What the daemon tracks for one job of a submission."""
+
+    panda_id: int
+    attempt_nr: int
+    workdir: str
+    state: str = "starting"  # starting → running → final
+    started_at: float = 0.0
+    final: str = ""
+
+
+@dataclass
+class SubmissionState:
+    """One batch submission in flight; persisted so `status` (and a restart) can read it."""
+
+    sub_id: str
+    queue: str
+    nodes: int
+    walltime: int
+    subdir: str
+    batch_id: str = ""
+    created: float = field(default_factory=time.time)
+    batch_status: str = "submitted"
+    jobs: dict[str, JobEntry] = field(default_factory=dict)  # str(PandaID) → entry
+    done: bool = False
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.subdir) / "reports"
+
+
+class MultiJobDaemon:
+    """The MOM-node loop; one instance per daemon process."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        client: Any,
+        backend: BatchBackend,
+        *,
+        stop_event: threading.Event | None = None,
+        copytool: Any = None,
+    ) -> None:
+        self.site = site
+        self.client = client
+        self.backend = backend
+        self.stop_event = stop_event or threading.Event()
+        self.shared = Path(expand(site.hpc.shared_dir))
+        self.shared.mkdir(parents=True, exist_ok=True)
+        hpc = site.hpc
+        self.source = JobSource(client, backoff=hpc.no_jobs_backoff, backoff_max=hpc.no_jobs_backoff_max)
+        self.updater = StatusUpdater(client)
+        self.submissions: dict[str, SubmissionState] = {}
+        self.specs: dict[int, JobSpec] = {}
+        self.errors: Counter[int] = Counter()
+        self.recent_errors: list[tuple[float, int, int, str]] = []
+        self.final_states: dict[int, str] = {}
+        self._copytool = copytool
+        self._last_heartbeat = 0.0
+        self._seq = 0
+        self.rounds = 0
+        self._wake = threading.Event()  # set to cut a round's sleep short (stop, terminate)
+        self._stopping_hard = False
+
+    # -- plumbing ------------------------------------------------------------------------
+    @property
+    def copytool(self) -> Any:
+        if self._copytool is None:
+            from compass_pilot.copytools import make_copytool
+
+            self._copytool = make_copytool(self.site.storage)
+        return self._copytool
+
+    def stop(self) -> None:
+        """Stop fetching; finish what is in flight, report it, then exit."""
+        self.stop_event.set()
+        self._wake.set()
+
+    def _final(self, report: JobReport) -> None:
+        self.final_states[report.panda_id] = report.state
+        if report.state == "failed" and report.pilot_error_code:
+            self.errors[report.pilot_error_code] += 1
+            self.recent_errors.append(
+                (time.time(), report.panda_id, report.pilot_error_code, report.pilot_error_diag or "")
+            )
+            del self.recent_errors[:-20]
+        report.site_name = report.site_name or self.site.site.name
+        self.updater.queue(report)
+
+    def in_flight(self) -> int:
+        return sum(1 for s in self.submissions.values() if not s.done)
+
+    # -- fetch, pack, stage in, submit ---------------------------------------------------
+    def fetch_and_submit(self) -> int:
+        """One bulk fetch; returns the number of jobs submitted to the batch system."""
+        from hpc.packing import plan_submissions
+
+        hpc = self.site.hpc
+        if self.in_flight() >= hpc.max_submissions or not self.source.ready():
+            return 0
+        raw_jobs = self.source.fetch(hpc.max_jobs)
+        if not raw_jobs:
+            return 0
+        jobs: list[JobSpec] = []
+        for data in raw_jobs:
+            try:
+                jobs.append(JobSpec.from_panda(data))
+            except BadJobSpec as exc:
+                panda_id = exc.panda_id or panda_id_of(data)
+                log.error("bad job spec: %s", exc.diag)
+                if panda_id is not None:
+                    attempt = _int_or_zero(data.get("attemptNr")) if isinstance(data, dict) else 0
+                    self._final(failed_report(panda_id, attempt, exc.code, exc.pilot_error_diag()))
+        submitted = 0
+        for submission in plan_submissions(jobs, hpc) if jobs else []:
+            submitted += self._submit(submission)
+        return submitted
+
+    def _submit(self, submission: Any) -> int:
+        from hpc.jobset import write_jobset
+
+        self._seq += 1
+        sub_id = f"sub-{int(time.time())}-{os.getpid()}-{self._seq}"
+        subdir = self.shared / sub_id
+        (subdir / "reports").mkdir(parents=True, exist_ok=True)
+        site = _with_workdir(self.site, str(subdir / "jobs"))
+        state = SubmissionState(
+            sub_id=sub_id,
+            queue=submission.queue,
+            nodes=submission.nodes,
+            walltime=submission.walltime,
+            subdir=str(subdir),
+        )
+        start = utc_timestamp()
+        workdirs: dict[int, str] = {}
+        runnable = []
+        for job in submission.jobs:
+            self.specs[job.panda_id] = job
+            self.updater.queue(
+                JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
+            )
+            try:
+                workdir = lifecycle.prepare_job(job, site, self.copytool)
+            except PilotError as exc:
+                log.error("job %d: stage-in failed: %s", job.panda_id, exc.pilot_error_diag())
+                self._final(failed_report(job.panda_id, job.attempt_nr, exc.code, exc.pilot_error_diag()))
+                continue
+            workdirs[job.panda_id] = str(workdir)
+            runnable.append(job)
+            state.jobs[str(job.panda_id)] = JobEntry(job.panda_id, job.attempt_nr, str(workdir))
+        if not runnable:
+            return 0
+        if len(runnable) != len(submission.jobs):
+            from hpc.packing import plan_submissions
+
+            submission = plan_submissions(runnable, self.site.hpc)[0]
+        jobset = subdir / "jobset.json"
+        write_jobset(jobset, submission, config_to_dict(self.site), workdirs, str(subdir))
+        try:
+            state.batch_id = self.backend.submit(submission, subdir, jobset)
+        except Exception as exc:  # a batch error fails this submission's jobs, never the daemon
+            diag = f"batch submission failed: {exc}"
+            log.error("%s: %s", sub_id, diag)
+            for job in runnable:
+                self._final(failed_report(job.panda_id, job.attempt_nr, ErrorCode.GENERAL, diag))
+            state.done = True
+            self.submissions[sub_id] = state
+            return 0
+        log.info(
+            "%s: %d jobs on %d nodes, queue %s, walltime %d s, batch id %s",
+            sub_id,
+            len(runnable),
+            submission.nodes,
+            submission.queue,
+            submission.walltime,
+            state.batch_id,
+        )
+        self.submissions[sub_id] = state
+        self._persist(state)
+        return len(runnable)
+
+    # -- watch ---------------------------------------------------------------------------
+    def watch(self) -> None:
+        """Turn node agents' markers and result files into updates; settle ended batch jobs."""
+        for state in self.submissions.values():
+            if state.done:
+                continue
+            self._collect(state)
+            if all(entry.final for entry in state.jobs.values()):
+                state.done = True
+                self._persist(state)
+                continue
+            status = self.backend.status(state.batch_id, Path(state.subdir))
+            state.batch_status = status
+            if status in ("finished", "failed", "cancelled", "missed"):
+                self._collect(state)  # results written just before the batch job ended
+                for entry in state.jobs.values():
+                    if not entry.final:
+                        diag = f"batch job {state.batch_id} ended ({status}) without a result for this job"
+                        code = ErrorCode.BATCH_TIME_LIMIT if entry.state == "running" else ErrorCode.LOST_CONTACT
+                        self._finish_entry(state, entry, None, (code, diag))
+                state.done = True
+            self._persist(state)
+
+    def _collect(self, state: SubmissionState) -> None:
+        reports = state.reports_dir
+        try:
+            names = set(os.listdir(reports))
+        except FileNotFoundError:
+            return
+        for key, entry in state.jobs.items():
+            if entry.final:
+                continue
+            if f"{key}.json" in names:
+                try:
+                    data = json.loads((reports / f"{key}.json").read_text())
+                except (OSError, ValueError) as exc:
+                    log.warning("job %s: unreadable result file: %s", key, exc)
+                    continue
+                self._finish_entry(state, entry, data, None)
+            elif entry.state == "starting" and f"{key}.started" in names:
+                entry.state = "running"
+                entry.started_at = time.time()
+                self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1))
+
+    def _finish_entry(
+        self, state: SubmissionState, entry: JobEntry, data: dict[str, Any] | None, verdict: tuple[int, str] | None
+    ) -> None:
+        job = self.specs.get(entry.panda_id)
+        if job is None:
+            return
+        if data is not None:
+            result = PayloadResult.from_dict(data.get("result", data))
+            check = data.get("verdict")
+            verdict = tuple(check) if check else None  # type: ignore[assignment]
+            report = lifecycle.finish_job(job, Path(entry.workdir), result, self.site, self.copytool, verdict=verdict)
+        else:
+            assert verdict is not None
+            report = failed_report(job.panda_id, job.attempt_nr, verdict[0], verdict[1])
+        report.batch_id = state.batch_id
+        entry.final = report.state
+        entry.state = report.state
+        self._final(report)
+        if report.state == "finished":
+            lifecycle.clean_workdir(Path(entry.workdir))
+
+    # -- heartbeats and reporting --------------------------------------------------------
+    def heartbeat_due(self) -> bool:
+        return time.time() - self._last_heartbeat >= self.site.hpc.heartbeat_interval
+
+    def queue_heartbeats(self) -> None:
+        for state in self.submissions.values():
+            for entry in state.jobs.values():
+                if entry.state == "running" and not entry.final:
+                    self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, batch_id=state.batch_id))
+        self._last_heartbeat = time.time()
+
+    def act_on_commands(self, commands: dict[int, str | None]) -> None:
+        """Server kill commands: the Blue Waters pilot ignored them; we record them for the agent."""
+        for panda_id, command in commands.items():
+            if command not in ("tobekilled", "softkill"):
+                continue
+            for state in self.submissions.values():
+                entry = state.jobs.get(str(panda_id))
+                if entry is not None and not entry.final:
+                    kill_file = state.reports_dir / f"{panda_id}.kill"
+                    kill_file.write_text(command)
+                    log.warning("job %d: server says %s: asked the node agent to kill it", panda_id, command)
+
+    def round(self) -> None:
+        """One pass: fetch/submit if there is room, collect results, report in one request."""
+        self.rounds += 1
+        if not self.stop_event.is_set():
+            self.fetch_and_submit()
+        self.watch()
+        if self.heartbeat_due():
+            self.queue_heartbeats()
+        commands = self.updater.flush()
+        self.act_on_commands(commands)
+        self._write_daemon_state()
+
+    def run(self, *, once: bool = False, max_cycles: int = 0) -> None:
+        """Loop until stopped; ``once``: stop fetching after the first submission and drain."""
+        submitted_cycles = 0
+        while True:
+            before = self._seq
+            self.round()
+            if self._seq > before:
+                submitted_cycles += 1
+            draining = (
+                self.stop_event.is_set()
+                or (once and submitted_cycles >= 1)
+                or (max_cycles and submitted_cycles >= max_cycles)
+            )
+            if draining:
+                self.stop_event.set()
+                if self.in_flight() == 0 and self.updater.pending_finals() == 0:
+                    break
+                if self._stopping_hard:
+                    break
+            wait = self.site.hpc.poll_interval
+            if self.in_flight() == 0 and not draining:
+                wait = max(wait, min(self.source.seconds_until_ready(), self.site.hpc.no_jobs_backoff_max))
+            self._wake.wait(wait)
+            self._wake.clear()
+        self._write_daemon_state()
+
+    def terminate(self) -> None:
+        """SIGTERM: stop fetching, kill the batch jobs, report what is left, exit."""
+        self._stopping_hard = True
+        self.stop_event.set()
+        for state in self.submissions.values():
+            if not state.done and state.batch_id:
+                try:
+                    self.backend.kill(state.batch_id, Path(state.subdir))
+                except Exception as exc:
+                    log.warning("cannot kill batch job %s: %s", state.batch_id, exc)
+        self._wake.set()
+
+    # -- state for `compass-pilot status` ------------------------------------------------
+    def _persist(self, state: SubmissionState) -> None:
+        path = Path(state.subdir) / "state.json"
+        _atomic_write(path, json.dumps(asdict(state), indent=1))
+
+    def _write_daemon_state(self) -> None:
+        states: Counter[str] = Counter()
+        for state in self.submissions.values():
+            for entry in state.jobs.values():
+                states[entry.final or entry.state] += 1
+        data = {
+            "pid": os.getpid(),
+            "site": self.site.site.name,
+            "updated": time.time(),
+            "last_server_contact": max(self.source.stats.last_contact, self.updater.stats.last_contact),
+            "fetch_requests": self.source.stats.requests,
+            "update_requests": self.updater.stats.requests,
+            "jobs_fetched": self.source.stats.jobs,
+            "jobs_by_state": dict(states),
+            "pending_updates": self.updater.pending(),
+            "errors_by_code": {str(k): v for k, v in self.errors.items()},
+            "recent_errors": [
+                {"time": t, "panda_id": p, "code": c, "diag": d[:200]} for t, p, c, d in self.recent_errors
+            ],
+            "submissions": [
+                {
+                    "sub_id": s.sub_id,
+                    "batch_id": s.batch_id,
+                    "queue": s.queue,
+                    "nodes": s.nodes,
+                    "jobs": len(s.jobs),
+                    "created": s.created,
+                    "batch_status": s.batch_status,
+                    "done": s.done,
+                }
+                for s in self.submissions.values()
+                if not s.done
+            ],
+        }
+        _atomic_write(self.shared / STATE_FILE, json.dumps(data, indent=1))
+
+
+def _int_or_zero(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _with_workdir(site: SiteConfig, workdir: str) -> SiteConfig:
+    import copy
+
+    clone = copy.deepcopy(site)
+    clone.site.workdir = workdir
+    return clone
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def make_backend(site: SiteConfig) -> BatchBackend:
+    """The batch backend on the Harvester plugins (radical.saga)."""
+    from harvester_plugins.daemon_backend import PluginBatchBackend
+
+    return PluginBatchBackend(site)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from compass_pilot.panda.client import PandaClient
+
+    site = load_site_config(args.site)
+    client = PandaClient(site.panda, site.site)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.terminate())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    try:
+        daemon.run(once=args.once, max_cycles=args.max_cycles)
+    finally:
+        client.close()
+    states = Counter(daemon.final_states.values())
+    print(
+        f"daemon done: {dict(states)}; fetch requests {daemon.source.stats.requests}, "
+        f"update requests {daemon.updater.stats.requests}"
+    )
+    return 0 if daemon.updater.pending_finals() == 0 else 3
+
+
+def format_status(data: dict[str, Any], now: float | None = None) -> str:
+    """The at-a-glance view a site admin wants on the MOM node."""
+    now = now or time.time()
+    age = now - data.get("updated", now)
+    lines = [f"site {data.get('site')}  daemon pid {data.get('pid')}  state written {age:.0f} s ago"]
+    contact = data.get("last_server_contact") or 0
+    lines.append(
+        f"last PanDA contact: {f'{now - contact:.0f} s ago' if contact else 'never'}"
+        f"   requests: {data.get('fetch_requests', 0)} fetch, {data.get('update_requests', 0)} update"
+        f"   pending updates: {data.get('pending_updates', 0)}"
+    )
+    subs = data.get("submissions", [])
+    lines.append(f"submissions in flight: {len(subs)}")
+    if subs:
+        lines.append(f"  {'batch id':<28} {'queue':<8} {'nodes':>5} {'jobs':>5} {'age':>8}  status")
+        for s in subs:
+            lines.append(
+                f"  {s['batch_id'][:28]:<28} {s['queue']:<8} {s['nodes']:>5} {s['jobs']:>5} "
+                f"{now - s['created']:>7.0f}s  {s['batch_status']}"
+            )
+    by_state = data.get("jobs_by_state", {})
+    lines.append("jobs by state: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"))
+    errors = data.get("errors_by_code", {})
+    lines.append("errors by code: " + (", ".join(f"{k}×{v}" for k, v in sorted(errors.items())) or "none"))
+    for e in data.get("recent_errors", [])[-5:]:
+        lines.append(f"  job {e['panda_id']}: {e['code']} {e['diag'][:100]}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    site = load_site_config(args.site)
+    path = Path(expand(site.hpc.shared_dir)) / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"no daemon state at {path}: the daemon has not run here")
+        return 1
+    print(format_status(data))
+    return 0
