@@ -1,0 +1,188 @@
+"""The job set file: what the MOM-node daemon hands to the node agents of one submission.
+
+The compute nodes have no network to PanDA, so the agents must find everything in one
+file on the shared file system: per node, the jobs with their slot, the raw PanDA job
+dict (re-validated on read, so agent and daemon agree on what a job is) and its work
+dir (already staged in by the daemon); the site's ``calibdb`` and ``grid`` sections
+(how to start the node's calibration DB, payload grace and sampling); and the shared
+reports directory the agents write results to.
+
+It is written atomically (temp file in the same directory, fsync, rename): an agent
+started by a fast batch system never reads half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compass_pilot.config import CalibDBSection, GridSection, _build
+from compass_pilot.errors import BadJobSpec, ConfigError
+from compass_pilot.job import JobSpec
+from hpc.packing import Submission
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class NodeJob:
+    """One job as an agent runs it."""
+
+    panda_id: int
+    slot: int
+    workdir: str
+    job: JobSpec
+
+
+@dataclass
+class JobSet:
+    """A parsed job set file."""
+
+    path: str
+    queue: str
+    nodes: int
+    slots_per_node: int
+    walltime: int
+    shared_dir: str
+    reports_dir: str
+    calibdb: CalibDBSection
+    grid: GridSection
+    kill_check_interval: float
+    node_jobs: dict[int, list[NodeJob]] = field(default_factory=dict)  # node → jobs by slot
+
+    def jobs_of(self, node: int) -> list[NodeJob]:
+        return self.node_jobs.get(node, [])
+
+
+def write_jobset(
+    path: str | os.PathLike[str],
+    submission: Submission,
+    site_config_dict: dict[str, Any],
+    workdirs: dict[int, str],
+    shared_dir: str,
+) -> Path:
+    """Write the job set of ``submission`` atomically; every job needs a work dir."""
+    missing = [j.panda_id for j in submission.jobs if j.panda_id not in workdirs]
+    if missing:
+        raise ValueError(f"workdirs: no work dir for PandaID(s) {missing}")
+    for key in ("calibdb", "grid"):
+        if not isinstance(site_config_dict.get(key), dict):
+            raise ValueError(f"site_config_dict: missing the {key!r} section")
+    nodes: list[dict[str, Any]] = [{"node": n, "jobs": []} for n in range(submission.nodes)]
+    for placement, job in zip(submission.placements, submission.jobs, strict=True):
+        nodes[placement.node]["jobs"].append(
+            {
+                "panda_id": job.panda_id,
+                "slot": placement.slot,
+                "workdir": str(workdirs[job.panda_id]),
+                "job": job.raw,
+            }
+        )
+    hpc = site_config_dict.get("hpc") or {}
+    data = {
+        "version": VERSION,
+        "queue": submission.queue,
+        "nodes": submission.nodes,
+        "slots_per_node": submission.slots_per_node,
+        "walltime": submission.walltime,
+        "shared_dir": str(shared_dir),
+        "reports_dir": str(Path(shared_dir) / "reports"),
+        "calibdb": site_config_dict["calibdb"],
+        "grid": site_config_dict["grid"],
+        "kill_check_interval": float(hpc.get("poll_interval", 30.0)),
+        "node_jobs": nodes,
+    }
+    target = Path(path)
+    atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True))
+    return target
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Temp file in the target's directory, fsync, rename: readers see all or nothing."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _need(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise ValueError(f"{where}: missing key {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{where}: key {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def read_jobset(path: str | os.PathLike[str]) -> JobSet:
+    """Read and validate a job set file; ``ValueError`` names the file and the bad key."""
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read job set: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    if data.get("version") != VERSION:
+        raise ValueError(f"{where}: unsupported job set version {data.get('version')!r} (expected {VERSION})")
+    try:
+        calibdb = _build(CalibDBSection, _need(data, "calibdb", dict, where), "calibdb", where)
+        grid = _build(GridSection, _need(data, "grid", dict, where), "grid", where)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    jobset = JobSet(
+        path=where,
+        queue=_need(data, "queue", str, where),
+        nodes=_need(data, "nodes", int, where),
+        slots_per_node=_need(data, "slots_per_node", int, where),
+        walltime=_need(data, "walltime", int, where),
+        shared_dir=_need(data, "shared_dir", str, where),
+        reports_dir=_need(data, "reports_dir", str, where),
+        calibdb=calibdb,
+        grid=grid,
+        kill_check_interval=float(_need(data, "kill_check_interval", (int, float), where)),
+    )
+    seen: set[int] = set()
+    for i, node_entry in enumerate(_need(data, "node_jobs", list, where)):
+        at = f"{where}: node_jobs[{i}]"
+        if not isinstance(node_entry, dict):
+            raise ValueError(f"{at}: expected an object")
+        node = _need(node_entry, "node", int, at)
+        if not 0 <= node < jobset.nodes:
+            raise ValueError(f"{at}: node {node} outside 0..{jobset.nodes - 1}")
+        jobs: list[NodeJob] = []
+        for k, entry in enumerate(_need(node_entry, "jobs", list, at)):
+            jat = f"{at}.jobs[{k}]"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{jat}: expected an object")
+            slot = _need(entry, "slot", int, jat)
+            if not 0 <= slot < jobset.slots_per_node:
+                raise ValueError(f"{jat}: slot {slot} outside 0..{jobset.slots_per_node - 1}")
+            try:
+                spec = JobSpec.from_panda(_need(entry, "job", dict, jat))
+            except BadJobSpec as exc:
+                raise ValueError(f"{jat}: {exc.diag}") from None
+            if spec.panda_id != _need(entry, "panda_id", int, jat):
+                raise ValueError(f"{jat}: panda_id {entry['panda_id']} differs from the job's PandaID {spec.panda_id}")
+            if spec.panda_id in seen:
+                raise ValueError(f"{jat}: PandaID {spec.panda_id} appears twice in the job set")
+            seen.add(spec.panda_id)
+            jobs.append(NodeJob(spec.panda_id, slot, _need(entry, "workdir", str, jat), spec))
+        jobs.sort(key=lambda j: j.slot)
+        jobset.node_jobs[node] = jobs
+    return jobset
