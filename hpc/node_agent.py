@@ -1,0 +1,376 @@
+"""The node agent: one MPI rank per compute node runs that node's slots of a job set.
+
+``python -m hpc.node_agent --jobset JOBSET.json [--fake-nodes]`` under aprun / srun /
+mpiexec.  MPI is used only to learn which node this process is (rank → node); the
+ranks never talk to each other, so one node dying or ending early cannot hang the rest
+in a collective call.
+
+What the Blue Waters pilot did, and what this does instead:
+
+- The rank with ``rank % 32 == 0`` started MySQL and slept 90 s (later 600 s) with no
+  readiness check.  Here the node's calibration DB is started once, by this process,
+  and ``CalibDB.start()`` returns when it is ready; a failure gives every job of the
+  node a result with code 1244 and the DB's diagnostic instead of 512 payloads
+  finding out one by one.
+- Pilots spun at ~100 % CPU each.  Here one waiter thread per payload sits in
+  ``PayloadProcess.wait`` (itself woken by ``wait4``) and the main thread blocks in
+  ``os.read`` on a self-pipe that waiters and the SIGTERM handler write to: nothing
+  polls.  The only timed wake-up is the check for server kill requests
+  (``<reports>/<PandaID>.kill``, written by the daemon), at the daemon's poll interval.
+- A batch walltime overrun lost all results.  Here SIGTERM (what PBS / Slurm send at
+  the walltime, forwarded by mpiexec / srun / aprun) kills every payload's process
+  group and each job gets a failed result with code 1213 before the agent exits.
+
+Results go to ``<reports>/<PandaID>.json`` (temp + rename, so the daemon never reads a
+half-written file), with ``<reports>/<PandaID>.started`` written when the payload
+starts (the daemon turns it into a running heartbeat).  A result file is
+``{"panda_id", "attempt_nr", "node", "slot", "host", "result": PayloadResult fields,
+"verdict": [code, diag] | null, "n_events": int | null}``; the daemon finishes the job
+(stage-out, report) with :func:`compass_pilot.lifecycle.finish_job` and that verdict.
+A job whose result file already exists (a batch job requeued after a node failure) is
+not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compass_pilot.config import CalibDBSection, GridSection, expand
+from compass_pilot.errors import ErrorCode, PilotError, error_message
+from compass_pilot.experiment import compass
+from compass_pilot.job import JobSpec
+from compass_pilot.payload import PayloadProcess, PayloadResult
+from hpc.jobset import JobSet, NodeJob, atomic_write_text, read_jobset
+
+log = logging.getLogger("hpc.node_agent")
+
+CommandBuilder = Callable[[JobSpec, Path, dict[str, str]], tuple[list[str] | str, dict[str, str]]]
+Checker = Callable[[JobSpec, str, str, PayloadResult], tuple[int, str] | None]
+CalibOpener = Callable[..., Any]
+
+_DONE = b"D"  # a payload's result is written
+_TERM = b"T"  # the batch system wants us gone
+
+
+class _OneWriteHandler(logging.Handler):
+    """Each log line in ONE ``write(2)`` call, so lines of many ranks sharing one batch
+    log never interleave mid-line (writes up to PIPE_BUF are atomic on pipes)."""
+
+    def __init__(self, fd: int = 2) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record).replace("\n", " | ")[:4000] + "\n").encode("utf-8", "replace")
+            os.write(self.fd, data)
+        except Exception:
+            self.handleError(record)
+
+
+def _empty_result() -> PayloadResult:
+    now = time.time()
+    return PayloadResult(
+        exit_code=None, signal=None, cpu_seconds=0.0, max_rss=0, wall_seconds=0.0, start_time=now, end_time=now
+    )
+
+
+def _lazy_calibdb_opener() -> CalibOpener | None:
+    """``calibdb.open_calibdb`` if the calibdb package provides it yet."""
+    try:
+        from calibdb import open_calibdb  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return open_calibdb
+
+
+class NodeRun:
+    """One node's share of a job set: calibration DB, payloads, results.
+
+    ``run()`` blocks until every job has a result; ``terminate()`` may be called from a
+    signal handler or any thread (it only writes one byte to a pipe).
+    """
+
+    def __init__(
+        self,
+        jobs: list[NodeJob],
+        *,
+        reports_dir: str | os.PathLike[str],
+        node: int = 0,
+        calibdb: CalibDBSection | None = None,
+        grid: GridSection | None = None,
+        node_dir: Path | None = None,
+        command_builder: CommandBuilder = compass.payload_command,
+        checker: Checker = compass.check_payload_output,
+        calibdb_opener: CalibOpener | str | None = "auto",
+        kill_check_interval: float = 30.0,
+        term_grace: float = 5.0,
+    ) -> None:
+        self.jobs = list(jobs)
+        self.reports_dir = Path(reports_dir)
+        self.node = node
+        self.calibdb_cfg = calibdb
+        self.grid = grid or GridSection()
+        self.node_dir = node_dir
+        self.command_builder = command_builder
+        self.checker = checker
+        self.calibdb_opener = _lazy_calibdb_opener() if calibdb_opener == "auto" else calibdb_opener
+        self.kill_check_interval = max(1.0, kill_check_interval)
+        self.term_grace = term_grace
+        self.host = socket.gethostname()
+        self.procs: dict[int, PayloadProcess] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._rfd, self._wfd = os.pipe()
+        self._terminating = False
+        self._finished = threading.Event()
+
+    # -- called from anywhere ---------------------------------------------------------
+    def terminate(self) -> None:
+        """Ask the run to kill its payloads (batch time limit); async-signal safe."""
+        try:
+            os.write(self._wfd, _TERM)
+        except OSError:
+            pass
+
+    # -- results ---------------------------------------------------------------------
+    def _result_path(self, panda_id: int) -> Path:
+        return self.reports_dir / f"{panda_id}.json"
+
+    def _write_result(
+        self, nj: NodeJob, result: PayloadResult, verdict: tuple[int, str] | None, n_events: int | None
+    ) -> None:
+        data = {
+            "panda_id": nj.panda_id,
+            "attempt_nr": nj.job.attempt_nr,
+            "node": self.node,
+            "slot": nj.slot,
+            "host": self.host,
+            "result": result.to_dict(),
+            "verdict": list(verdict) if verdict else None,
+            "n_events": n_events,
+        }
+        with self._lock:
+            if nj.panda_id in self.results:  # exactly one result per job, whatever races
+                return
+            self.results[nj.panda_id] = data
+        atomic_write_text(self._result_path(nj.panda_id), json.dumps(data, sort_keys=True))
+        if verdict:
+            log.warning("job %d slot %d: failed %d: %s", nj.panda_id, nj.slot, verdict[0], verdict[1])
+        else:
+            log.info("job %d slot %d: payload ok (%s events)", nj.panda_id, nj.slot, n_events)
+
+    def _fail_without_run(self, nj: NodeJob, code: int, diag: str) -> None:
+        self._write_result(nj, _empty_result(), (code, diag[:500]), None)
+
+    # -- the run ---------------------------------------------------------------------
+    def run(self) -> dict[int, dict[str, Any]]:
+        """Start the DB, run every payload concurrently, write results, stop the DB."""
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+        todo = []
+        for nj in self.jobs:
+            if self._result_path(nj.panda_id).exists():
+                log.info("job %d already has a result (requeued batch job?): not run again", nj.panda_id)
+            else:
+                todo.append(nj)
+        db = None
+        calib_env: dict[str, str] = {}
+        try:
+            if todo and self.calibdb_cfg is not None and self.calibdb_opener is not None:
+                try:
+                    db = self.calibdb_opener(self.calibdb_cfg, node_dir=self.node_dir)
+                    endpoint = db.start()
+                    calib_env = dict(endpoint.env)
+                    log.info("node %d: calibration DB ready (%s)", self.node, endpoint.backend)
+                except Exception as exc:  # any DB failure ends this node's jobs with 1244
+                    diag = getattr(exc, "diag", None) or str(exc) or type(exc).__name__
+                    log.error("node %d: calibration DB failed to start: %s", self.node, diag)
+                    for nj in todo:
+                        self._fail_without_run(nj, ErrorCode.CALIBDB_UNAVAILABLE, f"calibration DB: {diag}")
+                    return self.results  # stop() below still cleans up a half-started DB
+            elif todo and self.calibdb_cfg is not None:
+                # TODO(calibdb): remove once calibdb.open_calibdb has landed everywhere
+                log.warning("node %d: calibdb package not available: payloads run without a calibration DB", self.node)
+            self._run_payloads(todo, calib_env)
+            return self.results
+        finally:
+            if db is not None:
+                try:
+                    db.stop()
+                except Exception as exc:
+                    log.warning("node %d: calibration DB did not stop cleanly: %s", self.node, exc)
+            os.close(self._rfd)
+            os.close(self._wfd)
+
+    def _start_one(self, nj: NodeJob, calib_env: dict[str, str]) -> PayloadProcess | None:
+        workdir = Path(nj.workdir)
+        try:
+            cmd, env = self.command_builder(nj.job, workdir, calib_env)
+            proc = PayloadProcess(
+                cmd,
+                workdir,
+                env,
+                walltime=nj.job.walltime_limit,
+                grace=self.grid.payload_grace,
+                sample_interval=self.grid.sample_interval,
+            ).start()
+        except PilotError as exc:
+            self._fail_without_run(nj, exc.code, exc.pilot_error_diag())
+            return None
+        except OSError as exc:
+            self._fail_without_run(nj, ErrorCode.PAYLOAD_FAILED, f"{error_message(1305)}: cannot start: {exc}")
+            return None
+        try:
+            atomic_write_text(self.reports_dir / f"{nj.panda_id}.started", f"{proc.pid} {time.time():.3f}\n")
+        except OSError as exc:  # a missing marker only delays the running heartbeat
+            log.warning("job %d: cannot write the started marker: %s", nj.panda_id, exc)
+        log.info("job %d slot %d: payload started pid=%s", nj.panda_id, nj.slot, proc.pid)
+        return proc
+
+    def _waiter(self, nj: NodeJob, proc: PayloadProcess) -> None:
+        """Block until one payload ends, judge it, write its result, signal the main thread."""
+        try:
+            result = proc.wait()
+            assert result is not None
+            stdout = compass.tail(proc.stdout_path)
+            stderr = compass.tail(proc.stderr_path)
+            try:
+                verdict = self.checker(nj.job, stdout, stderr, result)
+                n_events = compass.count_events(nj.job, stdout)
+            except Exception as exc:  # a checker bug must still leave a result behind
+                verdict, n_events = (ErrorCode.UNKNOWN_FAILURE, f"payload check failed: {exc}"), None
+            self._write_result(nj, result, verdict, n_events)
+        except Exception:
+            log.exception("job %d: could not write its result", nj.panda_id)
+        finally:
+            try:
+                os.write(self._wfd, _DONE)
+            except OSError:
+                pass
+
+    def _kill_checker(self) -> None:
+        """Server kill requests arrive as files from the daemon; checked at its poll interval."""
+        while not self._finished.wait(self.kill_check_interval):
+            for panda_id, proc in list(self.procs.items()):
+                if (self.reports_dir / f"{panda_id}.kill").exists() and not proc.done.is_set():
+                    log.warning("job %d: killed on the server's request", panda_id)
+                    proc.kill("server")
+
+    def _run_payloads(self, todo: list[NodeJob], calib_env: dict[str, str]) -> None:
+        waiters = []
+        for nj in todo:
+            proc = self._start_one(nj, calib_env)
+            if proc is None:
+                continue
+            self.procs[nj.panda_id] = proc
+            thread = threading.Thread(target=self._waiter, args=(nj, proc), name=f"wait-{nj.panda_id}", daemon=True)
+            thread.start()
+            waiters.append(thread)
+        if not waiters:
+            return
+        threading.Thread(target=self._kill_checker, name="kill-check", daemon=True).start()
+        done = 0
+        try:
+            while done < len(waiters):
+                try:
+                    data = os.read(self._rfd, 256)
+                except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                    continue
+                done += data.count(_DONE)
+                if _TERM in data and not self._terminating:
+                    self._terminating = True
+                    n = len(self.procs)
+                    log.warning("node %d: SIGTERM: killing %d payload(s) (batch time limit)", self.node, n)
+                    for proc in self.procs.values():
+                        proc.kill("batch", grace=self.term_grace)
+        finally:
+            self._finished.set()
+        for thread in waiters:
+            thread.join(timeout=10)
+
+
+def run_node(jobs: list[NodeJob], **kwargs: Any) -> dict[int, dict[str, Any]]:
+    """Run one node's jobs to the end (see :class:`NodeRun` for the keywords); no MPI."""
+    return NodeRun(jobs, **kwargs).run()
+
+
+def orphan_results(jobset: JobSet, ranks: int) -> None:
+    """Nodes without a rank (fewer ranks than nodes): fail their jobs now, not at batch end."""
+    for node in range(ranks, jobset.nodes):
+        run = NodeRun([], reports_dir=jobset.reports_dir, node=node)
+        for nj in jobset.jobs_of(node):
+            if not run._result_path(nj.panda_id).exists():
+                run._fail_without_run(nj, ErrorCode.GENERAL, f"no MPI rank was started for node {node}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpc.node_agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobset", required=True, help="job set file written by the MOM-node daemon")
+    parser.add_argument("--fake-nodes", action="store_true", help="one host plays several nodes (tests, demo)")
+    parser.add_argument("--term-grace", type=float, default=5.0, help="SIGTERM → SIGKILL grace for payloads")
+    args = parser.parse_args(argv)
+
+    from mpi4py import MPI  # imported here: the rest of the module works without MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    handler = _OneWriteHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s node_agent[{rank}] %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    try:
+        jobset = read_jobset(args.jobset)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    if rank == 0 and size < jobset.nodes:
+        log.error("%d rank(s) for %d nodes: failing the jobs of nodes %d..", size, jobset.nodes, size)
+        orphan_results(jobset, size)
+    node = rank
+    if node >= jobset.nodes:
+        log.info("rank %d has no node in this job set (%d nodes): nothing to do", rank, jobset.nodes)
+        return 0
+    node_dir = None
+    if args.fake_nodes:
+        # several fake nodes share one host: give each its own "node-local" DB directory
+        base = Path(expand(jobset.calibdb.scratch_dir))
+        base.mkdir(parents=True, exist_ok=True)
+        node_dir = Path(tempfile.mkdtemp(prefix=f"compass-node{node}-", dir=base))
+    run = NodeRun(
+        jobset.jobs_of(node),
+        reports_dir=jobset.reports_dir,
+        node=node,
+        calibdb=jobset.calibdb,
+        grid=jobset.grid,
+        node_dir=node_dir,
+        kill_check_interval=jobset.kill_check_interval,
+        term_grace=args.term_grace,
+    )
+    signal.signal(signal.SIGTERM, lambda signum, frame: run.terminate())
+    log.info("node %d: %d job(s) on host %s", node, len(run.jobs), run.host)
+    try:
+        results = run.run()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if node_dir is not None:
+            import shutil
+
+            shutil.rmtree(node_dir, ignore_errors=True)
+    failed = sum(1 for r in results.values() if r["verdict"])
+    log.info("node %d: done, %d result(s), %d failed", node, len(results), failed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The node agent: in-process (run_node, no MPI) and under the real hydra mpiexec.
+
+The MPI tests render the local batch script with hpc.batch (4 fake nodes × 8 slots),
+run it with bash, and let real payloads (shell commands through the real COMPASS
+plug-in) run; the test then signals real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from compass_pilot.config import HPCSection, SiteConfig, config_to_dict
+from compass_pilot.errors import CalibDBError, ErrorCode
+from compass_pilot.job import JobSpec
+from hpc.batch import render_script
+from hpc.jobset import NodeJob, write_jobset
+from hpc.node_agent import NodeRun, run_node
+from hpc.packing import plan_submissions
+from tests.hpc.conftest import shell_job
+
+OK = "sleep 0.5; echo 7 events had been written to miniDST; echo End of Job"
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    """Test-side bounded wait (the product code never polls; tests may)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _node_jobs(tmp_path: Path, scripts: dict[int, str]) -> list[NodeJob]:
+    return [
+        NodeJob(pid, slot, str(tmp_path / f"PandaJob_{pid}_1"), shell_job(pid, script))
+        for slot, (pid, script) in enumerate(scripts.items())
+    ]
+
+
+def _results(reports: Path) -> dict[int, dict[str, Any]]:
+    return {int(p.stem): json.loads(p.read_text()) for p in reports.glob("*.json")}
+
+
+def _code(result: dict[str, Any]) -> int | None:
+    return result["verdict"][0] if result["verdict"] else None
+
+
+# -- in-process --------------------------------------------------------------------------
+def test_run_node_judges_each_payload(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    jobs = _node_jobs(tmp_path, {1: OK, 2: "echo oops; exit 3", 3: "echo no marker", 4: "echo A FATAL ERROR APPEARED"})
+    results = run_node(jobs, reports_dir=reports, calibdb_opener=None)
+    on_disk = _results(reports)
+    assert on_disk == results and sorted(on_disk) == [1, 2, 3, 4]
+    assert _code(on_disk[1]) is None and on_disk[1]["n_events"] == 7 and on_disk[1]["result"]["exit_code"] == 0
+    assert _code(on_disk[2]) == ErrorCode.PAYLOAD_FAILED and on_disk[2]["result"]["exit_code"] == 3
+    assert _code(on_disk[3]) == ErrorCode.COMPASS_NO_END_MARKER
+    assert _code(on_disk[4]) == ErrorCode.COMPASS_FATAL_ERROR
+    assert all((reports / f"{i}.started").exists() for i in range(1, 5))
+    assert (tmp_path / "PandaJob_2_1" / "payload.stdout").read_text() == "oops\n"
+    assert not list(reports.glob(".*"))  # no temp files left
+
+
+def test_existing_result_is_not_rerun(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "1.json").write_text('{"kept": true}')
+    results = run_node(_node_jobs(tmp_path, {1: "touch ran", 2: OK}), reports_dir=reports, calibdb_opener=None)
+    assert sorted(results) == [2]
+    assert json.loads((reports / "1.json").read_text()) == {"kept": True}
+    assert not (tmp_path / "PandaJob_1_1" / "ran").exists()
+
+
+class _FailingCalibDB:
+    """Stand-in for a calibdb whose start fails (the calibdb package is another area's,
+    and a real start failure depends on its backend); records that stop() was called."""
+
+    stopped = False
+
+    def __init__(self, cfg: Any, *, node_dir: Path | None = None) -> None:
+        self.cfg = cfg
+
+    def start(self) -> Any:
+        raise CalibDBError("mariadbd exited with status 1 during start")
+
+    def stop(self) -> None:
+        _FailingCalibDB.stopped = True
+
+
+def test_calibdb_failure_fails_every_job_with_1244(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    from compass_pilot.config import CalibDBSection
+
+    results = run_node(
+        _node_jobs(tmp_path, {1: "touch ran", 2: "touch ran"}),
+        reports_dir=reports,
+        calibdb=CalibDBSection(backend="mariadb"),
+        calibdb_opener=_FailingCalibDB,
+    )
+    assert {i: _code(r) for i, r in results.items()} == {1: 1244, 2: 1244}
+    assert "mariadbd exited with status 1" in results[1]["verdict"][1]
+    assert not list(reports.glob("*.started")) and not list(tmp_path.glob("PandaJob_*/ran"))
+    assert _FailingCalibDB.stopped
+
+
+def test_calib_env_reaches_payloads(tmp_path: Path) -> None:
+    class Endpoint:
+        backend = "sqlite"
+
+        def __init__(self) -> None:
+            self.env = {"CDBSERVER": "node-local-db", "COMPASS_CALIB_DSN": "/x.sqlite"}
+
+    class DB:
+        def __init__(self, cfg: Any, *, node_dir: Path | None = None) -> None:
+            pass
+
+        def start(self) -> Endpoint:
+            return Endpoint()
+
+        def stop(self) -> None:
+            pass
+
+    from compass_pilot.config import CalibDBSection
+
+    run_node(_node_jobs(tmp_path, {1: 'echo "$CDBSERVER"; echo End of Job'}), reports_dir=tmp_path / "r",
+             calibdb=CalibDBSection(), calibdb_opener=DB)
+    assert (tmp_path / "PandaJob_1_1" / "payload.stdout").read_text() == "node-local-db\nEnd of Job\n"
+
+
+def test_terminate_and_server_kill(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    run = NodeRun(_node_jobs(tmp_path, {1: "sleep 60", 2: "sleep 60", 3: OK}), reports_dir=reports,
+                  calibdb_opener=None, kill_check_interval=1, term_grace=2)
+    thread = threading.Thread(target=run.run)
+    start = time.monotonic()
+    thread.start()
+    _wait_for(lambda: (reports / "3.json").exists(), 10, "job 3's result")
+    (reports / "2.kill").write_text("tobekilled")
+    _wait_for(lambda: (reports / "2.json").exists(), 5, "job 2 killed on the server's request")
+    run.terminate()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert time.monotonic() - start < 15
+    results = _results(reports)
+    assert {i: _code(r) for i, r in results.items()} == {1: 1213, 2: 1144, 3: None}
+    assert results[1]["result"]["killed_by"] == "batch"
+
+
+def test_bad_command_fails_only_that_job(tmp_path: Path) -> None:
+    jobs = _node_jobs(tmp_path, {1: OK, 2: OK})
+    hostile = {**jobs[1].job.raw, "transformation": "compass-demo-reco", "jobPars": "--run $(reboot)"}
+    bad = NodeJob(2, 1, jobs[1].workdir, JobSpec.from_panda(hostile))
+    results = run_node([jobs[0], bad], reports_dir=tmp_path / "r", calibdb_opener=None)
+    assert _code(results[1]) is None
+    assert _code(results[2]) == ErrorCode.BAD_JOB_SPEC and "jobPars" in results[2]["verdict"][1]
+
+
+# -- under the real mpiexec ---------------------------------------------------------------
+NODES, SLOTS = 4, 8
+
+
+@pytest.fixture()
+def mpi_run(tmp_path: Path, mpiexec: str) -> Iterator[Any]:
+    """Write a 4 × 8 job set and a local fake-node script; start it; clean up its processes."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(scripts: dict[int, str]) -> tuple[subprocess.Popen[bytes], Path, Any]:
+        hpc = HPCSection(max_jobs=NODES * SLOTS, max_nodes=NODES, slots_per_node=SLOTS)
+        (sub,) = plan_submissions([shell_job(pid, s) for pid, s in scripts.items()], hpc)
+        site = SiteConfig()
+        site.calibdb.scratch_dir = str(tmp_path / "scratch")
+        workdirs = {pid: str(tmp_path / "jobs" / f"PandaJob_{pid}_1") for pid in scripts}
+        jobset = write_jobset(tmp_path / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp_path))
+        agent = [sys.executable, "-m", "hpc.node_agent", "--jobset", str(jobset), "--fake-nodes", "--term-grace", "2"]
+        script = render_script(sub, launcher="mpiexec", kind="local", workdir=str(tmp_path), agent_cmd=agent,
+                               fake_nodes=True)
+        (tmp_path / "run.sh").write_text(script)
+        env = dict(os.environ, PATH=f"{Path(mpiexec).parent}{os.pathsep}{os.environ['PATH']}")
+        with open(tmp_path / "batch.log", "wb") as logf:
+            proc = subprocess.Popen(["bash", str(tmp_path / "run.sh")], stdout=logf, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+        procs.append(proc)
+        return proc, tmp_path / "reports", sub
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    # payloads live in their own sessions: make sure none outlives the test
+    for pidfile in tmp_path.glob("jobs/*/payload.pid"):
+        try:
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def test_mpi_32_jobs_one_result_each_and_sigkill_fails_only_that_job(mpi_run, tmp_path: Path) -> None:
+    victim = 117
+    scripts = {100 + i: OK for i in range(NODES * SLOTS)}
+    scripts[victim] = "echo $$ > payload.pid; sleep 30; echo End of Job"
+    start = time.monotonic()
+    proc, reports, sub = mpi_run(scripts)
+    pidfile = tmp_path / "jobs" / f"PandaJob_{victim}_1" / "payload.pid"
+    _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the victim payload to start")
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert proc.wait(timeout=60) == 0, (tmp_path / "batch.log").read_text()
+    elapsed = time.monotonic() - start
+    results = _results(reports)
+    assert sorted(results) == sorted(scripts)  # every job exactly one result file (one name per PandaID)
+    assert sorted(p.name for p in reports.iterdir() if p.suffix == ".json") == sorted(f"{i}.json" for i in scripts)
+    assert {i for i, r in results.items() if r["verdict"]} == {victim}
+    assert results[victim]["verdict"][0] == ErrorCode.SIGKILL and results[victim]["result"]["signal"] == 9
+    assert all(results[i]["n_events"] == 7 for i in scripts if i != victim)
+    placement = {p.panda_id: (p.node, p.slot) for p in sub.placements}
+    assert {i: (r["node"], r["slot"]) for i, r in results.items()} == placement  # rank → node mapping
+    assert len(list(reports.glob("*.started"))) == NODES * SLOTS
+    log = (tmp_path / "batch.log").read_text()
+    for rank in range(NODES):
+        assert f"node_agent[{rank}] INFO node {rank}: {SLOTS} job(s)" in log
+    assert all(line.count("node_agent[") <= 1 for line in log.splitlines())  # no interleaved lines
+    assert elapsed < 30
+
+
+def test_mpi_sigterm_gives_1213_for_killed_payloads(mpi_run, tmp_path: Path) -> None:
+    scripts = {200 + i: "sleep 60; echo End of Job" for i in range(NODES * SLOTS)}
+    proc, reports, _ = mpi_run(scripts)
+    _wait_for(lambda: len(list(reports.glob("*.started"))) == NODES * SLOTS, 30, "32 started markers")
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)  # the script exec'd mpiexec: this is what PBS / Slurm signal
+    proc.wait(timeout=30)
+    assert time.monotonic() - sent < 15
+    results = _results(reports)
+    assert sorted(results) == sorted(scripts)
+    assert {_code(r) for r in results.values()} == {ErrorCode.BATCH_TIME_LIMIT}
+    assert all(r["result"]["killed_by"] == "batch" for r in results.values())
+    # the payloads' process groups are gone (SIGKILLed members may take a moment to die)
+    groups = {int(p.read_text().split()[0]) for p in reports.glob("*.started")}
+
+    def live_members() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["status"]) if p.info["status"] != psutil.STATUS_ZOMBIE
+                and _pgid(p.pid) in groups]
+
+    _wait_for(lambda: not live_members(), 5, "the payload process groups to die")
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
