@@ -211,8 +211,17 @@ class NodeRun:
                     db.stop()
                 except Exception as exc:
                     log.warning("node %d: calibration DB did not stop cleanly: %s", self.node, exc)
-            os.close(self._rfd)
-            os.close(self._wfd)
+            self.close()
+
+    def close(self) -> None:
+        """Release the wake-up pipe (``run()`` does it itself); safe to call twice."""
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._rfd = self._wfd = -1
 
     def _start_one(self, nj: NodeJob, calib_env: dict[str, str]) -> PayloadProcess | None:
         workdir = Path(nj.workdir)
@@ -309,10 +318,14 @@ def run_node(jobs: list[NodeJob], **kwargs: Any) -> dict[int, dict[str, Any]]:
 def orphan_results(jobset: JobSet, ranks: int) -> None:
     """Nodes without a rank (fewer ranks than nodes): fail their jobs now, not at batch end."""
     for node in range(ranks, jobset.nodes):
-        run = NodeRun([], reports_dir=jobset.reports_dir, node=node)
-        for nj in jobset.jobs_of(node):
-            if not run._result_path(nj.panda_id).exists():
-                run._fail_without_run(nj, ErrorCode.GENERAL, f"no MPI rank was started for node {node}")
+        run = NodeRun(jobset.jobs_of(node), reports_dir=jobset.reports_dir, node=node)
+        try:
+            run.reports_dir.mkdir(parents=True, exist_ok=True)
+            for nj in run.jobs:
+                if not run._result_path(nj.panda_id).exists():
+                    run._fail_without_run(nj, ErrorCode.GENERAL, f"no MPI rank was started for node {node}")
+        finally:
+            run.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobset", required=True, help="job set file written by the MOM-node daemon")
     parser.add_argument("--fake-nodes", action="store_true", help="one host plays several nodes (tests, demo)")
     parser.add_argument("--term-grace", type=float, default=5.0, help="SIGTERM → SIGKILL grace for payloads")
+    parser.add_argument(
+        "--walltime-guard",
+        type=float,
+        default=120.0,
+        help="end the payloads this many seconds before the job set's walltime (0 = rely on SIGTERM only)",
+    )
     args = parser.parse_args(argv)
 
     from mpi4py import MPI  # imported here: the rest of the module works without MPI
@@ -358,10 +377,20 @@ def main(argv: list[str] | None = None) -> int:
         term_grace=args.term_grace,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: run.terminate())
+    guard = None
+    if args.walltime_guard > 0:
+        # Batch systems SIGKILL a few seconds after SIGTERM (Torque's kill_delay is 2 s):
+        # too little for 32 payloads to end and report.  Ending them a little before the
+        # walltime leaves every job a 1213 result instead of no result at all.
+        guard = threading.Timer(max(0.0, jobset.walltime - args.walltime_guard), run.terminate)
+        guard.daemon = True
+        guard.start()
     log.info("node %d: %d job(s) on host %s", node, len(run.jobs), run.host)
     try:
         results = run.run()
     finally:
+        if guard is not None:
+            guard.cancel()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if node_dir is not None:
             import shutil

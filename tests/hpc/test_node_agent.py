@@ -7,6 +7,7 @@ plug-in) run; the test then signals real processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -261,3 +262,40 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def _agent_under_mpiexec(mpiexec: str, jobset: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    hosts = jobset.parent / "hosts"
+    hosts.write_text("".join(f"n{i}:1\n" for i in range(1, ranks + 1)))
+    cmd = [mpiexec, "-launcher", "fork", "-f", str(hosts), "-n", str(ranks), sys.executable, "-m", "hpc.node_agent",
+           "--jobset", str(jobset), "--fake-nodes", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def _small_jobset(tmp_path: Path, scripts: dict[int, str], walltime: int | None = None) -> Path:
+    hpc = HPCSection(max_jobs=4, max_nodes=4, slots_per_node=1)
+    (sub,) = plan_submissions([shell_job(pid, s) for pid, s in scripts.items()], hpc)
+    if walltime is not None:
+        sub = dataclasses.replace(sub, walltime=walltime)
+    site = SiteConfig()
+    site.calibdb.scratch_dir = str(tmp_path / "scratch")
+    workdirs = {pid: str(tmp_path / f"PandaJob_{pid}_1") for pid in scripts}
+    return write_jobset(tmp_path / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp_path))
+
+
+def test_mpi_fewer_ranks_than_nodes_fails_orphans_at_once(mpiexec: str, tmp_path: Path) -> None:
+    jobset = _small_jobset(tmp_path, {1: OK, 2: OK, 3: OK, 4: OK})  # 4 nodes × 1 slot
+    done = _agent_under_mpiexec(mpiexec, jobset, 2)
+    assert done.returncode == 0, done.stderr
+    results = _results(tmp_path / "reports")
+    assert {i: _code(r) for i, r in results.items()} == {1: None, 2: None, 3: ErrorCode.GENERAL, 4: ErrorCode.GENERAL}
+    assert "no MPI rank was started for node 2" in results[3]["verdict"][1]
+
+
+def test_mpi_walltime_guard_ends_payloads_before_the_batch_limit(mpiexec: str, tmp_path: Path) -> None:
+    jobset = _small_jobset(tmp_path, {1: "sleep 60", 2: "sleep 60"}, walltime=3)
+    start = time.monotonic()
+    done = _agent_under_mpiexec(mpiexec, jobset, 2, "--walltime-guard", "1", "--term-grace", "1")
+    assert done.returncode == 0, done.stderr
+    assert 2 <= time.monotonic() - start < 15
+    assert {i: _code(r) for i, r in _results(tmp_path / "reports").items()} == {1: 1213, 2: 1213}
