@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "--walltime-guard",
         type=float,
         default=120.0,
-        help="end the payloads this many seconds before the job set's walltime (0 = rely on SIGTERM only)",
+        help="end the payloads this long (at most walltime/10) before the job set's walltime (0 = only SIGTERM)",
     )
     args = parser.parse_args(argv)
 
@@ -382,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         # Batch systems SIGKILL a few seconds after SIGTERM (Torque's kill_delay is 2 s):
         # too little for 32 payloads to end and report.  Ending them a little before the
         # walltime leaves every job a 1213 result instead of no result at all.
-        guard = threading.Timer(max(0.0, jobset.walltime - args.walltime_guard), run.terminate)
+        # At most a tenth of the walltime, so a short test or demo walltime is not eaten whole.
+        lead = min(args.walltime_guard, jobset.walltime / 10)
+        guard = threading.Timer(max(0.0, jobset.walltime - lead), run.terminate)
         guard.daemon = True
         guard.start()
     log.info("node %d: %d job(s) on host %s", node, len(run.jobs), run.host)
