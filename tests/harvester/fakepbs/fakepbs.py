@@ -8,8 +8,9 @@ radical/saga/adaptors/pbspro/pbsprojob.py): ``qstat --version`` → ``pbs_versio
 ``exit_status``, ``ctime``, ``stime``; unknown id → ``qstat: Unknown Job Id <id>`` on
 stderr and exit 153; ``qdel ID`` kills the job's process group (exit_status 271).
 A submitted script really runs (in the background, under bash) so states move on.
-State lives in $FAKEPBS_DIR.  ``FAKEPBS_REJECT_QUEUE=<name>`` makes qsub refuse that
-queue as PBS does: ``qsub: Unknown queue`` and exit 170.
+State lives in $FAKEPBS_DIR.  A file ``$FAKEPBS_DIR/reject_queue`` holding a queue name
+makes qsub refuse that queue as PBS does: ``qsub: Unknown queue`` and exit 170 (a file,
+because radical.saga's shell keeps the environment it was started with).
 """
 import os
 import re
@@ -30,7 +31,8 @@ def _job_dir(job_id: str) -> Path:
 def qsub(args):
     script = Path(args[-1]).read_text()
     queue = re.search(r"^#PBS -q (\S+)", script, re.M)
-    if queue and queue.group(1) == os.environ.get("FAKEPBS_REJECT_QUEUE"):
+    reject = STATE / "reject_queue"
+    if queue and reject.exists() and queue.group(1) == reject.read_text().strip():
         print("qsub: Unknown queue", file=sys.stderr)
         return 170
     STATE.mkdir(parents=True, exist_ok=True)
