@@ -15,7 +15,7 @@ setup(
         "mpi": ["mpi4py>=3.1"],
         "saga": ["radical.saga>=1.90"],
         "mysql": ["pymysql>=1.0"],
-        "test": ["pytest>=7", "pytest-mock>=3", "hypothesis>=6", "ruff"],
+        "test": ["pytest>=7", "pytest-mock>=3", "hypothesis>=6", "ruff", "cryptography>=41"],
     },
     entry_points={"console_scripts": ["compass-pilot=compass_pilot.cli:main"]},
 )

@@ -244,6 +244,11 @@ def validate(config: SiteConfig) -> SiteConfig:
     return config
 
 
+def build_section(cls: Any, data: dict[str, Any], where: str, source: str) -> Any:
+    """Build and type-check one section dataclass from plain data (job set files, queue configs)."""
+    return _build(cls, data, where, source)
+
+
 def load_site_config(path: str | os.PathLike[str] | None) -> SiteConfig:
     """Load and validate a site file; ``None`` gives the embedded defaults."""
     if path is None:

@@ -39,13 +39,13 @@ def params_from_submission(sub: Any, **extra: Any) -> dict[str, Any]:
 
 def hpc_section_of(plugin: Any) -> Any:
     """The HPCSection a plugin was configured with (``hpc`` mapping or ``siteConfig`` path)."""
-    from compass_pilot.config import HPCSection, _build, load_site_config, validate
+    from compass_pilot.config import HPCSection, build_section, load_site_config, validate
 
     hpc = getattr(plugin, "hpc", None)
     if isinstance(hpc, HPCSection):
         return hpc
     if isinstance(hpc, dict):
-        section = _build(HPCSection, hpc, "hpc", "queue config workerMaker")
+        section = build_section(HPCSection, hpc, "hpc", "queue config workerMaker")
         from compass_pilot.config import SiteConfig
 
         return validate(SiteConfig(hpc=section, source="queue config workerMaker")).hpc

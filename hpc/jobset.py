@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compass_pilot.config import CalibDBSection, GridSection, _build
+from compass_pilot.config import CalibDBSection, GridSection, build_section
 from compass_pilot.errors import BadJobSpec, ConfigError
 from compass_pilot.job import JobSpec
 from hpc.packing import Submission
@@ -141,8 +141,8 @@ def read_jobset(path: str | os.PathLike[str]) -> JobSet:
     if data.get("version") != VERSION:
         raise ValueError(f"{where}: unsupported job set version {data.get('version')!r} (expected {VERSION})")
     try:
-        calibdb = _build(CalibDBSection, _need(data, "calibdb", dict, where), "calibdb", where)
-        grid = _build(GridSection, _need(data, "grid", dict, where), "grid", where)
+        calibdb = build_section(CalibDBSection, _need(data, "calibdb", dict, where), "calibdb", where)
+        grid = build_section(GridSection, _need(data, "grid", dict, where), "grid", where)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     jobset = JobSet(
