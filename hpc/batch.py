@@ -85,9 +85,11 @@ def _launcher_line(sub: Submission, launcher: str, agent_cmd: list[str], hostfil
         return f"exec aprun -n {n} -N 1 -d {sub.slots_per_node} {argv}"
     if launcher == "srun":
         return f"exec srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --cpus-per-task={sub.slots_per_node} {argv}"
+    # -disable-auto-cleanup: hydra must not take every node down when one node agent dies;
+    # the Blue Waters pilot lost all 512 jobs of a submission to one failure.
     if hostfile is not None:
-        return f"exec mpiexec -launcher fork -f {shlex.quote(hostfile)} -n {n} {argv}"
-    return f"exec mpiexec -n {n} -ppn 1 {argv}"
+        return f"exec mpiexec -disable-auto-cleanup -launcher fork -f {shlex.quote(hostfile)} -n {n} {argv}"
+    return f"exec mpiexec -disable-auto-cleanup -n {n} -ppn 1 {argv}"
 
 
 def render_script(

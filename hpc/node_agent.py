@@ -341,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    import mpi4py
+
+    # No MPI_Finalize at exit: it is collective, and a rank whose neighbour node died
+    # would block in it forever instead of exiting with its results written.
+    mpi4py.rc.finalize = False
     from mpi4py import MPI  # imported here: the rest of the module works without MPI
 
     comm = MPI.COMM_WORLD

@@ -79,7 +79,7 @@ def test_hostile_names_cannot_inject(tmp_path: Path) -> None:
     # run the body for real with "mpiexec" replaced by a recorder: nothing gets executed
     body = render_script(sub, kind="pbs", launcher="mpiexec", workdir=str(tmp_path), agent_cmd=agent,
                          job_name=evil, body_only=True)
-    assert f"exec mpiexec -n {sub.nodes} -ppn 1 " in body
+    assert f"exec mpiexec -disable-auto-cleanup -n {sub.nodes} -ppn 1 " in body
     body = body.replace(f"exec mpiexec -n {sub.nodes} -ppn 1 ", "exec printf '%s\\n' \"$COMPASS_PILOT_JOB_NAME\" ")
     out = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=10, check=True).stdout
     assert out.splitlines()[0] == evil.replace("\n", "?")
@@ -125,5 +125,5 @@ def test_local_fake_script_writes_hostfile_with_one_slot_per_node(tmp_path: Path
                          fake_nodes=True, body_only=True)
     body = body.replace("exec mpiexec", "exec echo mpiexec")
     out = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=10, check=True).stdout
-    assert out.strip() == f"mpiexec -launcher fork -f {tmp_path}/hostfile -n 3 true"
+    assert out.strip() == f"mpiexec -disable-auto-cleanup -launcher fork -f {tmp_path}/hostfile -n 3 true"
     assert (tmp_path / "hostfile").read_text() == "n1:1\nn2:1\nn3:1\n"

@@ -9,4 +9,4 @@
 cd /scratch/compass/sub-1 || exit 1
 export PYTHONUNBUFFERED=1
 export COMPASS_PILOT_JOB_NAME=P09-2016
-exec mpiexec -n 10 -ppn 1 /opt/python3/bin/python3 -m hpc.node_agent --jobset /scratch/compass/sub-1/jobset.json
+exec mpiexec -disable-auto-cleanup -n 10 -ppn 1 /opt/python3/bin/python3 -m hpc.node_agent --jobset /scratch/compass/sub-1/jobset.json
