@@ -80,7 +80,8 @@ def test_hostile_names_cannot_inject(tmp_path: Path) -> None:
     body = render_script(sub, kind="pbs", launcher="mpiexec", workdir=str(tmp_path), agent_cmd=agent,
                          job_name=evil, body_only=True)
     assert f"exec mpiexec -disable-auto-cleanup -n {sub.nodes} -ppn 1 " in body
-    body = body.replace(f"exec mpiexec -disable-auto-cleanup -n {sub.nodes} -ppn 1 ", "exec printf '%s\\n' \"$COMPASS_PILOT_JOB_NAME\" ")
+    launcher_line = f"exec mpiexec -disable-auto-cleanup -n {sub.nodes} -ppn 1 "
+    body = body.replace(launcher_line, "exec printf '%s\\n' \"$COMPASS_PILOT_JOB_NAME\" ")
     out = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=10, check=True).stdout
     assert out.splitlines()[0] == evil.replace("\n", "?")
     assert out.splitlines()[-4:] == agent
