@@ -1,0 +1,362 @@
+"""PanDA HTTP client: get_jobs(n), update_job, update_jobs — in both of the server's dialects.
+
+Wire formats matched against the public sources:
+
+- ``legacy`` — PanDA Pilot 3.x (``pilot/util/https.py``, ``pilot/control/job.py``) and
+  Harvester ≤ 2023: ``application/x-www-form-urlencoded`` POST to
+  ``<url>/server/panda/<method>`` with ``Accept: application/json``.  ``getJob`` takes
+  siteName, computingElement, prodSourceLabel, node, mem, diskSpace, cpu, workingGroup
+  and ``nJobs`` (bulk → ``{"StatusCode":0,"jobs":[…]}``, 20 = no jobs);
+  ``updateJob`` takes jobId, state, attemptNr, timestamp, siteName, node, schedulerID,
+  pilotID, startTime, endTime, coreCount, batchID, nEvents, cpuConsumptionTime,
+  cpuConsumptionUnit, maxRSS, jobMetrics, pilotErrorCode, pilotErrorDiag, transExitCode,
+  exeErrorCode, exeErrorDiag, pilotTiming and ``xml`` (the JSON file report) and answers
+  ``{"StatusCode":0,"command":"NULL"}``; ``updateJobsInBulk`` takes ``jobList`` (a JSON
+  list of those dicts) and answers ``[true, ["<json answer>", …]]``.  StatusCodes follow
+  panda-server ``jobdispatcher/Protocol.py``: 0 ok, 10 timeout, 20 no jobs, 30 failed,
+  40–70 security (not retried).
+- ``v1`` — panda-server ``pandaserver/api/v1/pilot_api.py``: POST
+  ``<url>/api/v1/pilot/acquire_jobs`` (site_name, n_jobs, prod_source_label, node,
+  computing_element, memory, disk_space, resource_type), ``update_job`` (job_id,
+  job_status, attempt_nr, n_events, job_output_report, …) and ``update_jobs_bulk``
+  (job_list); JSON bodies, answers ``{"success", "message", "data"}`` where
+  acquire_jobs' data is ``{"StatusCode":0,"jobs":[…]}`` and a job update's data is
+  ``{"StatusCode":0,"command":…}``.
+
+Auth: an X509 proxy is the client certificate *and* key (with a CA directory to verify
+the server); a bearer token is sent as ``Authorization: Bearer …`` with ``Origin``.
+Neither is ever logged.  Retries with exponential backoff and jitter on connection
+errors, timeouts and 5xx; never on 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from compass_pilot.config import PandaSection, SiteSection, expand
+from compass_pilot.errors import ServerError
+from compass_pilot.job import JobReport
+
+log = logging.getLogger(__name__)
+
+SECURITY_CODES = (40, 50, 60, 70, 80, 90)
+
+
+@dataclass
+class UpdateAnswer:
+    """The server's answer to one job update."""
+
+    ok: bool
+    command: str | None
+    status_code: int
+    message: str = ""
+
+
+def _command(value: Any) -> str | None:
+    if value in (None, "", "NULL", "None"):
+        return None
+    return str(value)
+
+
+def legacy_update_fields(report: JobReport) -> dict[str, Any]:
+    """A JobReport as pilot3's updateJob form fields (None values left out)."""
+    fields: dict[str, Any] = {
+        "jobId": report.panda_id,
+        "state": report.state,
+        "attemptNr": report.attempt_nr,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.timestamp)),
+        "siteName": report.site_name,
+        "node": report.node,
+        "schedulerID": report.scheduler_id,
+        "pilotID": report.pilot_id,
+        "batchID": report.batch_id,
+        "coreCount": report.core_count,
+        "startTime": report.start_time,
+        "endTime": report.end_time,
+        "nEvents": report.n_events,
+        "cpuConsumptionTime": report.cpu_consumption_time,
+        "cpuConsumptionUnit": "s" if report.cpu_consumption_time is not None else None,
+        "maxRSS": report.max_rss,
+        "jobMetrics": report.job_metrics,
+        "pilotErrorCode": report.pilot_error_code,
+        "pilotErrorDiag": report.pilot_error_diag,
+        "transExitCode": report.trans_exit_code,
+        "exeErrorCode": report.exe_error_code,
+        "exeErrorDiag": report.exe_error_diag,
+        "pilotTiming": report.pilot_timing,
+    }
+    if report.output_files:
+        fields["xml"] = json.dumps(report.file_report())
+    return {k: v for k, v in fields.items() if v not in (None, "")}
+
+
+def v1_update_fields(report: JobReport) -> dict[str, Any]:
+    """A JobReport as api/v1 update_job parameters."""
+    fields: dict[str, Any] = {
+        "job_id": report.panda_id,
+        "job_status": report.state,
+        "attempt_nr": report.attempt_nr,
+        "site_name": report.site_name,
+        "node": report.node,
+        "scheduler_id": report.scheduler_id,
+        "pilot_id": report.pilot_id,
+        "batch_id": report.batch_id,
+        "core_count": report.core_count,
+        "start_time": report.start_time,
+        "end_time": report.end_time,
+        "n_events": report.n_events,
+        "cpu_consumption_time": report.cpu_consumption_time,
+        "cpu_consumption_unit": "s" if report.cpu_consumption_time is not None else None,
+        "max_rss": report.max_rss,
+        "job_metrics": report.job_metrics,
+        "pilot_error_code": report.pilot_error_code,
+        "pilot_error_diag": report.pilot_error_diag,
+        "trans_exit_code": report.trans_exit_code,
+        "exe_error_code": report.exe_error_code,
+        "exe_error_diag": report.exe_error_diag,
+        "pilot_timing": report.pilot_timing,
+    }
+    if report.output_files:
+        fields["job_output_report"] = json.dumps(report.file_report())
+    return {k: v for k, v in fields.items() if v not in (None, "")}
+
+
+def _read_token(config: PandaSection) -> str | None:
+    """The bearer token: the configured file, else OIDC_AUTH_TOKEN / PANDA_AUTH_TOKEN (a file or the token)."""
+    candidates = [expand(config.token_file)] if config.token_file else []
+    for var in ("OIDC_AUTH_TOKEN", "PANDA_AUTH_TOKEN"):
+        value = os.environ.get(var)
+        if value:
+            candidates.append(value)
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            with open(candidate, encoding="utf-8") as handle:
+                return handle.read().strip()
+        if candidate is not config.token_file and "/" not in candidate:
+            return candidate.strip()
+    return None
+
+
+class PandaClient:
+    """One pilot's or daemon's connection to PanDA (keeps one HTTP session)."""
+
+    def __init__(self, panda: PandaSection, site: SiteSection, *, node: str = "", pilot_id: str = "") -> None:
+        self.panda = panda
+        self.site = site
+        self.node = node or socket.gethostname()
+        self.pilot_id = pilot_id
+        self.session = requests.Session()
+        self.session.headers.update({"Accept": "application/json", "User-Agent": "compass-pilot/0.1"})
+        proxy = expand(panda.x509_proxy) if panda.x509_proxy else os.environ.get("X509_USER_PROXY", "")
+        if proxy:
+            self.session.cert = (proxy, proxy)
+        if panda.url.startswith("https"):
+            ca_dir = expand(panda.ca_dir) if panda.ca_dir else os.environ.get("X509_CERT_DIR", "")
+            if not ca_dir and os.path.isdir("/etc/grid-security/certificates"):
+                ca_dir = "/etc/grid-security/certificates"
+            self.session.verify = (ca_dir or True) if panda.verify else False
+        token = _read_token(panda)
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+            origin = panda.origin or os.environ.get("PANDA_AUTH_ORIGIN", "")
+            if origin:
+                self.session.headers["Origin"] = origin
+        self.requests_made = 0
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport -----------------------------------------------------------------------
+    def _url(self, method: str) -> str:
+        base = self.panda.url.rstrip("/")
+        if self.panda.dialect == "v1":
+            return f"{base}/api/v1/pilot/{method}"
+        return f"{base}/server/panda/{method}"
+
+    def _post(self, method: str, fields: dict[str, Any]) -> Any:
+        """POST with retries; returns the decoded JSON answer or raises ServerError."""
+        url = self._url(method)
+        attempts = max(1, self.panda.retries)
+        delay = self.panda.backoff
+        last_error = ""
+        for attempt in range(1, attempts + 1):
+            self.requests_made += 1
+            try:
+                if self.panda.dialect == "v1":
+                    response = self.session.post(url, json=fields, timeout=self.panda.timeout, stream=True)
+                else:
+                    response = self.session.post(url, data=fields, timeout=self.panda.timeout, stream=True)
+                body = self._read_body(response, method)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code >= 500:
+                    last_error = f"HTTP {response.status_code}"
+                elif response.status_code >= 400:
+                    raise ServerError(
+                        f"{method}: HTTP {response.status_code} from {url}: {body[:200]!r}",
+                        status=response.status_code,
+                        retriable=False,
+                    )
+                else:
+                    return self._decode(body, method)
+            if attempt < attempts:
+                sleep = min(delay * (2 ** (attempt - 1)), self.panda.backoff_max) * random.uniform(0.5, 1.5)
+                log.warning("%s: %s (attempt %d/%d), retrying in %.1f s", method, last_error, attempt, attempts, sleep)
+                time.sleep(sleep)
+        raise ServerError(f"{method}: {url} unreachable after {attempts} attempts: {last_error}")
+
+    def _read_body(self, response: requests.Response, method: str) -> bytes:
+        limit = self.panda.max_response_bytes
+        chunks = []
+        size = 0
+        for chunk in response.iter_content(65536):
+            size += len(chunk)
+            if size > limit:
+                response.close()
+                raise ServerError(f"{method}: answer larger than {limit} bytes refused", retriable=False)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _decode(body: bytes, method: str) -> Any:
+        try:
+            return json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ServerError(f"{method}: answer is not UTF-8", retriable=False) from None
+        except ValueError:
+            raise ServerError(f"{method}: answer is not JSON: {body[:120]!r}", retriable=False) from None
+
+    # -- getJob --------------------------------------------------------------------------
+    def get_jobs(self, n: int, **extra: Any) -> list[dict[str, Any]]:
+        """Up to n jobs in ONE request; [] when the server has none."""
+        site = self.site
+        if self.panda.dialect == "v1":
+            fields: dict[str, Any] = {
+                "site_name": site.name,
+                "n_jobs": n,
+                "prod_source_label": site.job_label,
+                "node": self.node,
+                "computing_element": site.computing_element or site.name,
+                "resource_type": site.resource_type,
+                **extra,
+            }
+            answer = self._post("acquire_jobs", fields)
+            if not isinstance(answer, dict):
+                raise ServerError(f"acquire_jobs: unexpected answer {str(answer)[:120]}", retriable=False)
+            if not answer.get("success"):
+                message = str(answer.get("message", ""))
+                if "no jobs" in message.lower():
+                    return []
+                raise ServerError(f"acquire_jobs failed: {message[:200]}", retriable=False)
+            data = answer.get("data") or {}
+            jobs = data.get("jobs", []) if isinstance(data, dict) else data
+            return self._job_list(jobs)
+        fields = {
+            "siteName": site.name,
+            "computingElement": site.computing_element or site.name,
+            "prodSourceLabel": site.job_label,
+            "node": self.node,
+            "resourceType": site.resource_type,
+            "nJobs": n,
+            **extra,
+        }
+        answer = self._post("getJob", fields)
+        if not isinstance(answer, dict):
+            raise ServerError(f"getJob: unexpected answer {str(answer)[:120]}", retriable=False)
+        code = _int(answer.get("StatusCode"), -1)
+        if code == 20:
+            return []
+        if code != 0:
+            diag = answer.get("errorDialog", "")
+            raise ServerError(
+                f"getJob: StatusCode {code} {diag}"[:300], status=code, retriable=code not in SECURITY_CODES
+            )
+        if "jobs" in answer:
+            return self._job_list(answer["jobs"])
+        job = {k: v for k, v in answer.items() if k != "StatusCode"}
+        return [job] if job.get("PandaID") else []
+
+    @staticmethod
+    def _job_list(jobs: Any) -> list[dict[str, Any]]:
+        if not isinstance(jobs, list):
+            raise ServerError(f"job list is a {type(jobs).__name__}, not a list", retriable=False)
+        return [job for job in jobs if isinstance(job, dict)] + [
+            {"__malformed__": job} for job in jobs if not isinstance(job, dict)
+        ]
+
+    # -- updates -------------------------------------------------------------------------
+    def _fill(self, report: JobReport) -> JobReport:
+        report.site_name = report.site_name or self.site.name
+        report.node = report.node or self.node
+        report.pilot_id = report.pilot_id or self.pilot_id
+        return report
+
+    def update_job(self, report: JobReport) -> UpdateAnswer:
+        """One job update; the answer carries the server's command (tobekilled, …)."""
+        self._fill(report)
+        if self.panda.dialect == "v1":
+            return self._v1_answer(self._post("update_job", v1_update_fields(report)))
+        return self._legacy_answer(self._post("updateJob", legacy_update_fields(report)))
+
+    def update_jobs(self, reports: list[JobReport]) -> list[UpdateAnswer]:
+        """All updates in ONE request; one answer per report, in order."""
+        if not reports:
+            return []
+        for report in reports:
+            self._fill(report)
+        if self.panda.dialect == "v1":
+            answer = self._post("update_jobs_bulk", {"job_list": [v1_update_fields(r) for r in reports]})
+            if not isinstance(answer, dict) or not answer.get("success"):
+                message = answer.get("message", "") if isinstance(answer, dict) else str(answer)[:120]
+                raise ServerError(f"update_jobs_bulk failed: {message}", retriable=True)
+            items = answer.get("data") or []
+            answers = [self._v1_answer(item) for item in items]
+        else:
+            answer = self._post("updateJobsInBulk", {"jobList": json.dumps([legacy_update_fields(r) for r in reports])})
+            if not (
+                isinstance(answer, list) and len(answer) == 2 and answer[0] is True and isinstance(answer[1], list)
+            ):
+                raise ServerError(f"updateJobsInBulk: unexpected answer {str(answer)[:160]}", retriable=True)
+            answers = []
+            for item in answer[1]:
+                try:
+                    decoded = json.loads(item) if isinstance(item, str) else item
+                except ValueError:
+                    decoded = {"StatusCode": 30, "errorDialog": "undecodable answer"}
+                answers.append(self._legacy_answer(decoded))
+        if len(answers) != len(reports):
+            raise ServerError(f"bulk update: {len(answers)} answers for {len(reports)} jobs", retriable=True)
+        return answers
+
+    @staticmethod
+    def _legacy_answer(answer: Any) -> UpdateAnswer:
+        if not isinstance(answer, dict):
+            return UpdateAnswer(False, None, 30, f"unexpected answer {str(answer)[:80]}")
+        code = _int(answer.get("StatusCode"), 30)
+        return UpdateAnswer(code == 0, _command(answer.get("command")), code, str(answer.get("errorDialog", "")))
+
+    @staticmethod
+    def _v1_answer(answer: Any) -> UpdateAnswer:
+        if not isinstance(answer, dict):
+            return UpdateAnswer(False, None, 30, f"unexpected answer {str(answer)[:80]}")
+        data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+        code = _int(data.get("StatusCode"), 0 if answer.get("success") else 30)
+        ok = bool(answer.get("success")) and code == 0
+        return UpdateAnswer(ok, _command(data.get("command")), code, str(answer.get("message", "")))
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
