@@ -155,6 +155,7 @@ class PandaClient:
         self.node = node or socket.gethostname()
         self.pilot_id = pilot_id
         self.session = requests.Session()
+        self._verify: bool | str = True
         self.session.headers.update({"Accept": "application/json", "User-Agent": "compass-pilot/0.1"})
         proxy = expand(panda.x509_proxy) if panda.x509_proxy else os.environ.get("X509_USER_PROXY", "")
         if proxy:
@@ -163,7 +164,8 @@ class PandaClient:
             ca_dir = expand(panda.ca_dir) if panda.ca_dir else os.environ.get("X509_CERT_DIR", "")
             if not ca_dir and os.path.isdir("/etc/grid-security/certificates"):
                 ca_dir = "/etc/grid-security/certificates"
-            self.session.verify = (ca_dir or True) if panda.verify else False
+            # passed on every request: requests lets REQUESTS_CA_BUNDLE override Session.verify
+            self._verify = (ca_dir or True) if panda.verify else False
         token = _read_token(panda)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -191,11 +193,13 @@ class PandaClient:
         for attempt in range(1, attempts + 1):
             self.requests_made += 1
             try:
-                if self.panda.dialect == "v1":
-                    response = self.session.post(url, json=fields, timeout=self.panda.timeout, stream=True)
-                else:
-                    response = self.session.post(url, data=fields, timeout=self.panda.timeout, stream=True)
+                body_arg = {"json": fields} if self.panda.dialect == "v1" else {"data": fields}
+                response = self.session.post(
+                    url, **body_arg, timeout=self.panda.timeout, stream=True, verify=self._verify
+                )
                 body = self._read_body(response, method)
+            except requests.exceptions.SSLError as exc:
+                raise ServerError(f"{method}: TLS failure with {url}: {exc}", retriable=False) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
