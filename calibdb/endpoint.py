@@ -1,0 +1,107 @@
+"""What a payload needs to reach the calibration DB, and how it connects.
+
+CORAL finds its calibration database through environment variables (``CDBSERVER``,
+``MYSQL_UNIX_PORT``); the endpoint carries exactly those plus a DSN, so the same
+payload runs against the node-private MariaDB on an HPC node, an external server on
+a grid site, or the SQLite file of the embedded default.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from compass_pilot.errors import CalibDBError
+
+CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one running calibration DB."""
+
+    backend: str  # "sqlite" | "mariadb" | "external"
+    dsn: str  # sqlite: file path; mariadb: mysql://user@localhost/db?unix_socket=…
+    socket: str = ""
+    host: str = ""
+    port: int = 0
+    user: str = ""
+    database: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Endpoint:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def make_endpoint(
+    backend: str, *, path: str = "", socket: str = "", host: str = "", port: int = 0, user: str = "", database: str = ""
+) -> Endpoint:
+    """Build an endpoint and the environment a payload gets from it."""
+    if backend == "sqlite":
+        env = {"COMPASS_CALIB_BACKEND": "sqlite", "COMPASS_CALIB_DSN": path}
+        return Endpoint("sqlite", path, env=env)
+    env = {
+        "COMPASS_CALIB_BACKEND": "mysql",
+        "COMPASS_CALIB_USER": user,
+        "COMPASS_CALIB_DB": database,
+        "CDBSERVER": host or "localhost",
+    }
+    if socket:
+        env["MYSQL_UNIX_PORT"] = socket
+        dsn = f"mysql://{user}@localhost/{database}?unix_socket={socket}"
+    else:
+        env["COMPASS_CALIB_PORT"] = str(port)
+        dsn = f"mysql://{user}@{host}:{port}/{database}"
+    env["COMPASS_CALIB_DSN"] = dsn
+    return Endpoint(
+        backend, dsn, socket=socket, host=host or "localhost", port=port, user=user, database=database, env=env
+    )
+
+
+def connect(env: dict[str, str]) -> Any:
+    """A DB-API connection from a payload's environment; CalibDBError (1244) when it fails."""
+    backend = env.get("COMPASS_CALIB_BACKEND", "")
+    try:
+        if backend == "sqlite":
+            path = env.get("COMPASS_CALIB_DSN", "")
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=CONNECT_TIMEOUT)
+            conn.execute("SELECT 1 FROM calib LIMIT 1")
+            return conn
+        if backend == "mysql":
+            import pymysql
+
+            kwargs: dict[str, Any] = {
+                "user": env.get("COMPASS_CALIB_USER", "root"),
+                "database": env.get("COMPASS_CALIB_DB", "calib"),
+                "connect_timeout": CONNECT_TIMEOUT,
+                "read_timeout": CONNECT_TIMEOUT,
+                "write_timeout": CONNECT_TIMEOUT,
+            }
+            if env.get("MYSQL_UNIX_PORT"):
+                kwargs["unix_socket"] = env["MYSQL_UNIX_PORT"]
+            else:
+                kwargs["host"] = env.get("CDBSERVER", "localhost")
+                kwargs["port"] = int(env.get("COMPASS_CALIB_PORT", "3306"))
+            if env.get("COMPASS_CALIB_PASSWORD"):
+                kwargs["password"] = env["COMPASS_CALIB_PASSWORD"]
+            return pymysql.connect(**kwargs)
+    except Exception as exc:
+        raise CalibDBError(f"can't connect to CDB database ({backend}): {exc}") from None
+    raise CalibDBError(f"no calibration DB in the environment (COMPASS_CALIB_BACKEND={backend!r})")
+
+
+def read_constants(conn: Any, run: int) -> dict[str, float]:
+    """Calibration constants of one run: detector → constant."""
+    placeholder = "?" if isinstance(conn, sqlite3.Connection) else "%s"
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT detector, constant FROM calib WHERE run = {placeholder}", (int(run),))
+        rows = cur.fetchall()
+    except Exception as exc:
+        raise CalibDBError(f"calibration query failed for run {run}: {exc}") from None
+    return {str(det): float(value) for det, value in rows}
