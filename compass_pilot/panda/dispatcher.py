@@ -687,6 +687,9 @@ class Dispatcher:
                 log.error("heartbeat check failed: %s", exc)
 
     def stop(self) -> None:
+        """Stop serving (idempotent: a test may stop it early to play a dead server)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()

@@ -1,0 +1,118 @@
+"""JobSource and StatusUpdater against the real dispatcher over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from compass_pilot.bulk import JobSource, StatusUpdater
+from compass_pilot.config import load_site_config
+from compass_pilot.job import JobReport
+from compass_pilot.panda.client import PandaClient
+from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+
+
+class CountingClient(PandaClient):
+    """The real client, counting the HTTP requests it makes."""
+
+    calls: list[str]
+
+    def get_jobs(self, n, **extra):  # type: ignore[override]
+        self.calls.append("get_jobs")
+        return super().get_jobs(n, **extra)
+
+    def update_jobs(self, reports):  # type: ignore[override]
+        self.calls.append("update_jobs")
+        return super().update_jobs(reports)
+
+    def update_job(self, report):  # type: ignore[override]
+        self.calls.append("update_job")
+        return super().update_job(report)
+
+
+def _summary(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/api/summary", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    db = str(tmp_path / "panda.sqlite")
+    dispatcher = Dispatcher(db, port=0, check_interval=60)
+    dispatcher.start()
+    chunks = [f"2016/raw/W14/cdr{11000 + i:05d}-275678.raw" for i in range(40)]
+    submit_task(
+        db,
+        {
+            "name": "bulk",
+            "prod": "P09",
+            "year": 2016,
+            "period": "W14",
+            "job_type": "reco",
+            "sw_release": "x",
+            "slt": 2,
+            "phast": 7,
+            "chunks": chunks,
+        },
+    )
+    site = load_site_config(None)
+    site.panda.url = dispatcher.url
+    client = CountingClient(site.panda, site.site)
+    client.calls = []
+    try:
+        yield dispatcher, client
+    finally:
+        client.close()
+        dispatcher.stop()
+
+
+@pytest.mark.parametrize("dialect", ["legacy", "v1"])
+def test_one_request_per_fetch_and_per_flush(served, dialect: str) -> None:
+    dispatcher, client = served
+    client.panda.dialect = dialect
+    source = JobSource(client, backoff=60)
+    jobs = source.fetch(32)
+    assert len(jobs) == 32 and client.calls == ["get_jobs"]
+    updater = StatusUpdater(client)
+    for job in jobs:
+        updater.queue(JobReport(int(job["PandaID"]), "starting", int(job["attemptNr"])))
+        updater.queue(JobReport(int(job["PandaID"]), "running", int(job["attemptNr"])))  # coalesced
+    updater.flush()
+    assert client.calls == ["get_jobs", "update_jobs"]
+    assert updater.pending() == 0
+    for job in jobs:
+        updater.queue(JobReport(int(job["PandaID"]), "finished", int(job["attemptNr"]), n_events=1))
+    updater.flush()
+    assert client.calls.count("update_jobs") == 2
+    assert _summary(dispatcher.url)["jobs_by_status"].get("finished") == 32
+    # an acknowledged final state is never sent again
+    updater.queue(JobReport(int(jobs[0]["PandaID"]), "finished", int(jobs[0]["attemptNr"])))
+    assert updater.pending() == 0
+    assert updater.flush() == {}
+    assert client.calls.count("update_jobs") == 2
+
+
+def test_empty_server_backs_off(served) -> None:
+    _, client = served
+    source = JobSource(client, backoff=60)
+    assert len(source.fetch(100)) == 40
+    assert source.fetch(100) == []  # empty → backoff
+    assert not source.ready()
+    assert source.fetch(100) == []  # no request made inside the backoff
+    assert client.calls == ["get_jobs", "get_jobs"]
+
+
+def test_finals_survive_a_dead_server(served) -> None:
+    dispatcher, client = served
+    jobs = JobSource(client).fetch(3)
+    updater = StatusUpdater(client)
+    for job in jobs:
+        updater.queue(JobReport(int(job["PandaID"]), "failed", int(job["attemptNr"]), pilot_error_code=1305))
+    dispatcher.stop()
+    client.panda.retries = 1
+    client.panda.backoff = 0.01
+    assert updater.flush() == {}
+    assert updater.pending_finals() == 3 and updater.stats.failures == 1
