@@ -1,0 +1,140 @@
+"""The MOM-node daemon end to end: real dispatcher, real fork:// batch through radical.saga,
+real mpiexec with fake nodes, real node agents and payloads."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from compass_pilot.config import load_site_config
+from compass_pilot.demo.rawdata import make_production_input
+from compass_pilot.modes.multijob import MultiJobDaemon, format_status, make_backend
+
+
+def _summary(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/api/summary", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+@pytest.fixture
+def mom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import calibdb
+    from compass_pilot.panda.client import PandaClient
+    from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RADICAL_BASE", str(tmp_path / "radical"))
+    (tmp_path / "home").mkdir()
+    db = str(tmp_path / "panda.sqlite")
+    dispatcher = Dispatcher(db, port=0, check_interval=60)
+    dispatcher.start()
+    site = load_site_config(None)
+    site.panda.url = dispatcher.url
+    site.panda.backoff = 0.1
+    site.storage.input_root = str(tmp_path / "castor")
+    site.storage.output_root = str(tmp_path / "eos")
+    site.calibdb.backend = "sqlite"
+    site.calibdb.snapshot = str(calibdb.demo_snapshot("sqlite", tmp_path / "calib"))
+    site.calibdb.scratch_dir = str(tmp_path / "scratch")
+    site.hpc.shared_dir = str(tmp_path / "hpc")
+    site.hpc.fake_nodes = True
+    site.hpc.slots_per_node = 8
+    site.hpc.max_nodes = 4
+    site.hpc.max_jobs = 32
+    site.hpc.poll_interval = 1
+    site.hpc.heartbeat_interval = 2
+    site.hpc.batch_url = "fork://localhost"
+    client = PandaClient(site.panda, site.site)
+
+    def submit(n: int, event_time: float = 0.0) -> None:
+        chunks = make_production_input(tmp_path / "castor", 2016, "W14", {275678: n}, n_events=20)
+        task = {
+            "name": f"t{n}",
+            "prod": "P09",
+            "year": 2016,
+            "period": "W14",
+            "job_type": "reco",
+            "sw_release": "x",
+            "slt": 2,
+            "phast": 7,
+            "max_attempts": 1,
+            "max_walltime": 600,
+            "chunks": [c.raw_path for c in chunks],
+        }
+        if event_time:
+            task["extra_pars"] = f"--event-time {event_time}"
+        submit_task(db, task)
+
+    try:
+        yield site, client, dispatcher, submit
+    finally:
+        client.close()
+        dispatcher.stop()
+
+
+def _run(daemon: MultiJobDaemon, timeout: float = 120) -> None:
+    thread = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        daemon.terminate()
+        thread.join(30)
+        pytest.fail("daemon did not finish in time")
+
+
+def test_32_jobs_on_4_fake_nodes(mom) -> None:
+    site, client, dispatcher, submit = mom
+    submit(32)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)
+    summary = _summary(dispatcher.url)
+    assert summary["jobs_by_status"] == {"finished": 32}
+    assert daemon.source.stats.requests == 1  # one getJob for the whole job set
+    (sub,) = daemon.submissions.values()
+    assert sub.nodes == 4 and len(sub.jobs) == 32
+    # every final state reached the server exactly once
+    assert dispatcher.duplicate_finals() == []
+    status = format_status(json.loads((Path(site.hpc.shared_dir) / "daemon_state.json").read_text()))
+    assert "finished 32" in status
+
+
+def test_five_jobs_make_a_one_node_submission(mom) -> None:
+    site, client, dispatcher, submit = mom
+    submit(5)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)
+    (sub,) = daemon.submissions.values()
+    assert sub.nodes == 1 and len(sub.jobs) == 5
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 5}
+
+
+def test_killed_node_agent_fails_only_its_jobs(mom) -> None:
+    site, client, dispatcher, submit = mom
+    submit(16, event_time=0.15)  # 2 nodes × 8 slots, ~3 s per payload
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    thread = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    victim = None
+    deadline = time.time() + 60
+    while victim is None and time.time() < deadline:
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            cmd = proc.info["cmdline"] or []
+            env = proc.info["environ"] or {}
+            if "hpc.node_agent" in cmd and env.get("PMI_RANK") == "1" and site.hpc.shared_dir in " ".join(cmd):
+                victim = proc
+                break
+        time.sleep(0.2)
+    assert victim is not None, "node agent of node 1 not found"
+    time.sleep(1)
+    victim.kill()
+    thread.join(120)
+    assert not thread.is_alive()
+    by_status = _summary(dispatcher.url)["jobs_by_status"]
+    assert by_status.get("finished") == 8 and by_status.get("failed") == 8
+    assert dispatcher.duplicate_finals() == []
