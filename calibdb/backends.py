@@ -43,9 +43,12 @@ READY_RETRY = 0.05  # seconds between readiness probes, only while the server pr
 
 
 def find_mariadbd(configured: str = "") -> str:
-    """The server binary: the configured one, else mariadbd / mysqld on PATH or in /usr/sbin."""
-    candidates = [configured] if configured else []
-    candidates += [
+    """The server binary: the configured one (no fallback: the admin chose it), else PATH / /usr/sbin."""
+    if configured:
+        if os.access(configured, os.X_OK):
+            return configured
+        raise CalibDBError(f"mariadbd not found at the configured path {configured}")
+    candidates = [
         shutil.which("mariadbd") or "",
         shutil.which("mysqld") or "",
         "/usr/sbin/mariadbd",
