@@ -145,8 +145,10 @@ class CalibDB:
 
     def _start_instance(self) -> dict[str, Any]:
         snapshot = self.snapshot
-        if snapshot is None:
-            raise CalibDBError("calibdb.snapshot is not set")
+        if snapshot is None:  # the embedded default: the demo's calibration, built once per scratch dir
+            from calibdb.snapshot import demo_snapshot
+
+            snapshot = demo_snapshot(self.cfg.backend, self.dir.parent / "calibdb-demo-snapshot")
         if self.cfg.backend == "sqlite":
             endpoint = backends.sqlite_copy(snapshot, self.dir)
             return {"pid": None, "endpoint": endpoint.to_dict()}

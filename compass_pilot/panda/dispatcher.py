@@ -32,6 +32,7 @@ import sqlite3
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -168,6 +169,7 @@ class JobStore:
         # hooks of the ProdSys workflow (chain of merge / cross-check jobs)
         self.on_final: list[Callable[[sqlite3.Connection, int], None]] = []
         self.summary_extensions: list[Callable[[JobStore, list[dict[str, Any]]], None]] = []
+        self.request_counts: Counter[str] = Counter()  # method → HTTP requests served (benchmarks, tests)
 
     def close(self) -> None:
         with self.lock:
@@ -399,6 +401,7 @@ class JobStore:
             "runs": runs,
             "duplicate_final_updates": duplicates,
             "updates": self.query("SELECT COUNT(*) AS n FROM updates")[0]["n"],
+            "requests": dict(self.request_counts),
         }
 
 
@@ -526,6 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError) as exc:
             self._send(400, {"StatusCode": 30, "errorDialog": f"bad request body: {exc}"})
             return
+        self.server.store.request_counts[path.rsplit("/", 1)[-1]] += 1
         try:
             if path.startswith("/server/panda/"):
                 self._legacy(path.rsplit("/", 1)[1], fields)
