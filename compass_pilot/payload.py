@@ -26,6 +26,38 @@ from compass_pilot.errors import ErrorCode, code_for_signal
 
 log = logging.getLogger(__name__)
 
+EXITCODE_NAME = "payload.exitcode"
+
+#: The payload runs under this bash wrapper, which writes its exit status to
+#: ``payload.exitcode`` even when the pilot is gone (killed, restarted): a restarted
+#: pilot then knows how a payload it could not wait for ended.  A payload killed by a
+#: signal makes the wrapper kill itself with the same signal, so the pilot that does
+#: wait still sees the signal, not 128+n.
+_WRAPPER = (
+    '"$@"; rc=$?; printf "%d\\n" "$rc" > '
+    + EXITCODE_NAME
+    + ".tmp && mv -f "
+    + EXITCODE_NAME
+    + ".tmp "
+    + EXITCODE_NAME
+    + '; if [ "$rc" -gt 128 ] && [ "$rc" -lt 160 ]; then trap - $((rc - 128)); '
+    'kill -s $((rc - 128)) $$; fi; exit "$rc"'
+)
+
+
+def wrap_command(cmd: list[str] | str) -> list[str]:
+    """The argv that runs ``cmd`` under the exit-code wrapper."""
+    inner = ["/bin/bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    return ["/bin/bash", "-c", _WRAPPER, "payload-wrapper", *inner]
+
+
+def read_exitcode(workdir: Path) -> int | None:
+    """The exit status the wrapper recorded, or None if the payload never ended normally."""
+    try:
+        return int((Path(workdir) / EXITCODE_NAME).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
 
 @dataclass
 class PayloadResult:
@@ -117,25 +149,28 @@ class PayloadProcess:
         self._killed_by = ""
         self._peak_rss = 0
         self._start = 0.0
+        self.create_time = 0.0
 
     def start(self) -> PayloadProcess:
         """Start the payload; raises OSError if it cannot be started at all."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        shell = isinstance(self.cmd, str)
+        (self.workdir / EXITCODE_NAME).unlink(missing_ok=True)
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self._proc = subprocess.Popen(
-                self.cmd,
-                shell=shell,
+                wrap_command(self.cmd),
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                executable="/bin/bash" if shell else None,
             )
         self.pid = self._proc.pid
         self._start = time.time()
+        try:
+            self.create_time = psutil.Process(self.pid).create_time()
+        except psutil.Error:
+            self.create_time = 0.0
         log.info("payload started pid=%d workdir=%s", self.pid, self.workdir)
         threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
         threading.Thread(target=self._watch, name=f"watch-{self.pid}", daemon=True).start()

@@ -79,3 +79,16 @@ def test_waiting_costs_no_cpu(tmp_path: Path) -> None:
     run_payload(["sleep", "2"], tmp_path, _env(), sample_interval=60)
     used = sum(me.cpu_times()[:2]) - before
     assert used < 0.3
+
+
+def test_exit_status_survives_in_a_file_for_a_restarted_pilot(tmp_path: Path) -> None:
+    from compass_pilot.payload import read_exitcode
+
+    run_payload(["bash", "-c", "exit 7"], tmp_path, _env())
+    assert read_exitcode(tmp_path) == 7
+    run_payload(["bash", "-c", "kill -SEGV $$"], tmp_path, _env())
+    assert read_exitcode(tmp_path) == 128 + signal.SIGSEGV
+    proc = PayloadProcess(["sleep", "30"], tmp_path, _env(), grace=1).start()
+    proc.kill("pilot")
+    proc.wait(10)
+    assert read_exitcode(tmp_path) is None  # killed with its wrapper: no normal end recorded
