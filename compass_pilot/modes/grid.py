@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from compass_pilot import lifecycle
+from compass_pilot.bulk import StatusUpdater
 from compass_pilot.config import SiteConfig
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError, ServerError
 from compass_pilot.experiment import compass
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
+from compass_pilot.journal import Journal, journal_path
 from compass_pilot.payload import PayloadProcess, PayloadResult
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,18 @@ class GridSummary:
 class GridPilot:
     """A pilot-factory pilot: fetch, run and report jobs one after another."""
 
-    def __init__(self, site: SiteConfig, client: Any, *, stop_event: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        site: SiteConfig,
+        client: Any,
+        *,
+        stop_event: threading.Event | None = None,
+        journal: Journal | None = None,
+    ) -> None:
         self.site = site
         self.client = client
+        self.journal = journal or Journal.claim(journal_path(site))
+        self.updater = StatusUpdater(client, self.journal)
         self.stop_event = stop_event or threading.Event()
         self.node = socket.gethostname()
         self.pilot_id = f"compass-grid-{os.getpid()}"
@@ -81,6 +92,7 @@ class GridPilot:
         return self._calib_env
 
     def close(self) -> None:
+        self.journal.close()
         if self._calibdb is not None:
             try:
                 self._calibdb.stop()
@@ -88,38 +100,89 @@ class GridPilot:
                 log.warning("calibration DB stop failed: %s", exc)
             self._calibdb = None
 
-    def _send(self, report: JobReport) -> Any:
-        """Send one update; intermediate updates may be lost, final ones are retried."""
+    def _send(self, report: JobReport) -> str | None:
+        """Report one state through the journal and the status updater; returns the server's command.
+
+        An intermediate update that cannot be delivered stays pending (coalesced with the
+        next one); a final state is retried until PanDA acknowledges it.
+        """
         report.node = report.node or self.node
         report.pilot_id = report.pilot_id or self.pilot_id
         report.site_name = report.site_name or self.site.site.name
-        if not report.is_final:
-            try:
-                return self.client.update_job(report)
-            except ServerError as exc:
-                log.warning("job %d: %s update not delivered: %s", report.panda_id, report.state, exc)
-                return None
-        return self._send_final(report)
+        self.updater.queue(report)
+        commands = self.updater.flush()
+        if report.is_final:
+            self._drain_finals()
+            if self.journal.final_acked(report.panda_id, report.attempt_nr):
+                self.summary.jobs[report.panda_id] = report.state
+                self.summary.codes[report.panda_id] = report.pilot_error_code or 0
+        return commands.get(report.panda_id)
 
-    def _send_final(self, report: JobReport) -> Any:
-        """Deliver a final state; exactly once from this pilot's side (the server dedups retries)."""
+    def _drain_finals(self) -> None:
+        """Flush until no final state is pending (pilot3 gives up after 3 h without contact)."""
         delay = self.site.panda.backoff
-        deadline = time.time() + 3 * 3600  # pilot3 gives up after 3 h without a successful update
-        while True:
-            try:
-                answer = self.client.update_job(report)
-            except ServerError as exc:
-                if time.time() > deadline or self.stop_event.is_set():
-                    log.error("job %d: final state %s NOT acknowledged: %s", report.panda_id, report.state, exc)
-                    self.summary.unacknowledged.append(report.panda_id)
-                    return None
-                log.warning("job %d: final update failed (%s), retrying in %.0f s", report.panda_id, exc, delay)
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, self.site.panda.backoff_max)
-                continue
-            self.summary.jobs[report.panda_id] = report.state
-            self.summary.codes[report.panda_id] = report.pilot_error_code or 0
-            return answer
+        deadline = time.time() + 3 * 3600
+        while self.updater.pending_finals():
+            if time.time() > deadline or self.stop_event.is_set():
+                log.error(
+                    "%d final state(s) NOT acknowledged; they stay in the journal for the next pilot",
+                    self.updater.pending_finals(),
+                )
+                self.summary.unacknowledged.extend(r.panda_id for r in self.journal.pending_reports() if r.is_final)
+                return
+            log.warning("final update not acknowledged yet, retrying in %.0f s", delay)
+            self.stop_event.wait(delay)
+            delay = min(delay * 2, self.site.panda.backoff_max)
+            self.updater.flush()
+
+    # -- recovery after a restart --------------------------------------------------------
+    def recover(self) -> None:
+        """Re-send what the journal still owes PanDA; adopt or settle jobs a dead pilot left."""
+        for report in self.journal.pending_reports():
+            self.updater.queue(report)
+        for entry in self.journal.unfinished_jobs():
+            if entry.mode == "grid":
+                self._recover_job(entry)
+        if self.updater.pending():
+            self.updater.flush()
+            self._drain_finals()
+
+    def _recover_job(self, entry: Any) -> None:
+        from compass_pilot.payload import read_exitcode
+        from compass_pilot.recovery import find_payload, result_from_exitcode, wait_for_pid
+
+        try:
+            job = JobSpec.from_panda(entry.spec)
+        except BadJobSpec as exc:
+            self._send(failed_report(entry.panda_id, entry.attempt_nr, exc.code, exc.pilot_error_diag()))
+            return
+        workdir = Path(entry.workdir) if entry.workdir else lifecycle.job_workdir(self.site, job)
+        alive = find_payload(entry.pid, entry.create_time) if entry.pid else None
+        if alive is not None:
+            log.warning("job %d: adopting payload pid %d left by a previous pilot", job.panda_id, entry.pid)
+            while not wait_for_pid(entry.pid, self.site.grid.heartbeat_interval):
+                if self.stop_event.is_set():
+                    return
+                self._send(JobReport(job.panda_id, "running", job.attempt_nr, core_count=job.core_count))
+        code = read_exitcode(workdir)
+        if code is None:
+            what = "before its payload started" if not entry.pid else "and its payload died without an exit status"
+            self._send(
+                failed_report(
+                    job.panda_id,
+                    job.attempt_nr,
+                    ErrorCode.LOST_CONTACT,
+                    f"the pilot was restarted {what}",
+                    core_count=job.core_count,
+                )
+            )
+            return
+        log.warning("job %d: payload ended with %d while the pilot was down: finishing it", job.panda_id, code)
+        self._send(JobReport(job.panda_id, "transferring", job.attempt_nr, core_count=job.core_count))
+        report = lifecycle.finish_job(job, workdir, result_from_exitcode(code), self.site, self.copytool)
+        self._send(report)
+        if report.state == "finished":
+            lifecycle.clean_workdir(workdir)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> GridSummary:
@@ -127,6 +190,7 @@ class GridPilot:
         limit = self.site.grid.max_jobs
         done = 0
         try:
+            self.recover()
             while not self.stop_event.is_set() and (limit == 0 or done < limit):
                 t0 = time.time()
                 try:
@@ -165,6 +229,7 @@ class GridPilot:
         timing = lifecycle.Timing(getjob=getjob_seconds)
         start = utc_timestamp()
         base = {"start_time": start, "core_count": job.core_count}
+        self.journal.job_started(job, str(lifecycle.job_workdir(self.site, job)), mode="grid")
         self._send(JobReport(job.panda_id, "starting", job.attempt_nr, **base))
         try:
             setup_start = time.time()
@@ -207,6 +272,7 @@ class GridPilot:
             stdout_name=lifecycle.STDOUT_NAME,
             stderr_name=lifecycle.STDERR_NAME,
         ).start()
+        self.journal.payload_started(job.panda_id, job.attempt_nr, proc.pid or 0, proc.create_time)
         self._current = proc
         if self.stop_event.is_set():
             proc.kill("pilot")
@@ -220,8 +286,7 @@ class GridPilot:
                 cpu_consumption_time=round(sample.get("cpu_seconds", 0)),
                 max_rss=int(sample.get("max_rss", 0)) // 1024 or None,
             )
-            answer = self._send(beat)
-            command = getattr(answer, "command", None)
+            command = self._send(beat)
             if command in ("tobekilled", "softkill"):
                 log.warning("job %d: server says %s: killing the payload", job.panda_id, command)
                 proc.kill("server")
