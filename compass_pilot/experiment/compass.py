@@ -37,6 +37,7 @@ END_MARKERS = {
 
 #: (stream, regex, code): first match wins, checked in this order (old COMPASS pilot codes)
 FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], int], ...] = (
+    ("stderr", re.compile(r"No space left on device"), ErrorCode.NO_LOCAL_SPACE),
     ("stdout", re.compile(r"can't connect to CDB database"), ErrorCode.CALIBDB_UNAVAILABLE),
     ("stdout", re.compile(r"A FATAL ERROR APPEARED"), ErrorCode.COMPASS_FATAL_ERROR),
     ("stderr", re.compile(r"core dumped|segmentation violation", re.IGNORECASE), ErrorCode.COMPASS_CORE_DUMP),
