@@ -38,6 +38,7 @@ from compass_pilot.bulk import JobSource, StatusUpdater
 from compass_pilot.config import SiteConfig, config_to_dict, expand, load_site_config
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
+from compass_pilot.journal import Journal
 from compass_pilot.payload import PayloadResult
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class MultiJobDaemon:
         *,
         stop_event: threading.Event | None = None,
         copytool: Any = None,
+        journal: Journal | None = None,
     ) -> None:
         self.site = site
         self.client = client
@@ -105,7 +107,8 @@ class MultiJobDaemon:
         self.shared.mkdir(parents=True, exist_ok=True)
         hpc = site.hpc
         self.source = JobSource(client, backoff=hpc.no_jobs_backoff, backoff_max=hpc.no_jobs_backoff_max)
-        self.updater = StatusUpdater(client)
+        self.journal = journal or Journal.claim(self.shared / "daemon-journal.sqlite")
+        self.updater = StatusUpdater(client, self.journal)
         self.submissions: dict[str, SubmissionState] = {}
         self.specs: dict[int, JobSpec] = {}
         self.errors: Counter[int] = Counter()
@@ -192,6 +195,7 @@ class MultiJobDaemon:
         runnable = []
         for job in submission.jobs:
             self.specs[job.panda_id] = job
+            self.journal.job_started(job, str(lifecycle.job_workdir(site, job)), mode="multijob", sub_id=sub_id)
             self.updater.queue(
                 JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
             )
@@ -233,7 +237,40 @@ class MultiJobDaemon:
         )
         self.submissions[sub_id] = state
         self._persist(state)
+        for job in runnable:
+            self.journal.set_state(job.panda_id, job.attempt_nr, "submitted", batch_id=state.batch_id)
         return len(runnable)
+
+    # -- recovery after a restart --------------------------------------------------------
+    def recover(self) -> int:
+        """Re-send owed reports and take back the submissions a killed daemon left in flight."""
+        for report in self.journal.pending_reports():
+            self.updater.queue(report)
+        specs = {(e.panda_id, e.attempt_nr): e.spec for e in self.journal.unfinished_jobs() if e.mode == "multijob"}
+        adopted = 0
+        for path in sorted(self.shared.glob("sub-*/state.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("unreadable submission state %s: %s", path, exc)
+                continue
+            if data.get("done") or data.get("sub_id") in self.submissions:
+                continue
+            jobs = {k: JobEntry(**v) for k, v in data.pop("jobs", {}).items()}
+            state = SubmissionState(**data, jobs=jobs)
+            for entry in jobs.values():
+                spec = specs.get((entry.panda_id, entry.attempt_nr))
+                if entry.final or self.journal.final_acked(entry.panda_id, entry.attempt_nr):
+                    entry.final = entry.final or "reported"
+                elif spec is not None:
+                    self.specs[entry.panda_id] = JobSpec.from_panda(spec)
+                else:
+                    entry.final = "unknown"  # not ours any more (e.g. a final report is pending)
+            self.submissions[state.sub_id] = state
+            adopted += 1
+            log.warning("adopted submission %s (batch id %s) left by a previous daemon", state.sub_id, state.batch_id)
+        self._seq = max(self._seq, len(self.submissions))
+        return adopted
 
     # -- watch ---------------------------------------------------------------------------
     def watch(self) -> None:
@@ -337,7 +374,7 @@ class MultiJobDaemon:
 
     def run(self, *, once: bool = False, max_cycles: int = 0) -> None:
         """Loop until stopped; ``once``: stop fetching after the first submission and drain."""
-        submitted_cycles = 0
+        submitted_cycles = 1 if self.recover() and once else 0
         while True:
             before = self._seq
             self.round()
@@ -360,6 +397,7 @@ class MultiJobDaemon:
             self._wake.wait(wait)
             self._wake.clear()
         self._write_daemon_state()
+        self.journal.close()
 
     def terminate(self) -> None:
         """SIGTERM: stop fetching, kill the batch jobs, report what is left, exit."""

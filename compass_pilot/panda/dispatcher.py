@@ -639,6 +639,32 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     store: JobStore
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_sockets: set[Any] = set()
+        self.sockets_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.sockets_lock:
+            self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.sockets_lock:
+            self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        """Cut kept-alive connections too: a stopped server must look dead to its clients."""
+        import socket
+
+        with self.sockets_lock:
+            for sock in list(self.open_sockets):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
 
 class Dispatcher:
     """The embedded dispatcher: HTTP(S) server + heartbeat checker, in background threads."""
@@ -697,6 +723,7 @@ class Dispatcher:
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()
+        self.server.close_open_connections()
         for thread in self._threads:
             thread.join(5)
         self.store.close()

@@ -1,0 +1,71 @@
+"""Multi-job faults: the daemon killed and restarted, the PanDA server down for a while."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+from tests.faults.conftest import Site, record, wait_for
+
+
+def _task(site: Site, n: int, event_time: float) -> None:
+    submit_task(
+        site.db,
+        {
+            "name": "mj",
+            "prod": "P09",
+            "year": 2016,
+            "period": "W14",
+            "job_type": "reco",
+            "slt": 2,
+            "phast": 7,
+            "max_attempts": 1,
+            "max_walltime": 600,
+            "extra_pars": f"--event-time {event_time}",
+            "chunks": [f"2016/raw/W14/cdr{11001 + i:05d}-275678.raw" for i in range(n)],
+        },
+    )
+
+
+def _daemon(site: Site, *args: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, HOME=str(site.base), RADICAL_BASE=str(site.base / "radical"))
+    log = open(site.base / f"daemon-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "compass_pilot.cli", "daemon", "--site", str(site.write()), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def _running(site: Site) -> int:
+    return site.dispatcher.summary()["jobs_by_status"].get("running", 0)
+
+
+def test_daemon_killed_with_a_submission_running_is_restarted(site: Site) -> None:
+    _task(site, 8, event_time=0.1)  # 2 nodes × 4 slots, ~4 s payloads
+    daemon = _daemon(site, "--once")
+    wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
+    os.kill(daemon.pid, signal.SIGKILL)  # the batch job and its node agents live on
+    daemon.wait(10)
+    restarted = _daemon(site, "--once")
+    assert restarted.wait(120) == 0
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
+    assert record("daemon kill -9 with a submission running", site.dispatcher)[1:] == (0, 0)
+
+
+def test_server_outage_during_a_multijob_run(site: Site) -> None:
+    _task(site, 8, event_time=0.12)
+    daemon = _daemon(site, "--once")
+    wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
+    port = int(site.dispatcher.url.rsplit(":", 1)[1])
+    site.dispatcher.stop()  # PanDA goes away while the payloads run and finish
+    time.sleep(8)
+    site.dispatcher = Dispatcher(site.db, port=port, check_interval=1).start()  # same DB, same address
+    assert daemon.wait(120) == 0  # the queued final reports drained once the server was back
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
+    assert record("PanDA server down 8 s during a multi-job run", site.dispatcher)[1:] == (0, 0)
