@@ -44,8 +44,14 @@ def demo_site(base: Path, url: str, calib_backend: str, snapshot: Path, *, stora
         "grid": {"heartbeat_interval": 10, "max_jobs": 0, "payload_grace": 10, "sample_interval": 10},
         "storage": storage,
         "calibdb": {"backend": calib_backend, "snapshot": str(snapshot), "scratch_dir": str(base / "scratch")},
-        "hpc": {"shared_dir": str(base / "hpc"), "fake_nodes": True, "max_jobs": 64, "max_nodes": 2,
-                "poll_interval": 2, "heartbeat_interval": 10},
+        "hpc": {
+            "shared_dir": str(base / "hpc"),
+            "fake_nodes": True,
+            "max_jobs": 64,
+            "max_nodes": 2,
+            "poll_interval": 2,
+            "heartbeat_interval": 10,
+        },
     }
 
 
@@ -98,16 +104,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.xrootd:
             from compass_pilot.copytools.xrootd_server import XRootDServer
 
-            xrootd = XRootDServer(base / "xrootd")
+            xrootd = XRootDServer()
             xrootd.__enter__()
-            storage = {"copytool": "xrootd", "input_root": f"{xrootd.url}/castor",
-                       "output_root": f"{xrootd.url}/eos"}
+            storage = {"copytool": "xrootd", "input_root": f"{xrootd.url}/castor", "output_root": f"{xrootd.url}/eos"}
         site_file = base / "site.yaml"
         site_file.write_text(yaml.safe_dump(demo_site(base, dispatcher.url, args.calibdb, snapshot, storage=storage)))
         task = {
             "name": f"demo-{PROD}-{'chain' if args.chain else 'reco'}",
-            "prod": PROD, "year": YEAR, "period": PERIOD, "job_type": "reco", "sw_release": f"slt{SLT}-phast{PHAST}",
-            "slt": SLT, "phast": PHAST, "max_attempts": 3, "priority": 2000, "max_walltime": 3600,
+            "prod": PROD,
+            "year": YEAR,
+            "period": PERIOD,
+            "job_type": "reco",
+            "sw_release": f"slt{SLT}-phast{PHAST}",
+            "slt": SLT,
+            "phast": PHAST,
+            "max_attempts": 3,
+            "priority": 2000,
+            "max_walltime": 3600,
             "chunks": [c.raw_path for c in chunks],
         }
         if args.chain:
@@ -157,4 +170,3 @@ if __name__ == "__main__":
     from compass_pilot.cli import main
 
     sys.exit(main(["demo", *sys.argv[1:]]))
-
