@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             xrootd = XRootDServer()
             xrootd.__enter__()
             storage = {"copytool": "xrootd", "input_root": f"{xrootd.url}/castor", "output_root": f"{xrootd.url}/eos"}
+            # the raw chunks move into the server's export; outputs will arrive there too
+            shutil.copytree(castor, xrootd.data / "castor")
+            xrootd.give_to_server(xrootd.data / "castor")
+            eos = xrootd.data / "eos"
         site_file = base / "site.yaml"
         site_file.write_text(yaml.safe_dump(demo_site(base, dispatcher.url, args.calibdb, snapshot, storage=storage)))
         task = {
