@@ -49,6 +49,7 @@ FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("stderr", re.compile(r"Killed.*coral\.exe"), ErrorCode.COMPASS_KILLED),
     ("stdout", re.compile(r"CORAL exiting with return code -3"), ErrorCode.COMPASS_RETURN_CODE_3),
     ("stderr", re.compile(r"\bAborted\b"), ErrorCode.COMPASS_ABORTED),
+    ("stdout", re.compile(r"cross-check FAILED"), ErrorCode.PAYLOAD_FAILED),
 )
 
 _EVENTS_PATTERNS = (
@@ -59,9 +60,12 @@ _EVENTS_PATTERNS = (
 
 DEMO_TRANSFORMATIONS = {
     "compass-demo-reco": "compass_pilot.demo.reco",
+    "compass-demo-ddd": "compass_pilot.demo.ddd",
+    "compass-demo-merge": "compass_pilot.demo.merge",
+    "compass-demo-xcheck": "compass_pilot.demo.xcheck",
 }
 
-_PAR_RE = re.compile(r"^[A-Za-z0-9_.:+=@-]*$")
+_PAR_RE = re.compile(r"^[A-Za-z0-9_.:+=@,-]*$")
 
 
 def _safe_rel_path(value: str, what: str, panda_id: int) -> str:
@@ -102,7 +106,7 @@ def parse_job_pars(job: JobSpec) -> dict[str, str]:
             raise BadJobSpec("jobPars", f"expected '--key value' pairs, got {key!r}", job.panda_id)
         value = tokens[i + 1]
         if not _PAR_RE.match(value):
-            raise BadJobSpec("jobPars", f"value of {key} has characters outside [A-Za-z0-9_.:+=@-]", job.panda_id)
+            raise BadJobSpec("jobPars", f"value of {key} has characters outside [A-Za-z0-9_.:+=@,-]", job.panda_id)
         pars[key[2:]] = value
         i += 2
     return pars
@@ -153,16 +157,24 @@ def payload_command(job: JobSpec, workdir: Path, calib_env: dict[str, str]) -> t
         # A ProdSys payload: the transformation and its parameters, run by bash.
         return f"{job.transformation} {job.job_pars}".strip(), env
     pars = parse_job_pars(job)
-    kinds = _by_suffix(job)
+    cmd = [sys.executable, "-m", module, *_ARG_BUILDERS[module](job, workdir, pars)]
+    return cmd, env
+
+
+def _need_inputs(job: JobSpec) -> None:
     if not job.input_files:
-        raise BadJobSpec("inFiles", "a reconstruction job needs its raw chunk", job.panda_id)
+        raise BadJobSpec("inFiles", f"a {job.job_type or 'demo'} job needs input files", job.panda_id)
+    if not job.output_files and job.transformation != "compass-demo-xcheck":
+        raise BadJobSpec("outFiles", "the job has no output file", job.panda_id)
+
+
+def _reco_args(job: JobSpec, workdir: Path, pars: dict[str, str]) -> list[str]:
+    _need_inputs(job)
+    kinds = _by_suffix(job)
     missing = [k for k in ("mdst", "hist", "evtdump") if k not in kinds]
     if missing:
         raise BadJobSpec("outFiles", f"no output for {', '.join(missing)}", job.panda_id)
-    cmd = [
-        sys.executable,
-        "-m",
-        module,
+    args = [
         "--raw",
         str(workdir / job.input_files[0].lfn),
         "--mdst",
@@ -174,11 +186,56 @@ def payload_command(job: JobSpec, workdir: Path, calib_env: dict[str, str]) -> t
         "--run",
         pars.get("run", "0"),
     ]
-    if "inject" in pars:
-        cmd += ["--inject", pars["inject"]]
-    if "event-time" in pars:
-        cmd += ["--event-time", pars["event-time"]]
-    return cmd, env
+    for key in ("inject", "event-time"):
+        if key in pars:
+            args += [f"--{key}", pars[key]]
+    return args
+
+
+def _ddd_args(job: JobSpec, workdir: Path, pars: dict[str, str]) -> list[str]:
+    _need_inputs(job)
+    return ["--raw", str(workdir / job.input_files[0].lfn), "--evtdump", job.output_files[0].lfn]
+
+
+def _merge_args(job: JobSpec, workdir: Path, pars: dict[str, str]) -> list[str]:
+    _need_inputs(job)
+    return [
+        "--kind",
+        pars.get("kind", "mdst"),
+        "--out",
+        job.output_files[0].lfn,
+        "--inputs",
+        ",".join(f.lfn for f in job.input_files),
+    ]
+
+
+def _xcheck_args(job: JobSpec, workdir: Path, pars: dict[str, str]) -> list[str]:
+    _need_inputs(job)
+    missing = [k for k in ("kind", "run", "chunks", "chunk-events", "chunk-sizes") if k not in pars]
+    if missing:
+        raise BadJobSpec("jobPars", f"a cross-check needs --{', --'.join(missing)}", job.panda_id)
+    return [
+        "--kind",
+        pars["kind"],
+        "--run",
+        pars["run"],
+        "--chunks",
+        pars["chunks"],
+        "--chunk-events",
+        pars["chunk-events"],
+        "--chunk-sizes",
+        pars["chunk-sizes"],
+        "--merged",
+        ",".join(f.lfn for f in job.input_files),
+    ]
+
+
+_ARG_BUILDERS = {
+    "compass_pilot.demo.reco": _reco_args,
+    "compass_pilot.demo.ddd": _ddd_args,
+    "compass_pilot.demo.merge": _merge_args,
+    "compass_pilot.demo.xcheck": _xcheck_args,
+}
 
 
 def check_payload_output(job: JobSpec, stdout: str, stderr: str, result: PayloadResult) -> tuple[int, str] | None:
