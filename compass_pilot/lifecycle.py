@@ -163,9 +163,8 @@ def finish_job(
         err = StageOutError(f"stage-out failed: {exc}", code)
         return failed_report(job.panda_id, job.attempt_nr, err.code, err.diag, **common)
     timing.stageout = time.time() - start
-    for i, f in enumerate(files):
-        if f.lfn.startswith("mDST-") and n_events is not None:
-            files[i] = OutputFileReport(f.lfn, f.guid, f.fsize, f.adler32, f.surl, n_events)
+    per_file = compass.output_events(job, stdout)
+    files = [OutputFileReport(f.lfn, f.guid, f.fsize, f.adler32, f.surl, per_file.get(f.lfn)) for f in files]
     return JobReport(
         panda_id=job.panda_id,
         state="finished",

@@ -44,6 +44,12 @@ def check_rel_path(path: str, *, stage_in: bool) -> str:
     return path
 
 
+def source_root(storage: StorageSection, spec: FileSpec, input_root: str, output_root: str) -> str:
+    """Raw data comes from the input storage; outputs of earlier jobs (merge inputs), whose
+    ``ddmEndPointIn`` names the output endpoint, from the output storage."""
+    return output_root if spec.ddm_endpoint and spec.ddm_endpoint == storage.output_endpoint else input_root
+
+
 def make_copytool(storage: StorageSection) -> CopyTool:
     """The copytool the site config selects."""
     if storage.copytool == "xrootd":

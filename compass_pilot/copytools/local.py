@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from compass_pilot.config import StorageSection, expand
-from compass_pilot.copytools import BLOCK, adler32_of, check_rel_path
+from compass_pilot.copytools import BLOCK, adler32_of, check_rel_path, source_root
 from compass_pilot.errors import ErrorCode, PilotError, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
@@ -48,11 +48,12 @@ class LocalCopyTool:
         self.output_root = Path(expand(storage.output_root or "."))
 
     def stage_in(self, spec: FileSpec, src_path: str, workdir: Path) -> Path:
-        src = self.input_root / check_rel_path(src_path, stage_in=True)
+        root = Path(source_root(self.storage, spec, str(self.input_root), str(self.output_root)))
+        src = root / check_rel_path(src_path, stage_in=True)
         dst = Path(workdir) / spec.lfn
         try:
             if not src.is_file():
-                raise StageInError(f"input {src_path} not found in {self.input_root}", ErrorCode.MISSING_INPUT)
+                raise StageInError(f"input {src_path} not found in {root}", ErrorCode.MISSING_INPUT)
             if self.storage.link_inputs:
                 dst.unlink(missing_ok=True)
                 dst.symlink_to(src)

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from compass_pilot.config import StorageSection, expand
-from compass_pilot.copytools import adler32_of, check_rel_path
+from compass_pilot.copytools import adler32_of, check_rel_path, source_root
 from compass_pilot.errors import ErrorCode, PilotError, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
@@ -110,7 +110,8 @@ class XRootDCopyTool:
 
     # -- the two directions --------------------------------------------------------------
     def stage_in(self, spec: FileSpec, src_path: str, workdir: Path) -> Path:
-        url = f"{self.input_root}/{check_rel_path(src_path, stage_in=True)}"
+        root = source_root(self.storage, spec, self.input_root, self.output_root)
+        url = f"{root}/{check_rel_path(src_path, stage_in=True)}"
         dst = Path(workdir) / spec.lfn
 
         def attempt() -> Path:

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         run = int(fields.get("run", args.run))
         constants = _constants(run)
         hist: dict[str, list[int]] = {d: [0] * 10 for d in constants}
-        n_events = 0
+        n_events = dumped = 0
         with open(args.mdst, "w", encoding="ascii") as mdst, open(args.evtdump, "w", encoding="ascii") as dump:
             mdst.write(f"#MDST run={run} chunk={fields.get('chunk', 0)}\n")
             dump.write(f"#EVTDUMP run={run} chunk={fields.get('chunk', 0)}\n")
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 mdst.write(f"R {parts[1]} {parts[2]} {' '.join(values)}\n")
                 if int(parts[1]) % 10 == 0:
                     dump.write(line)
+                    dumped += 1
                 n_events += 1
                 if args.event_time:
                     time.sleep(args.event_time)
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inject == "exit3":
         print("CORAL exiting with return code -3", flush=True)
         return 253
+    print(f"{dumped} events written to the event dump", flush=True)
     print(f"{n_events} events had been written to miniDST", flush=True)
     if args.inject != "noend":
         print("End of Job", flush=True)

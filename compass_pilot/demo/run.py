@@ -166,7 +166,10 @@ def print_summary(summary: dict[str, Any], eos: Path, pilots: int, seconds: floa
     finished = by_status.get("finished", 0)
     ok = total > 0 and finished == total
     if chain:
-        ok = ok and all(row.get("cross_checked") in (True, "passed", "yes") for row in summary.get("runs", []))
+        ok = ok and all(
+            row.get("cross_checked") == "passed" and row.get("dump_cross_checked") == "passed"
+            for row in summary.get("runs", [])
+        )
     print("DEMO OK" if ok else "DEMO FAILED")
     return ok
 

@@ -55,7 +55,7 @@ FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], int], ...] = (
 _EVENTS_PATTERNS = (
     re.compile(r"(\d+) events had been written to miniDST"),
     re.compile(r"Number of events saved to output\s*:\s*(\d+)"),
-    re.compile(r"(\d+) events? (?:written|selected) to the event dump"),
+    re.compile(r"(\d+) events? (?:written|selected) to the event dump"),  # DDD filtering's only count
 )
 
 DEMO_TRANSFORMATIONS = {
@@ -270,6 +270,25 @@ def count_events(job: JobSpec, stdout: str) -> int | None:
         if matches:
             return int(matches[-1])
     return None
+
+
+_DUMP_EVENTS = re.compile(r"(\d+) events? written to the event dump")
+
+
+def output_events(job: JobSpec, stdout: str) -> dict[str, int]:
+    """Events per output file, for the final report (merging and the cross-check need them)."""
+    events = count_events(job, stdout)
+    found: dict[str, int] = {}
+    if job.job_type in ("reco", "ddd"):
+        dumps = _DUMP_EVENTS.findall(stdout)
+        for spec in job.output_files:
+            if spec.lfn.startswith("evtdump") and dumps:
+                found[spec.lfn] = int(dumps[-1])
+            elif events is not None and not spec.lfn.startswith("evtdump"):
+                found[spec.lfn] = events  # the mDST and the histograms count all events
+    elif events is not None and job.output_files:
+        found[job.output_files[0].lfn] = events  # a merge job's merged file
+    return found
 
 
 def tail(path: Path, limit: int = 256 * 1024) -> str:

@@ -374,7 +374,9 @@ class JobStore:
             "SELECT code, COUNT(*) AS count, MAX(diag) AS sample, MAX(source) AS source FROM errors GROUP BY code"
             " ORDER BY count DESC"
         )
-        events = self.query("SELECT COALESCE(SUM(n_events), 0) AS n FROM jobs WHERE status = 'finished'")[0]["n"]
+        events = self.query(
+            "SELECT COALESCE(SUM(n_events), 0) AS n FROM jobs WHERE status = 'finished' AND job_type IN ('reco', 'ddd')"
+        )[0]["n"]
         runs = []
         for r in self.query(
             "SELECT run, COUNT(*) AS chunks,"
@@ -683,6 +685,9 @@ class Dispatcher:
         check_interval: float = 60,
     ) -> None:
         self.store = JobStore(db_path, sent_timeout=sent_timeout, heartbeat_timeout=heartbeat_timeout)
+        from compass_pilot.panda import workflow
+
+        workflow.install(self.store)  # the ProdSys chain for tasks with `chain: true`
         self.server = _Server((host, port), _Handler)
         self.server.store = self.store
         scheme = "http"
