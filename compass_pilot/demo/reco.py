@@ -22,7 +22,7 @@ from pathlib import Path
 
 from compass_pilot.demo.rawdata import HEADER_PREFIX
 
-INJECTIONS = ("fatal", "segv", "noend", "exit3", "hang", "nocalib", "oom", "slow")
+INJECTIONS = ("fatal", "segv", "noend", "exit3", "hang", "nocalib", "oom", "slow", "truncate")
 
 
 def _constants(run: int) -> dict[str, float]:
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"DaqEventsManager::GetEvent(): no event (read {n_events} of {expected})", flush=True)
             return 2
     Path(args.hist).write_text(json.dumps({"run": run, "events": n_events, "hist": hist}), encoding="ascii")
+    if args.inject == "truncate":  # an output damaged after it was written: the cross-check must catch it
+        lines = Path(args.mdst).read_text(encoding="ascii").splitlines(keepends=True)
+        Path(args.mdst).write_text("".join(lines[: max(1, len(lines) - 11)]), encoding="ascii")
     if args.inject == "oom":
         print("Cannot Allocate memory for event buffer", flush=True)
         return 1
