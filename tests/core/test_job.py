@@ -127,13 +127,28 @@ _keys = st.sampled_from(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=10_000, deadline=None)
 @given(st.dictionaries(_keys, _text, max_size=8))
 def test_fuzzed_specs_never_crash(overrides: dict) -> None:
-    """Whatever the server sends, parsing either succeeds or raises BadJobSpec."""
+    """Whatever the server sends, the pilot's spec handling either works or raises BadJobSpec."""
+    check_fuzzed_spec(reco_job_dict(**overrides))
+
+
+def check_fuzzed_spec(data: dict) -> bool:
+    """True if the spec was runnable, False if refused with BadJobSpec; anything else propagates."""
+    from pathlib import Path
+
+    from compass_pilot.experiment import compass
+
     try:
-        job = parse_job(reco_job_dict(**overrides))
+        job = parse_job(data)
+        for spec in job.input_files:
+            compass.input_src_path(job, spec)
+        for spec in job.output_files:
+            compass.output_dest_path(job, spec)
+        compass.payload_command(job, Path("/nonexistent/work"), {})
     except BadJobSpec:
-        return
+        return False
     for spec in (*job.input_files, *job.output_files):
         check_file_name(spec.lfn, "lfn")
+    return True

@@ -1,0 +1,77 @@
+"""Multi-job faults inside a submission: one node agent killed, a server kill command."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+
+from compass_pilot.config import load_site_config
+from compass_pilot.errors import ErrorCode
+from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
+from compass_pilot.panda.client import PandaClient
+from compass_pilot.panda.dispatcher import submit_task
+from tests.faults.conftest import Site, record, wait_for
+
+
+def _start(site: Site, monkeypatch, n: int, **task) -> tuple[MultiJobDaemon, threading.Thread]:
+    monkeypatch.setenv("HOME", str(site.base))
+    monkeypatch.setenv("RADICAL_BASE", str(site.base / "radical"))
+    submit_task(
+        site.db,
+        {
+            "name": "mj",
+            "prod": "P09",
+            "year": 2016,
+            "period": "W14",
+            "job_type": "reco",
+            "slt": 2,
+            "phast": 7,
+            "max_attempts": 1,
+            "max_walltime": 600,
+            "chunks": [f"2016/raw/W14/cdr{11001 + i:05d}-275678.raw" for i in range(n)],
+            **task,
+        },
+    )
+    config = load_site_config(site.write())
+    daemon = MultiJobDaemon(config, PandaClient(config.panda, config.site), make_backend(config))
+    thread = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    return daemon, thread
+
+
+def _agents(shared: str) -> dict[str, psutil.Process]:
+    found = {}
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmd = proc.info["cmdline"] or []
+        if "hpc.node_agent" in cmd and shared in " ".join(cmd) and proc.info["environ"]:
+            found[proc.info["environ"].get("PMI_RANK", "?")] = proc
+    return found
+
+
+def test_one_node_agent_killed(site: Site, monkeypatch) -> None:
+    _, thread = _start(site, monkeypatch, 8, extra_pars="--event-time 0.1")
+    shared = site.data["hpc"]["shared_dir"]
+    wait_for(lambda: "1" in _agents(shared), 60, "the node agent of node 1")
+    wait_for(lambda: site.dispatcher.summary()["jobs_by_status"].get("running", 0) >= 4, 60, "running jobs")
+    _agents(shared)["1"].kill()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert site.dispatcher.summary()["jobs_by_status"] == {"failed": 4, "finished": 4}
+    codes = {r["error_code"] for r in site.dispatcher.store.query("SELECT error_code FROM jobs WHERE status='failed'")}
+    assert codes <= {ErrorCode.BATCH_TIME_LIMIT, ErrorCode.LOST_CONTACT}
+    assert record("one node agent kill -9 (of 2)", site.dispatcher)[1:] == (0, 0)
+
+
+def test_server_kill_command_reaches_the_node(site: Site, monkeypatch) -> None:
+    _, thread = _start(site, monkeypatch, 4, inject={"cdr11001-275678.raw": "hang"})
+    wait_for(lambda: site.dispatcher.summary()["jobs_by_status"].get("running", 0) >= 1, 60, "running jobs")
+    time.sleep(1)
+    hanging = min(r["panda_id"] for r in site.dispatcher.store.query("SELECT panda_id FROM jobs"))
+    site.dispatcher.kill_job(hanging)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert site.dispatcher.job(hanging)["error_code"] == ErrorCode.KILLED_BY_SERVER
+    assert site.dispatcher.summary()["jobs_by_status"] == {"failed": 1, "finished": 3}
+    assert record("tobekilled for one job of a submission", site.dispatcher)[1:] == (0, 0)
