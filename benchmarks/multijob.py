@@ -82,30 +82,67 @@ def main() -> int:
     daemon_proc = None
     try:
         chunks = make_production_input(base / "castor", 2016, "W14", {275678: NODES * SLOTS}, n_events=5)
-        payload = (f'sleep {args.sleep}; touch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"; '
-                   'echo "0 events had been written to miniDST"; echo "End of Job"; true')
-        submit_task(str(base / "panda.sqlite"), {
-            "name": "bench", "prod": "P09", "year": 2016, "period": "W14", "job_type": "reco", "slt": 2,
-            "phast": 7, "max_attempts": 1, "max_walltime": 3600, "transformation": payload,
-            "chunks": [c.raw_path for c in chunks],
-        })
+        payload = (
+            f'sleep {args.sleep}; touch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"; '
+            'echo "0 events had been written to miniDST"; echo "End of Job"; true'
+        )
+        submit_task(
+            str(base / "panda.sqlite"),
+            {
+                "name": "bench",
+                "prod": "P09",
+                "year": 2016,
+                "period": "W14",
+                "job_type": "reco",
+                "slt": 2,
+                "phast": 7,
+                "max_attempts": 1,
+                "max_walltime": 3600,
+                "transformation": payload,
+                "chunks": [c.raw_path for c in chunks],
+            },
+        )
         site = {
             "site": {"name": "BENCH", "workdir": str(base / "work")},
             "panda": {"url": dispatcher.url, "timeout": 60},
             "storage": {"input_root": str(base / "castor"), "output_root": str(base / "eos")},
-            "calibdb": {"backend": "sqlite", "snapshot": str(calibdb.demo_snapshot("sqlite", base / "calib")),
-                        "scratch_dir": str(base / "scratch")},
-            "hpc": {"max_jobs": NODES * SLOTS, "max_nodes": NODES, "slots_per_node": SLOTS, "fake_nodes": True,
-                    "batch_url": "fork://localhost", "poll_interval": args.poll, "heartbeat_interval": args.poll,
-                    "shared_dir": str(base / "hpc"), "max_submissions": 1},
+            "calibdb": {
+                "backend": "sqlite",
+                "snapshot": str(calibdb.demo_snapshot("sqlite", base / "calib")),
+                "scratch_dir": str(base / "scratch"),
+            },
+            "hpc": {
+                "max_jobs": NODES * SLOTS,
+                "max_nodes": NODES,
+                "slots_per_node": SLOTS,
+                "fake_nodes": True,
+                "batch_url": "fork://localhost",
+                "poll_interval": args.poll,
+                "heartbeat_interval": args.poll,
+                "shared_dir": str(base / "hpc"),
+                "max_submissions": 1,
+            },
         }
         (base / "site.yaml").write_text(yaml.safe_dump(site))
         env = dict(os.environ, HOME=str(base / "home"), RADICAL_BASE=str(base / "radical"))
         (base / "home").mkdir()
         start = time.monotonic()
         daemon_proc = subprocess.Popen(
-            [sys.executable, "-m", "compass_pilot.cli", "--log-level", "WARNING", "daemon", "--site",
-             str(base / "site.yaml"), "--once"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "compass_pilot.cli",
+                "--log-level",
+                "WARNING",
+                "daemon",
+                "--site",
+                str(base / "site.yaml"),
+                "--once",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         daemon = psutil.Process(daemon_proc.pid)
         reports = base / "hpc"
         all_running = None
@@ -123,6 +160,7 @@ def main() -> int:
         time.sleep(2)
         watched = [daemon, *agents, *launchers]
         cpu0 = _cpu(watched)
+        parts0 = (_cpu([daemon]), _cpu(agents), _cpu(launchers))
         updates0 = dispatcher.store.request_counts["updateJobsInBulk"]
         t0 = time.monotonic()
         while time.monotonic() - t0 < args.window:
@@ -135,6 +173,7 @@ def main() -> int:
             time.sleep(1)
         window = time.monotonic() - t0
         cpu_steady = _cpu(watched) - cpu0
+        parts = [b - a for a, b in zip(parts0, (_cpu([daemon]), _cpu(agents), _cpu(launchers)), strict=True)]
         heartbeat_requests = dispatcher.store.request_counts["updateJobsInBulk"] - updates0
         rounds = max(1, round(window / args.poll))
         before_final = dispatcher.store.request_counts["updateJobsInBulk"]
@@ -144,20 +183,35 @@ def main() -> int:
         final_requests = dispatcher.store.request_counts["updateJobsInBulk"] - before_final
         state = json.loads((base / "hpc" / "daemon_state.json").read_text())
         print(f"jobs: {summary['jobs_by_status']}  (daemon said: {output.strip().splitlines()[-1]})")
-        print(f"getJob requests to fetch {NODES * SLOTS} jobs: {requests_at_start.get('getJob', 0)}"
-              f" (whole run: {dispatcher.store.request_counts['getJob']})")
-        print(f"daemon start → all {NODES * SLOTS} payloads running: "
-              f"{all_running:.1f} s" if all_running else "not all running within 120 s")
-        print(f"update requests in the {window:.0f} s steady window: {heartbeat_requests} over ~{rounds} poll rounds"
-              f" = {heartbeat_requests / rounds:.2f} per round")
+        print(
+            f"getJob requests to fetch {NODES * SLOTS} jobs: {requests_at_start.get('getJob', 0)}"
+            f" (whole run: {dispatcher.store.request_counts['getJob']})"
+        )
+        print(
+            f"daemon start → all {NODES * SLOTS} payloads running: {all_running:.1f} s"
+            if all_running
+            else "not all running within 120 s"
+        )
+        print(
+            f"update requests in the {window:.0f} s steady window: {heartbeat_requests} over ~{rounds} poll rounds"
+            f" = {heartbeat_requests / rounds:.2f} per round"
+        )
         print(f"update requests for the final reports: {final_requests}")
-        print(f"all update requests: {dispatcher.store.request_counts['updateJobsInBulk']}"
-              f" (+{dispatcher.store.request_counts['updateJob']} single) for {summary['updates']} job updates")
-        print(f"CPU, daemon + {len(agents)} agents + {len(launchers)} launcher procs, steady: "
-              f"{cpu_steady / window * 60:.2f} s per minute = {cpu_steady / window * 100:.2f} % of one core")
+        print(
+            f"all update requests: {dispatcher.store.request_counts['updateJobsInBulk']}"
+            f" (+{dispatcher.store.request_counts['updateJob']} single) for {summary['updates']} job updates"
+        )
+        print(
+            f"CPU, daemon + {len(agents)} agents + {len(launchers)} launcher procs, steady: "
+            f"{cpu_steady / window * 60:.2f} s per minute = {cpu_steady / window * 100:.2f} % of one core"
+        )
+        print(f"  of which daemon {parts[0] / window * 60:.2f} s, agents {parts[1] / window * 60:.2f} s, "
+              f"launchers {parts[2] / window * 60:.2f} s per minute")
         print(f"peak RSS: daemon {peak_daemon / 2**20:.1f} MiB, one node agent {peak_agent / 2**20:.1f} MiB")
-        print(f"total wall time {total:.0f} s; daemon fetch/update requests by its own count: "
-              f"{state['fetch_requests']}/{state['update_requests']}")
+        print(
+            f"total wall time {total:.0f} s; daemon fetch/update requests by its own count: "
+            f"{state['fetch_requests']}/{state['update_requests']}"
+        )
         return 0 if summary["jobs_by_status"].get("finished") == NODES * SLOTS else 1
     finally:
         if daemon_proc and daemon_proc.poll() is None:
