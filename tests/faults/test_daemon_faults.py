@@ -8,27 +8,8 @@ import subprocess
 import sys
 import time
 
-from compass_pilot.panda.dispatcher import Dispatcher, submit_task
-from tests.faults.conftest import Site, record, wait_for
-
-
-def _task(site: Site, n: int, event_time: float) -> None:
-    submit_task(
-        site.db,
-        {
-            "name": "mj",
-            "prod": "P09",
-            "year": 2016,
-            "period": "W14",
-            "job_type": "reco",
-            "slt": 2,
-            "phast": 7,
-            "max_attempts": 1,
-            "max_walltime": 600,
-            "extra_pars": f"--event-time {event_time}",
-            "chunks": [f"2016/raw/W14/cdr{11001 + i:05d}-275678.raw" for i in range(n)],
-        },
-    )
+from compass_pilot.panda.dispatcher import Dispatcher
+from tests.faults.conftest import Site, record, submit_reco, wait_for
 
 
 def _daemon(site: Site, *args: str) -> subprocess.Popen[bytes]:
@@ -47,7 +28,7 @@ def _running(site: Site) -> int:
 
 
 def test_daemon_killed_with_a_submission_running_is_restarted(site: Site) -> None:
-    _task(site, 8, event_time=0.1)  # 2 nodes × 4 slots, ~4 s payloads
+    submit_reco(site.db, 8, extra_pars="--event-time 0.1")  # 2 nodes × 4 slots, ~4 s payloads
     daemon = _daemon(site, "--once")
     wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
     os.kill(daemon.pid, signal.SIGKILL)  # the batch job and its node agents live on
@@ -59,7 +40,7 @@ def test_daemon_killed_with_a_submission_running_is_restarted(site: Site) -> Non
 
 
 def test_server_outage_during_a_multijob_run(site: Site) -> None:
-    _task(site, 8, event_time=0.12)
+    submit_reco(site.db, 8, extra_pars="--event-time 0.12")
     daemon = _daemon(site, "--once")
     wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
     port = int(site.dispatcher.url.rsplit(":", 1)[1])

@@ -10,26 +10,7 @@ from pathlib import Path
 import psutil
 
 from compass_pilot.errors import ErrorCode
-from compass_pilot.panda.dispatcher import submit_task
-from tests.faults.conftest import Site, record, wait_for
-
-
-def reco(site: Site, n: int, **extra) -> None:
-    chunks = [f"2016/raw/W14/cdr{11001 + i:05d}-275678.raw" for i in range(n)]
-    task = {
-        "name": "faults",
-        "prod": "P09",
-        "year": 2016,
-        "period": "W14",
-        "job_type": "reco",
-        "slt": 2,
-        "phast": 7,
-        "max_attempts": 1,
-        "max_walltime": 600,
-        "chunks": chunks,
-    }
-    task.update(extra)
-    submit_task(site.db, task)
+from tests.faults.conftest import Site, record, submit_reco, wait_for
 
 
 def _payloads(pilot_pid: int) -> list[psutil.Process]:
@@ -46,7 +27,7 @@ def status(site: Site) -> dict[str, int]:
 
 
 def test_pilot_killed_mid_payload_is_restarted(site: Site) -> None:
-    reco(site, 2, extra_pars="--event-time 0.08")  # ~3 s per payload
+    submit_reco(site.db, 2, extra_pars="--event-time 0.08")  # ~3 s per payload
     pilot = site.pilot()
     wait_for(lambda: status(site).get("running") == 1, 30, "a running job")
     payloads = _payloads(pilot.pid)
@@ -61,7 +42,7 @@ def test_pilot_killed_mid_payload_is_restarted(site: Site) -> None:
 
 
 def test_payload_killed(site: Site) -> None:
-    reco(site, 1, extra_pars="--event-time 0.1")
+    submit_reco(site.db, 1, extra_pars="--event-time 0.1")
     pilot = site.pilot()
     wait_for(lambda: status(site).get("running") == 1, 30, "a running job")
     wait_for(lambda: bool(_payloads(pilot.pid)), 10, "the payload")
@@ -74,7 +55,7 @@ def test_payload_killed(site: Site) -> None:
 
 
 def test_server_says_tobekilled(site: Site) -> None:
-    reco(site, 2, inject={"cdr11001-275678.raw": "hang"})
+    submit_reco(site.db, 2, inject={"cdr11001-275678.raw": "hang"})
     pilot = site.pilot()
     wait_for(lambda: status(site).get("running") == 1, 30, "the hanging job")
     (row,) = site.dispatcher.store.query("SELECT panda_id FROM jobs WHERE status = 'running'")
@@ -93,7 +74,7 @@ def test_full_disk_fails_the_job_not_the_pilot(site: Site, tmp_path: Path) -> No
     try:
         site.data["site"]["workdir"] = str(small)
         site.data["journal"] = str(tmp_path / "journal.sqlite")
-        reco(site, 2)
+        submit_reco(site.db, 2)
         pilot = site.pilot()
         assert pilot.wait(60) == 0  # the pilot survived both jobs
         codes = {r["error_code"] for r in site.dispatcher.store.query("SELECT error_code FROM jobs")}

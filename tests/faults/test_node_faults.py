@@ -11,29 +11,13 @@ from compass_pilot.config import load_site_config
 from compass_pilot.errors import ErrorCode
 from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
 from compass_pilot.panda.client import PandaClient
-from compass_pilot.panda.dispatcher import submit_task
-from tests.faults.conftest import Site, record, wait_for
+from tests.faults.conftest import Site, record, submit_reco, wait_for
 
 
 def _start(site: Site, monkeypatch, n: int, **task) -> tuple[MultiJobDaemon, threading.Thread]:
     monkeypatch.setenv("HOME", str(site.base))
     monkeypatch.setenv("RADICAL_BASE", str(site.base / "radical"))
-    submit_task(
-        site.db,
-        {
-            "name": "mj",
-            "prod": "P09",
-            "year": 2016,
-            "period": "W14",
-            "job_type": "reco",
-            "slt": 2,
-            "phast": 7,
-            "max_attempts": 1,
-            "max_walltime": 600,
-            "chunks": [f"2016/raw/W14/cdr{11001 + i:05d}-275678.raw" for i in range(n)],
-            **task,
-        },
-    )
+    submit_reco(site.db, n, **task)
     config = load_site_config(site.write())
     daemon = MultiJobDaemon(config, PandaClient(config.panda, config.site), make_backend(config))
     thread = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
