@@ -328,6 +328,26 @@ def orphan_results(jobset: JobSet, ranks: int) -> None:
             run.close()
 
 
+def _rank_and_size() -> tuple[int, int]:
+    """This agent's node index and the number of agents.
+
+    Under ``srun`` the rank comes from Slurm (``SLURM_PROCID``): srun only provides the
+    PMI that MPICH's MPI_Init needs with a matching ``--mpi`` plugin, and without it every
+    task would be a singleton rank 0.  Under mpiexec (hydra) and aprun, MPI tells.
+    """
+    if "PMI_RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ["SLURM_NTASKS"]))
+    import mpi4py
+
+    # No MPI_Finalize at exit: it is collective, and a rank whose neighbour node died
+    # would block in it forever instead of exiting with its results written.
+    mpi4py.rc.finalize = False
+    from mpi4py import MPI  # imported here: the rest of the module works without MPI
+
+    comm = MPI.COMM_WORLD
+    return comm.Get_rank(), comm.Get_size()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpc.node_agent", description=__doc__.splitlines()[0])
     parser.add_argument("--jobset", required=True, help="job set file written by the MOM-node daemon")
@@ -341,15 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    import mpi4py
-
-    # No MPI_Finalize at exit: it is collective, and a rank whose neighbour node died
-    # would block in it forever instead of exiting with its results written.
-    mpi4py.rc.finalize = False
-    from mpi4py import MPI  # imported here: the rest of the module works without MPI
-
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank, size = _rank_and_size()
     handler = _OneWriteHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s node_agent[{rank}] %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
