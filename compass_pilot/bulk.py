@@ -16,6 +16,7 @@ Both modes use them, so neither has a per-job request loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -125,6 +126,17 @@ class StatusUpdater:
             if self.journal is not None:
                 self.journal.report_queued(report)
 
+    def _journal_tx(self) -> Any:
+        """One journal commit for a whole batch (one fsync, not one per job)."""
+        transaction = getattr(self.journal, "transaction", None)
+        return transaction() if transaction is not None else contextlib.nullcontext()
+
+    def queue_many(self, reports: list[JobReport]) -> None:
+        """Queue a batch of updates with one journal commit (heartbeat rounds, submissions)."""
+        with self._journal_tx():
+            for report in reports:
+                self.queue(report)
+
     def pending(self) -> int:
         with self._lock:
             return len(self._pending)
@@ -150,7 +162,7 @@ class StatusUpdater:
         self.stats.last_contact = time.time()
         self.stats.updates_sent += len(batch)
         commands: dict[int, str | None] = {}
-        with self._lock:
+        with self._journal_tx(), self._lock:
             for report, answer in zip(batch, answers, strict=False):
                 key = (report.panda_id, report.attempt_nr)
                 command = getattr(answer, "command", None)

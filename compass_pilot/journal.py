@@ -16,6 +16,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,8 @@ class Journal:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # a recorded transition survives a power cut
         self._conn.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting of transaction() in the thread that holds the lock
         self._lock_fd = -1
 
     def close(self) -> None:
@@ -101,15 +104,34 @@ class Journal:
             os.close(self._lock_fd)  # releases the flock: the journal may be claimed again
             self._lock_fd = -1
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group many writes into one durable commit (one fsync for a whole submission or round)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if self._depth == 0:
+                self._conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
             try:
-                self._conn.execute(sql, args)
-                self._conn.execute("COMMIT")
+                yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._depth -= 1
+                if self._depth == 0:
+                    self._conn.execute("ROLLBACK")
                 raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._conn.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Make everything written so far durable now, inside a long transaction (before acting)."""
+        with self._lock:
+            if self._depth > 0:
+                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self.transaction():
+            self._conn.execute(sql, args)
 
     # -- job transitions -----------------------------------------------------------------
     def job_started(self, job: JobSpec, workdir: str, *, mode: str, sub_id: str = "", batch_id: str = "") -> None:
@@ -163,31 +185,24 @@ class Journal:
 
     def report_acked(self, report: JobReport, command: str | None) -> None:
         """The server answered this report; a final one ends the job's business with PanDA."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO sent(panda_id, attempt_nr, state, acked, command) VALUES (?,?,?,?,?)",
+                (report.panda_id, report.attempt_nr, report.state, time.time(), command),
+            )
+            self._conn.execute(
+                "DELETE FROM reports WHERE panda_id = ? AND attempt_nr = ? AND state = ?",
+                (report.panda_id, report.attempt_nr, report.state),
+            )
+            if report.is_final:
                 self._conn.execute(
-                    "INSERT INTO sent(panda_id, attempt_nr, state, acked, command) VALUES (?,?,?,?,?)",
-                    (report.panda_id, report.attempt_nr, report.state, time.time(), command),
+                    "UPDATE jobs SET final_acked = 1, state = ? WHERE panda_id = ? AND attempt_nr = ?",
+                    (report.state, report.panda_id, report.attempt_nr),
                 )
                 self._conn.execute(
-                    "DELETE FROM reports WHERE panda_id = ? AND attempt_nr = ? AND state = ?",
-                    (report.panda_id, report.attempt_nr, report.state),
+                    "INSERT OR IGNORE INTO jobs(panda_id, attempt_nr, state, final_acked, updated) VALUES (?,?,?,1,?)",
+                    (report.panda_id, report.attempt_nr, report.state, time.time()),
                 )
-                if report.is_final:
-                    self._conn.execute(
-                        "UPDATE jobs SET final_acked = 1, state = ? WHERE panda_id = ? AND attempt_nr = ?",
-                        (report.state, report.panda_id, report.attempt_nr),
-                    )
-                    self._conn.execute(
-                        "INSERT OR IGNORE INTO jobs(panda_id, attempt_nr, state, final_acked, updated)"
-                        " VALUES (?,?,?,1,?)",
-                        (report.panda_id, report.attempt_nr, report.state, time.time()),
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
 
     def final_acked(self, panda_id: int, attempt_nr: int) -> bool:
         with self._lock:

@@ -216,6 +216,7 @@ class MultiJobDaemon:
             submission = plan_submissions(runnable, self.site.hpc)[0]
         jobset = subdir / "jobset.json"
         write_jobset(jobset, submission, config_to_dict(self.site), workdirs, str(subdir))
+        self.journal.checkpoint()  # the jobs and their work dirs are on disk before the batch job exists
         try:
             state.batch_id = self.backend.submit(submission, subdir, jobset)
         except Exception as exc:  # a batch error fails this submission's jobs, never the daemon
@@ -342,10 +343,13 @@ class MultiJobDaemon:
         return time.time() - self._last_heartbeat >= self.site.hpc.heartbeat_interval
 
     def queue_heartbeats(self) -> None:
-        for state in self.submissions.values():
-            for entry in state.jobs.values():
-                if entry.state == "running" and not entry.final:
-                    self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, batch_id=state.batch_id))
+        beats = [
+            JobReport(entry.panda_id, "running", entry.attempt_nr, batch_id=state.batch_id)
+            for state in self.submissions.values()
+            for entry in state.jobs.values()
+            if entry.state == "running" and not entry.final
+        ]
+        self.updater.queue_many(beats)
         self._last_heartbeat = time.time()
 
     def act_on_commands(self, commands: dict[int, str | None]) -> None:
@@ -363,9 +367,10 @@ class MultiJobDaemon:
     def round(self) -> None:
         """One pass: fetch/submit if there is room, collect results, report in one request."""
         self.rounds += 1
-        if not self.stop_event.is_set():
-            self.fetch_and_submit()
-        self.watch()
+        with self.journal.transaction():  # the round's transitions: one durable commit, not one per job
+            if not self.stop_event.is_set():
+                self.fetch_and_submit()
+            self.watch()
         if self.heartbeat_due():
             self.queue_heartbeats()
         commands = self.updater.flush()
