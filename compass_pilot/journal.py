@@ -167,9 +167,12 @@ class Journal:
 
     # -- reports (the ReportJournal protocol of compass_pilot.bulk) ----------------------
     def report_queued(self, report: JobReport) -> None:
-        """Persist the newest pending report of a job; a final one is never replaced by a non-final."""
+        """Persist the newest pending report of a job; a final one is never replaced by a non-final,
+        and nothing more is queued for a job whose final state PanDA already acknowledged."""
         self._write(
-            "INSERT INTO reports(panda_id, attempt_nr, state, report, is_final, queued) VALUES (?,?,?,?,?,?)"
+            "INSERT INTO reports(panda_id, attempt_nr, state, report, is_final, queued)"
+            " SELECT ?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE panda_id = ? AND attempt_nr = ?"
+            " AND final_acked = 1)"
             " ON CONFLICT(panda_id, attempt_nr) DO UPDATE SET state = excluded.state, report = excluded.report,"
             " is_final = excluded.is_final, queued = excluded.queued"
             " WHERE reports.is_final = 0 OR excluded.is_final = 1",
@@ -180,6 +183,8 @@ class Journal:
                 json.dumps(report.to_dict()),
                 int(report.is_final),
                 time.time(),
+                report.panda_id,
+                report.attempt_nr,
             ),
         )
 
