@@ -201,15 +201,15 @@ def build_description(url: str, req: BatchRequest, wrapper: Path) -> Any:
     if kind != "local":
         jd.queue = req.queue
         jd.total_cpu_count = req.nodes * req.slots_per_node
-        # radical.saga's slurm adaptor turns these into --ntasks / --ntasks-per-node: without
-        # number_of_processes it asks for one task, and Slurm packs the job onto one node
-        jd.number_of_processes = req.nodes * req.slots_per_node
         jd.processes_per_host = req.slots_per_node
         jd.wall_time_limit = max(1, math.ceil(req.walltime / 60))  # minutes
         if req.project:
             jd.project = req.project
     if kind == "slurm":
         jd.system_architecture = {"exclusive": True}  # whole nodes: the agent owns every slot
+        # the slurm adaptor turns these into --ntasks / --ntasks-per-node: without number_of_processes
+        # it asks for one task and Slurm packs the job onto one node (pbspro refuses the attribute)
+        jd.number_of_processes = req.nodes * req.slots_per_node
     return jd
 
 
