@@ -32,6 +32,9 @@ import calibdb
 from compass_pilot.demo.rawdata import make_production_input
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared task builder lives in tests/
+from tests.tasks import reco_task
+
 NODES, SLOTS = 16, 32
 
 
@@ -86,22 +89,8 @@ def main() -> int:
             f'sleep {args.sleep}; touch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"; '
             'echo "0 events had been written to miniDST"; echo "End of Job"; true'
         )
-        submit_task(
-            str(base / "panda.sqlite"),
-            {
-                "name": "bench",
-                "prod": "P09",
-                "year": 2016,
-                "period": "W14",
-                "job_type": "reco",
-                "slt": 2,
-                "phast": 7,
-                "max_attempts": 1,
-                "max_walltime": 3600,
-                "transformation": payload,
-                "chunks": [c.raw_path for c in chunks],
-            },
-        )
+        task = reco_task([c.raw_path for c in chunks], name="bench", max_walltime=3600, transformation=payload)
+        submit_task(str(base / "panda.sqlite"), task)
         site = {
             "site": {"name": "BENCH", "workdir": str(base / "work")},
             "panda": {"url": dispatcher.url, "timeout": 60},
@@ -205,8 +194,10 @@ def main() -> int:
             f"CPU, daemon + {len(agents)} agents + {len(launchers)} launcher procs, steady: "
             f"{cpu_steady / window * 60:.2f} s per minute = {cpu_steady / window * 100:.2f} % of one core"
         )
-        print(f"  of which daemon {parts[0] / window * 60:.2f} s, agents {parts[1] / window * 60:.2f} s, "
-              f"launchers {parts[2] / window * 60:.2f} s per minute")
+        print(
+            f"  of which daemon {parts[0] / window * 60:.2f} s, agents {parts[1] / window * 60:.2f} s, "
+            f"launchers {parts[2] / window * 60:.2f} s per minute"
+        )
         print(f"peak RSS: daemon {peak_daemon / 2**20:.1f} MiB, one node agent {peak_agent / 2**20:.1f} MiB")
         print(
             f"total wall time {total:.0f} s; daemon fetch/update requests by its own count: "

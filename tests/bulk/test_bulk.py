@@ -13,6 +13,7 @@ from compass_pilot.config import load_site_config
 from compass_pilot.job import JobReport
 from compass_pilot.panda.client import PandaClient
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+from tests.tasks import chunk_paths, reco_task
 
 
 class CountingClient(PandaClient):
@@ -43,21 +44,7 @@ def served(tmp_path: Path):
     db = str(tmp_path / "panda.sqlite")
     dispatcher = Dispatcher(db, port=0, check_interval=60)
     dispatcher.start()
-    chunks = [f"2016/raw/W14/cdr{11000 + i:05d}-275678.raw" for i in range(40)]
-    submit_task(
-        db,
-        {
-            "name": "bulk",
-            "prod": "P09",
-            "year": 2016,
-            "period": "W14",
-            "job_type": "reco",
-            "sw_release": "x",
-            "slt": 2,
-            "phast": 7,
-            "chunks": chunks,
-        },
-    )
+    submit_task(db, reco_task(chunk_paths(40, first=11000), name="bulk"))
     site = load_site_config(None)
     site.panda.url = dispatcher.url
     client = CountingClient(site.panda, site.site)

@@ -18,6 +18,7 @@ import yaml
 import calibdb
 from compass_pilot.demo.rawdata import make_production_input
 from compass_pilot.panda.dispatcher import Dispatcher
+from tests.tasks import chunk_paths, reco_task
 
 ROWS: list[tuple[str, int, int, int]] = []
 
@@ -45,20 +46,7 @@ def submit_reco(db: str, n: int, **extra: object) -> None:
     """A reco task over the first n chunks of run 275678, one attempt per job (no retries hide faults)."""
     from compass_pilot.panda.dispatcher import submit_task
 
-    task = {
-        "name": "faults",
-        "prod": "P09",
-        "year": 2016,
-        "period": "W14",
-        "job_type": "reco",
-        "slt": 2,
-        "phast": 7,
-        "max_attempts": 1,
-        "max_walltime": 600,
-        "chunks": [f"2016/raw/W14/cdr{11001 + i:05d}-275678.raw" for i in range(n)],
-    }
-    task.update(extra)
-    submit_task(db, task)
+    submit_task(db, reco_task(chunk_paths(n), **{"name": "faults", **extra}))
 
 
 @dataclass

@@ -11,6 +11,7 @@ import pytest
 from compass_pilot.config import SiteConfig, load_site_config
 from compass_pilot.demo.rawdata import make_production_input
 from compass_pilot.experiment.naming import ChunkId
+from tests.tasks import reco_task as shared_reco_task
 
 
 @dataclass
@@ -60,19 +61,5 @@ def world(tmp_path: Path) -> Iterator[GridWorld]:
 
 
 def reco_task(chunks: list[ChunkId], **extra: object) -> dict:
-    task = {
-        "name": "test-reco",
-        "prod": "P09",
-        "year": 2016,
-        "period": "W14",
-        "job_type": "reco",
-        "sw_release": "slt2-phast7",
-        "slt": 2,
-        "phast": 7,
-        "max_attempts": 2,
-        "priority": 2000,
-        "max_walltime": 600,
-        "chunks": [c.raw_path for c in chunks],
-    }
-    task.update(extra)
-    return task
+    """The shared reco task over these chunks, two attempts unless the test says otherwise."""
+    return shared_reco_task([c.raw_path for c in chunks], **{"max_attempts": 2, "priority": 2000, **extra})

@@ -28,8 +28,16 @@ def plugin(qdict: dict[str, Any], section: str) -> Any:
     return compat.get_plugin(compat.plugin_sections("TEST_QUEUE", qdict)[section])
 
 
-def worker(access_point: str, body: str, *, queue: str = "long", nodes: int = 1, slots: int = 1,
-           walltime: int = 600, worker_id: int = 1) -> Any:
+def worker(
+    access_point: str,
+    body: str,
+    *,
+    queue: str = "long",
+    nodes: int = 1,
+    slots: int = 1,
+    walltime: int = 600,
+    worker_id: int = 1,
+) -> Any:
     ws = WorkSpec()
     ws.workerID = worker_id
     ws.mapType = WorkSpec.MT_MultiJobs

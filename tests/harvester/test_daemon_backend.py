@@ -32,7 +32,6 @@ def test_submit_renders_node_agent_and_reports_failure_of_missing_jobset(tmp_pat
     body = (subdir / "worker.sh").read_text()
     assert "-m hpc.node_agent --jobset" in body and "missing-jobset.json" in body and "mpiexec" in body
 
-
     deadline = time.monotonic() + 30
     status = backend.status(batch_id, subdir)
     while status not in ("finished", "failed", "cancelled", "missed") and time.monotonic() < deadline:

@@ -12,6 +12,7 @@ from compass_pilot.demo.rawdata import make_production_input
 from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
 from compass_pilot.panda.client import PandaClient
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+from tests.tasks import reco_task
 
 
 def test_eight_jobs_on_two_slurm_nodes(slurm, tmp_path: Path) -> None:
@@ -19,21 +20,7 @@ def test_eight_jobs_on_two_slurm_nodes(slurm, tmp_path: Path) -> None:
     db = str(tmp_path / "panda.sqlite")
     dispatcher = Dispatcher(db, port=0, check_interval=60).start()
     try:
-        submit_task(
-            db,
-            {
-                "name": "slurm",
-                "prod": "P09",
-                "year": 2016,
-                "period": "W14",
-                "job_type": "reco",
-                "slt": 2,
-                "phast": 7,
-                "max_attempts": 1,
-                "max_walltime": 600,
-                "chunks": [c.raw_path for c in chunks],
-            },
-        )
+        submit_task(db, reco_task([c.raw_path for c in chunks], name="slurm"))
         site = load_site_config(None)
         site.panda.url = dispatcher.url
         site.storage.input_root, site.storage.output_root = str(tmp_path / "castor"), str(tmp_path / "eos")

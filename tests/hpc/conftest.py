@@ -12,8 +12,9 @@ import pytest
 from compass_pilot.job import JobSpec
 
 
-def shell_job_dict(panda_id: int, script: str, *, job_type: str = "reco", priority: int = 2000,
-                   walltime: int = 0) -> dict[str, Any]:
+def shell_job_dict(
+    panda_id: int, script: str, *, job_type: str = "reco", priority: int = 2000, walltime: int = 0
+) -> dict[str, Any]:
     """A PanDA job dict whose payload is a plain shell command (a ProdSys-style transformation).
 
     The COMPASS plug-in runs ``transformation jobPars`` with bash, so ``sh -c SCRIPT``

@@ -77,8 +77,9 @@ def test_hostile_names_cannot_inject(tmp_path: Path) -> None:
     assert "nodes=999" not in "\n".join(line for line in text.splitlines() if line.startswith("#"))
     assert [line for line in text.splitlines() if line.startswith("#PBS -N")] == ["#PBS -N x__PBS_-l_nodes"]
     # run the body for real with "mpiexec" replaced by a recorder: nothing gets executed
-    body = render_script(sub, kind="pbs", launcher="mpiexec", workdir=str(tmp_path), agent_cmd=agent,
-                         job_name=evil, body_only=True)
+    body = render_script(
+        sub, kind="pbs", launcher="mpiexec", workdir=str(tmp_path), agent_cmd=agent, job_name=evil, body_only=True
+    )
     assert f"exec mpiexec -disable-auto-cleanup -n {sub.nodes} -ppn 1 " in body
     launcher_line = f"exec mpiexec -disable-auto-cleanup -n {sub.nodes} -ppn 1 "
     body = body.replace(launcher_line, "exec printf '%s\\n' \"$COMPASS_PILOT_JOB_NAME\" ")
@@ -122,8 +123,15 @@ def test_time_formats_and_names() -> None:
 
 
 def test_local_fake_script_writes_hostfile_with_one_slot_per_node(tmp_path: Path) -> None:
-    body = render_script(_sub(70), kind="local", launcher="mpiexec", workdir=str(tmp_path), agent_cmd=["true"],
-                         fake_nodes=True, body_only=True)
+    body = render_script(
+        _sub(70),
+        kind="local",
+        launcher="mpiexec",
+        workdir=str(tmp_path),
+        agent_cmd=["true"],
+        fake_nodes=True,
+        body_only=True,
+    )
     body = body.replace("exec mpiexec", "exec echo mpiexec")
     out = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=10, check=True).stdout
     assert out.strip() == f"mpiexec -disable-auto-cleanup -launcher fork -f {tmp_path}/hostfile -n 3 true"

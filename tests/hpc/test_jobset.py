@@ -28,7 +28,10 @@ def test_round_trip(tmp_path: Path) -> None:
     assert js.calibdb.backend == "mariadb" and js.grid.payload_grace == 60.0
     # highest priority first: 14, 13 on node 0; 12, 11 on node 1; 10 on node 2
     assert [[(j.panda_id, j.slot) for j in js.jobs_of(n)] for n in range(3)] == [
-        [(14, 0), (13, 1)], [(12, 0), (11, 1)], [(10, 0)]]
+        [(14, 0), (13, 1)],
+        [(12, 0), (11, 1)],
+        [(10, 0)],
+    ]
     assert js.jobs_of(0)[0].workdir == str(tmp_path / "PandaJob_14_1")
     assert js.jobs_of(0)[0].job.transformation == "sh"
     assert not list(tmp_path.glob(".jobset.json.*"))  # no temp file left behind

@@ -135,15 +135,24 @@ def test_calib_env_reaches_payloads(tmp_path: Path) -> None:
 
     from compass_pilot.config import CalibDBSection
 
-    run_node(_node_jobs(tmp_path, {1: 'echo "$CDBSERVER"; echo End of Job'}), reports_dir=tmp_path / "r",
-             calibdb=CalibDBSection(), calibdb_opener=DB)
+    run_node(
+        _node_jobs(tmp_path, {1: 'echo "$CDBSERVER"; echo End of Job'}),
+        reports_dir=tmp_path / "r",
+        calibdb=CalibDBSection(),
+        calibdb_opener=DB,
+    )
     assert (tmp_path / "PandaJob_1_1" / "payload.stdout").read_text() == "node-local-db\nEnd of Job\n"
 
 
 def test_terminate_and_server_kill(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
-    run = NodeRun(_node_jobs(tmp_path, {1: "sleep 60", 2: "sleep 60", 3: OK}), reports_dir=reports,
-                  calibdb_opener=None, kill_check_interval=1, term_grace=2)
+    run = NodeRun(
+        _node_jobs(tmp_path, {1: "sleep 60", 2: "sleep 60", 3: OK}),
+        reports_dir=reports,
+        calibdb_opener=None,
+        kill_check_interval=1,
+        term_grace=2,
+    )
     thread = threading.Thread(target=run.run)
     start = time.monotonic()
     thread.start()
@@ -185,13 +194,19 @@ def mpi_run(tmp_path: Path, mpiexec: str) -> Iterator[Any]:
         workdirs = {pid: str(tmp_path / "jobs" / f"PandaJob_{pid}_1") for pid in scripts}
         jobset = write_jobset(tmp_path / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp_path))
         agent = [sys.executable, "-m", "hpc.node_agent", "--jobset", str(jobset), "--fake-nodes", "--term-grace", "2"]
-        script = render_script(sub, launcher="mpiexec", kind="local", workdir=str(tmp_path), agent_cmd=agent,
-                               fake_nodes=True)
+        script = render_script(
+            sub, launcher="mpiexec", kind="local", workdir=str(tmp_path), agent_cmd=agent, fake_nodes=True
+        )
         (tmp_path / "run.sh").write_text(script)
         env = dict(os.environ, PATH=f"{Path(mpiexec).parent}{os.pathsep}{os.environ['PATH']}")
         with open(tmp_path / "batch.log", "wb") as logf:
-            proc = subprocess.Popen(["bash", str(tmp_path / "run.sh")], stdout=logf, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", str(tmp_path / "run.sh")],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         procs.append(proc)
         return proc, tmp_path / "reports", sub
 
@@ -251,8 +266,11 @@ def test_mpi_sigterm_gives_1213_for_killed_payloads(mpi_run, tmp_path: Path) -> 
     groups = {int(p.read_text().split()[0]) for p in reports.glob("*.started")}
 
     def live_members() -> list[int]:
-        return [p.pid for p in psutil.process_iter(["status"]) if p.info["status"] != psutil.STATUS_ZOMBIE
-                and _pgid(p.pid) in groups]
+        return [
+            p.pid
+            for p in psutil.process_iter(["status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and _pgid(p.pid) in groups
+        ]
 
     _wait_for(lambda: not live_members(), 5, "the payload process groups to die")
 
@@ -267,8 +285,22 @@ def _pgid(pid: int) -> int | None:
 def _agent_under_mpiexec(mpiexec: str, jobset: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess[str]:
     hosts = jobset.parent / "hosts"
     hosts.write_text("".join(f"n{i}:1\n" for i in range(1, ranks + 1)))
-    cmd = [mpiexec, "-launcher", "fork", "-f", str(hosts), "-n", str(ranks), sys.executable, "-m", "hpc.node_agent",
-           "--jobset", str(jobset), "--fake-nodes", *extra]
+    cmd = [
+        mpiexec,
+        "-launcher",
+        "fork",
+        "-f",
+        str(hosts),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "hpc.node_agent",
+        "--jobset",
+        str(jobset),
+        "--fake-nodes",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 

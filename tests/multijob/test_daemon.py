@@ -15,6 +15,7 @@ import pytest
 from compass_pilot.config import load_site_config
 from compass_pilot.demo.rawdata import make_production_input
 from compass_pilot.modes.multijob import MultiJobDaemon, format_status, make_backend
+from tests.tasks import reco_task
 
 
 def _summary(url: str) -> dict:
@@ -54,22 +55,8 @@ def mom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     def submit(n: int, event_time: float = 0.0) -> None:
         chunks = make_production_input(tmp_path / "castor", 2016, "W14", {275678: n}, n_events=20)
-        task = {
-            "name": f"t{n}",
-            "prod": "P09",
-            "year": 2016,
-            "period": "W14",
-            "job_type": "reco",
-            "sw_release": "x",
-            "slt": 2,
-            "phast": 7,
-            "max_attempts": 1,
-            "max_walltime": 600,
-            "chunks": [c.raw_path for c in chunks],
-        }
-        if event_time:
-            task["extra_pars"] = f"--event-time {event_time}"
-        submit_task(db, task)
+        extra = {"extra_pars": f"--event-time {event_time}"} if event_time else {}
+        submit_task(db, reco_task([c.raw_path for c in chunks], name=f"t{n}", **extra))
 
     try:
         yield site, client, dispatcher, submit

@@ -20,21 +20,11 @@ from compass_pilot.job import JobReport, JobSpec
 from compass_pilot.panda.client import PandaClient
 from compass_pilot.panda.dispatcher import Dispatcher, render_html, submit_task
 from compass_pilot.panda.tasks import TaskError, build_jobs
+from tests.tasks import chunk_paths, reco_task
 
 
 def task(n: int, **extra) -> dict:
-    t = {
-        "name": "t",
-        "prod": "P09",
-        "year": 2016,
-        "period": "W14",
-        "job_type": "reco",
-        "slt": 2,
-        "phast": 7,
-        "chunks": [f"2016/raw/W14/cdr{10000 + i:05d}-275678.raw" for i in range(n)],
-    }
-    t.update(extra)
-    return t
+    return reco_task(chunk_paths(n, first=10000), **{"name": "t", "max_attempts": 5, **extra})
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ State lives in $FAKEPBS_DIR.  A file ``$FAKEPBS_DIR/reject_queue`` holding a que
 makes qsub refuse that queue as PBS does: ``qsub: Unknown queue`` and exit 170 (a file,
 because radical.saga's shell keeps the environment it was started with).
 """
+
 import os
 import re
 import signal
@@ -50,8 +51,13 @@ def qsub(args):
         f"bash {d}/script > {out.group(1) if out else d / 'out'} 2> {err.group(1) if err else d / 'err'}; "
         f"echo $? > {d}/exit_status"
     )
-    proc = subprocess.Popen(["bash", "-c", runner], start_new_session=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["bash", "-c", runner],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     (d / "pid").write_text(str(proc.pid))
     print(f"{seq}.{SERVER}")
     return 0
@@ -100,8 +106,10 @@ def qdel(args):
 
 def pbsnodes(args):
     for n in (1, 2):
-        print(f"nid0000{n}\n     Mom = nid0000{n}\n     state = free\n     pcpus = 32\n"
-              f"     resources_available.ncpus = 32\n")
+        print(
+            f"nid0000{n}\n     Mom = nid0000{n}\n     state = free\n     pcpus = 32\n"
+            f"     resources_available.ncpus = 32\n"
+        )
     return 0
 
 
