@@ -18,31 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers live beside benchmarks/
 
+from tests.core.jobdicts import FUZZ_KEYS as KEYS
 from tests.core.jobdicts import reco_job_dict
 from tests.core.test_job import check_fuzzed_spec
 
-KEYS = [
-    "PandaID",
-    "attemptNr",
-    "inFiles",
-    "GUID",
-    "fsize",
-    "checksum",
-    "outFiles",
-    "logFile",
-    "scopeOut",
-    "destinationDblock",
-    "transformation",
-    "jobPars",
-    "coreCount",
-    "maxCpuCount",
-    "taskID",
-    "realDatasetsIn",
-    "currentPriority",
-    "scopeLog",
-    "realDatasets",
-    "processingType",
-]
 ATOMS = [
     "",
     "NULL",

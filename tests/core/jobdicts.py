@@ -49,3 +49,28 @@ def reco_job_dict(panda_id: int = 4242, attempt: int = 1, **overrides: Any) -> d
     }
     data.update(overrides)
     return data
+
+
+#: The job-dict fields the fuzzers perturb (tests/core/test_job.py, benchmarks/fuzz_specs.py).
+FUZZ_KEYS = [
+    "PandaID",
+    "attemptNr",
+    "inFiles",
+    "GUID",
+    "fsize",
+    "checksum",
+    "outFiles",
+    "logFile",
+    "scopeOut",
+    "destinationDblock",
+    "transformation",
+    "jobPars",
+    "coreCount",
+    "maxCpuCount",
+    "taskID",
+    "realDatasetsIn",
+    "currentPriority",
+    "scopeLog",
+    "realDatasets",
+    "processingType",
+]

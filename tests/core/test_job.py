@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from compass_pilot.errors import BadJobSpec
 from compass_pilot.job import JobReport, JobSpec, OutputFileReport, check_file_name, parse_job
-from tests.core.jobdicts import reco_job_dict
+from tests.core.jobdicts import FUZZ_KEYS, reco_job_dict
 
 
 def test_parses_the_server_fields() -> None:
@@ -104,27 +104,7 @@ _text = st.one_of(
     st.lists(st.text(max_size=5), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
-_keys = st.sampled_from(
-    [
-        "PandaID",
-        "attemptNr",
-        "inFiles",
-        "GUID",
-        "fsize",
-        "checksum",
-        "outFiles",
-        "logFile",
-        "scopeOut",
-        "destinationDblock",
-        "transformation",
-        "jobPars",
-        "coreCount",
-        "maxCpuCount",
-        "taskID",
-        "realDatasetsIn",
-        "currentPriority",
-    ]
-)
+_keys = st.sampled_from(FUZZ_KEYS)
 
 
 @settings(max_examples=10_000, deadline=None)
