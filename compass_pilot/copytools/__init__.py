@@ -2,9 +2,9 @@
 
 Every copytool verifies what it moved (size and adler32, PanDA's checksum) and maps
 failures to pilot error codes: missing input 1331, permission 1175/1176, checksum or
-size mismatch 1229, no local space 1098, other stage-in/out failures 1099/1137.
-Storage paths come from the job spec — from the network — so they are checked here,
-once, before any tool sees them.
+size mismatch 1229, no local space 1098, transfer timeout 1151/1152, other stage-in/out
+failures 1099/1137.  Storage paths come from the job spec — from the network — so they
+are checked here, once, before any tool turns them into a file name or a URL.
 """
 
 from __future__ import annotations
@@ -17,16 +17,27 @@ from compass_pilot.config import StorageSection
 from compass_pilot.errors import StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
+#: Read size for checksums and copies: large enough to stream GB files fast, small enough
+#: to keep the pilot's memory flat whatever the file size.
 BLOCK = 1024 * 1024
+
+__all__ = ["BLOCK", "CopyTool", "adler32_of", "check_rel_path", "make_copytool", "source_root"]
 
 
 class CopyTool(Protocol):
-    def stage_in(self, spec: FileSpec, src_path: str, workdir: Path) -> Path: ...
-    def stage_out(self, local: Path, dest_path: str, *, guid: str) -> OutputFileReport: ...
+    """What the job lifecycle needs from a storage backend (docs/INTERFACES.md, "copytools")."""
+
+    def stage_in(self, spec: FileSpec, src_path: str, workdir: Path) -> Path:
+        """Bring ``src_path`` (relative to the input root) to ``workdir/spec.lfn``, verified."""
+        ...
+
+    def stage_out(self, local: Path, dest_path: str, *, guid: str) -> OutputFileReport:
+        """Put ``local`` at ``dest_path`` (relative to the output root), verified at the destination."""
+        ...
 
 
-def adler32_of(path: Path) -> str:
-    """Streaming adler32 of a file: 8 lower-case hex digits, as PanDA stores it."""
+def adler32_of(path: Path | str) -> str:
+    """Streaming adler32 of a file: 8 lower-case hex digits, as PanDA stores it (``ad:`` stripped)."""
     value = 1
     with open(path, "rb") as handle:
         while block := handle.read(BLOCK):
@@ -35,12 +46,24 @@ def adler32_of(path: Path) -> str:
 
 
 def check_rel_path(path: str, *, stage_in: bool) -> str:
-    """A storage path from the job spec: relative, no '..' or empty parts, no NUL."""
+    """A storage path from the job spec: relative, no ``..`` / ``.`` / empty parts, no NUL or control chars.
+
+    The path is joined to a storage root, so an absolute path or a ``..`` would read or
+    write outside it; a control character would corrupt logs and the line-based output
+    of ``xrdfs``.  Raises StageInError / StageOutError naming the path.
+    """
     error = StageInError if stage_in else StageOutError
-    if not path or path.startswith("/") or "\x00" in path:
-        raise error(f"refused storage path {path!r}: must be relative and non-empty")
+    direction = "stage-in" if stage_in else "stage-out"
+    if not isinstance(path, str) or not path:
+        raise error(f"refused {direction} storage path {path!r}: must be a non-empty string")
+    if "\x00" in path:
+        raise error(f"refused {direction} storage path {path!r}: contains a NUL byte")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise error(f"refused {direction} storage path {path!r}: contains a control character")
+    if path.startswith("/"):
+        raise error(f"refused {direction} storage path {path!r}: must be relative to the storage root")
     if any(part in ("", ".", "..") for part in path.split("/")):
-        raise error(f"refused storage path {path!r}: empty, '.' or '..' component")
+        raise error(f"refused {direction} storage path {path!r}: empty, '.' or '..' component")
     return path
 
 
@@ -51,11 +74,13 @@ def source_root(storage: StorageSection, spec: FileSpec, input_root: str, output
 
 
 def make_copytool(storage: StorageSection) -> CopyTool:
-    """The copytool the site config selects."""
+    """The copytool the site config selects (``storage.copytool``: ``local`` or ``xrootd``)."""
     if storage.copytool == "xrootd":
         from compass_pilot.copytools.xrootd import XRootDCopyTool
 
         return XRootDCopyTool(storage)
-    from compass_pilot.copytools.local import LocalCopyTool
+    if storage.copytool == "local":
+        from compass_pilot.copytools.local import LocalCopyTool
 
-    return LocalCopyTool(storage)
+        return LocalCopyTool(storage)
+    raise ValueError(f"storage.copytool: unknown copytool {storage.copytool!r} (expected 'local' or 'xrootd')")

@@ -1,19 +1,23 @@
-"""The local copytool on real files: checksums, codes, atomic stage-out, a really full disk."""
+"""The local copytool on real files: checksums, codes, atomic writes, real EACCES and a really full disk."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from compass_pilot.config import StorageSection
-from compass_pilot.copytools import adler32_of, make_copytool
+from compass_pilot.copytools import adler32_of, local, make_copytool
 from compass_pilot.copytools.local import LocalCopyTool
 from compass_pilot.errors import ErrorCode, PilotError, StageInError, StageOutError
 from compass_pilot.job import FileSpec
+from tests.copytools.conftest import run_as_nobody
+
+RAW = "2016/raw/W14/cdr11001-275678.raw"
 
 
 @pytest.fixture
@@ -23,91 +27,213 @@ def tool(tmp_path: Path) -> LocalCopyTool:
     return LocalCopyTool(StorageSection(input_root=str(tmp_path / "in"), output_root=str(tmp_path / "out")))
 
 
-def _raw(tool: LocalCopyTool, data: bytes = b"raw data " * 1000) -> tuple[Path, FileSpec]:
-    path = tool.input_root / "2016/raw/W14/cdr11001-275678.raw"
+def _raw(tool: LocalCopyTool, data: bytes = b"raw data " * 1000, rel: str = RAW) -> tuple[Path, FileSpec]:
+    path = tool.input_root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    spec = FileSpec("cdr11001-275678.raw", "input", fsize=len(data), checksum=f"ad:{zlib.adler32(data):08x}")
+    spec = FileSpec(Path(rel).name, "input", fsize=len(data), checksum=f"ad:{zlib.adler32(data):08x}")
     return path, spec
 
 
-def test_adler32_matches_zlib(tmp_path: Path) -> None:
-    data = os.urandom(3 * 1024 * 1024 + 17)
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 kB tmpfs: writes beyond it fail with ENOSPC (tests run as root, as CI does)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs (needs root): {done.stderr.decode()}"
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_adler32_streams_across_blocks_and_pads(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)  # crosses the 1 MiB block boundary
     (tmp_path / "f").write_bytes(data)
     assert adler32_of(tmp_path / "f") == f"{zlib.adler32(data):08x}"
+    (tmp_path / "small").write_bytes(b"\x00")  # adler32 0x00010001: leading zeros must stay
+    assert adler32_of(tmp_path / "small") == "00010001"
+    (tmp_path / "empty").write_bytes(b"")
+    assert adler32_of(tmp_path / "empty") == "00000001"
+
+
+def test_make_copytool_selects_and_refuses_unknown(tmp_path: Path) -> None:
+    assert isinstance(make_copytool(StorageSection(input_root=str(tmp_path))), LocalCopyTool)
+    with pytest.raises(ValueError, match="'ftp'"):
+        make_copytool(StorageSection(copytool="ftp"))
 
 
 def test_stage_in_copy_and_link(tool: LocalCopyTool, tmp_path: Path) -> None:
     src, spec = _raw(tool)
-    got = tool.stage_in(spec, "2016/raw/W14/cdr11001-275678.raw", tmp_path / "work")
+    got = tool.stage_in(spec, RAW, tmp_path / "work")
+    assert got == tmp_path / "work" / spec.lfn
     assert got.read_bytes() == src.read_bytes() and not got.is_symlink()
     tool.storage.link_inputs = True
-    linked = tool.stage_in(spec, "2016/raw/W14/cdr11001-275678.raw", tmp_path / "work")
+    linked = tool.stage_in(spec, RAW, tmp_path / "work")
     assert linked.is_symlink() and linked.resolve() == src.resolve()
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [spec.lfn]  # no temp names left
 
 
-def test_stage_in_detects_corruption_and_missing(tool: LocalCopyTool, tmp_path: Path) -> None:
+def test_copy_after_link_never_writes_through_the_link(tool: LocalCopyTool, tmp_path: Path) -> None:
+    """A retried attempt in copy mode must replace a stale link, not truncate the storage file behind it."""
+    src, spec = _raw(tool)
+    original = src.read_bytes()
+    tool.storage.link_inputs = True
+    tool.stage_in(spec, RAW, tmp_path / "work")
+    tool.storage.link_inputs = False
+    got = tool.stage_in(spec, RAW, tmp_path / "work")
+    assert not got.is_symlink() and got.read_bytes() == original
+    assert src.read_bytes() == original
+
+
+def test_stage_in_detects_corruption_with_both_values(tool: LocalCopyTool, tmp_path: Path) -> None:
     src, spec = _raw(tool)
     src.write_bytes(src.read_bytes()[:-1] + b"X")  # same size, different content
+    for link in (False, True):
+        tool.storage.link_inputs = link
+        with pytest.raises(StageInError) as err:
+            tool.stage_in(spec, RAW, tmp_path / "work")
+        assert err.value.code == ErrorCode.CHECKSUM_MISMATCH
+        assert spec.adler32 in err.value.diag and adler32_of(src) in err.value.diag
+        assert list((tmp_path / "work").iterdir()) == []  # a bad input never gets its name
+
+
+def test_stage_in_size_mismatch_is_1229(tool: LocalCopyTool, tmp_path: Path) -> None:
+    _, spec = _raw(tool)
+    longer = FileSpec(spec.lfn, "input", fsize=spec.fsize + 1)
     with pytest.raises(StageInError) as err:
-        tool.stage_in(spec, "2016/raw/W14/cdr11001-275678.raw", tmp_path / "work")
-    assert err.value.code == ErrorCode.CHECKSUM_MISMATCH and spec.adler32 in err.value.diag
+        tool.stage_in(longer, RAW, tmp_path / "work")
+    assert err.value.code == ErrorCode.CHECKSUM_MISMATCH
+    assert str(spec.fsize) in err.value.diag and str(spec.fsize + 1) in err.value.diag
+
+
+def test_missing_input_is_1331(tool: LocalCopyTool, tmp_path: Path) -> None:
+    spec = FileSpec("cdr99999-275678.raw", "input")
     with pytest.raises(StageInError) as err:
         tool.stage_in(spec, "2016/raw/W14/cdr99999-275678.raw", tmp_path / "work")
+    assert err.value.code == ErrorCode.MISSING_INPUT and "cdr99999" in err.value.diag
+    (tool.input_root / "2016/raw/W14/adir.raw").mkdir()  # a directory is not an input file either
+    with pytest.raises(StageInError) as err:
+        tool.stage_in(FileSpec("adir.raw", "input"), "2016/raw/W14/adir.raw", tmp_path / "work")
     assert err.value.code == ErrorCode.MISSING_INPUT
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "../../etc/passwd", "a/../b", "a//b", "x\x00y", ""])
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../etc/passwd", "a/../b", "a//b", "./a", "x\x00y", "a\nb", ""])
 def test_hostile_paths_refused(tool: LocalCopyTool, tmp_path: Path, path: str) -> None:
     _, spec = _raw(tool)
-    with pytest.raises(StageInError, match="refused storage path"):
+    with pytest.raises(StageInError, match="refused stage-in storage path") as err:
         tool.stage_in(spec, path, tmp_path / "work")
+    assert repr(path) in err.value.diag
     (tmp_path / "work" / "x.root").write_text("x")
-    with pytest.raises(StageOutError, match="refused storage path"):
+    with pytest.raises(StageOutError, match="refused stage-out storage path"):
         tool.stage_out(tmp_path / "work" / "x.root", path, guid="g")
+    assert not tool.output_root.exists()  # refused before touching the storage
 
 
 def test_stage_out_verified_and_reported(tool: LocalCopyTool, tmp_path: Path) -> None:
-    local = tmp_path / "work" / "mDST-275678-11001-2-7.root"
-    local.write_bytes(os.urandom(100_000))
-    report = tool.stage_out(local, "P09/mDST.chunks/mDST-275678-11001-2-7.root", guid="guid-1")
+    local_file = tmp_path / "work" / "mDST-275678-11001-2-7.root"
+    local_file.write_bytes(os.urandom(100_000))
+    report = tool.stage_out(local_file, "P09/mDST.chunks/mDST-275678-11001-2-7.root", guid="guid-1")
     dest = tool.output_root / "P09/mDST.chunks/mDST-275678-11001-2-7.root"
-    assert dest.read_bytes() == local.read_bytes()
+    assert dest.read_bytes() == local_file.read_bytes()
+    assert oct(dest.stat().st_mode & 0o777) == "0o644"
     assert (report.lfn, report.guid, report.fsize, report.adler32, report.surl) == (
-        local.name,
+        local_file.name,
         "guid-1",
         100_000,
-        adler32_of(local),
+        adler32_of(local_file),
         str(dest),
     )
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]
 
 
 def test_stage_out_is_atomic(tool: LocalCopyTool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    local = tmp_path / "work" / "big.root"
-    local.write_bytes(os.urandom(3 * 1024 * 1024))
+    """A failure mid-copy leaves neither a half file nor a temp file, and an earlier good copy untouched."""
+    dest = tool.output_root / "P09/mDST/big.root"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"earlier good copy")
+    local_file = tmp_path / "work" / "big.root"
+    local_file.write_bytes(os.urandom(3 * 1024 * 1024))
 
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(StageOutError) as err:
-        tool.stage_out(local, "P09/mDST/big.root", guid="g")
-    assert err.value.code == ErrorCode.STAGE_OUT_FAILED
-    assert list((tool.output_root / "P09/mDST").iterdir()) == []  # no half file, no temp file
+        tool.stage_out(local_file, "P09/mDST/big.root", guid="g")
+    assert err.value.code == ErrorCode.STAGE_OUT_FAILED and "Input/output error" in err.value.diag
+    assert [p.name for p in dest.parent.iterdir()] == ["big.root"]
+    assert dest.read_bytes() == b"earlier good copy"
 
 
-def test_full_disk_is_1098(tmp_path: Path) -> None:
-    """A real full file system: a 256 kB tmpfs (the tests run as root, as CI does)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.decode()}"
-    try:
-        tool = make_copytool(StorageSection(input_root=str(tmp_path), output_root=str(mount)))
-        local = tmp_path / "big.root"
-        local.write_bytes(os.urandom(1024 * 1024))
-        with pytest.raises(PilotError) as err:
-            tool.stage_out(local, "P09/big.root", guid="g")
-        assert err.value.code == ErrorCode.NO_LOCAL_SPACE
-        assert not (mount / "P09/big.root").exists()
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+def test_stage_out_corruption_at_destination_is_1229(
+    tool: LocalCopyTool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes that change on their way to the destination are caught before they get the final name."""
+    real_copy = local._copy_to_temp
+
+    def flaky_storage(src: Path, directory: Path, name: str) -> tuple[Path, int, str]:
+        tmp, size, checksum = real_copy(src, directory, name)
+        with open(tmp, "r+b") as handle:  # one flipped byte, as a bad disk or controller would
+            first = handle.read(1)
+            handle.seek(0)
+            handle.write(bytes([first[0] ^ 0xFF]))
+        return tmp, size, checksum
+
+    monkeypatch.setattr(local, "_copy_to_temp", flaky_storage)
+    local_file = tmp_path / "work" / "m.root"
+    local_file.write_bytes(os.urandom(50_000))
+    with pytest.raises(StageOutError) as err:
+        tool.stage_out(local_file, "P09/mDST/m.root", guid="g")
+    assert err.value.code == ErrorCode.CHECKSUM_MISMATCH and adler32_of(local_file) in err.value.diag
+    assert list((tool.output_root / "P09/mDST").iterdir()) == []
+
+
+def test_full_disk_is_1098(tmp_path: Path, tiny_fs: Path) -> None:
+    big = tmp_path / "big.root"
+    big.write_bytes(os.urandom(1024 * 1024))
+    out = make_copytool(StorageSection(input_root=str(tmp_path), output_root=str(tiny_fs)))
+    with pytest.raises(PilotError) as err:
+        out.stage_out(big, "P09/big.root", guid="g")
+    assert err.value.code == ErrorCode.NO_LOCAL_SPACE
+    assert list((tiny_fs / "P09").iterdir()) == []  # the temp file was removed
+    # stage-in into a work dir on a full disk: 1098 too, not a generic stage-in failure
+    spec = FileSpec("big.root", "input", fsize=big.stat().st_size)
+    with pytest.raises(PilotError) as err:
+        out.stage_in(spec, "big.root", tiny_fs)
+    assert err.value.code == ErrorCode.NO_LOCAL_SPACE
+    assert [p.name for p in tiny_fs.iterdir()] == ["P09"]
+
+
+def test_permission_denied_codes(shared_tmp: Path) -> None:
+    """Real EACCES (the tool runs as nobody): unreadable input → 1175, unwritable output dir → 1176."""
+    inputs, outputs, work = shared_tmp / "in", shared_tmp / "out", shared_tmp / "work"
+    for path in (inputs, outputs, work):
+        path.mkdir(mode=0o755)
+    os.chown(work, 65534, 65534)
+    secret = inputs / "secret.raw"
+    secret.write_bytes(b"x" * 100)
+    secret.chmod(0o600)
+    produced = work / "out.root"
+    produced.write_bytes(b"y" * 100)
+    produced.chmod(0o644)
+    tool = LocalCopyTool(StorageSection(input_root=str(inputs), output_root=str(outputs)))
+
+    with pytest.raises(StageInError) as err:
+        run_as_nobody(lambda: tool.stage_in(FileSpec("secret.raw", "input"), "secret.raw", work))
+    assert err.value.code == ErrorCode.STAGE_IN_PERMISSION
+    with pytest.raises(StageOutError) as err:
+        run_as_nobody(lambda: tool.stage_out(produced, "P09/out.root", guid="g"))
+    assert err.value.code == ErrorCode.STAGE_OUT_PERMISSION
+    assert list(outputs.iterdir()) == []
+
+
+def test_relative_work_dir_named_like_an_option(
+    tool: LocalCopyTool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, spec = _raw(tool)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-work").mkdir()
+    got = tool.stage_in(spec, RAW, Path("-work"))
+    assert got == tmp_path / "-work" / spec.lfn and got.is_file()
