@@ -21,7 +21,7 @@ from compass_pilot.job import FileSpec, OutputFileReport
 #: to keep the pilot's memory flat whatever the file size.
 BLOCK = 1024 * 1024
 
-__all__ = ["BLOCK", "CopyTool", "adler32_of", "check_rel_path", "make_copytool", "source_root"]
+__all__ = ["BLOCK", "CopyTool", "adler32_of", "check_lfn", "check_rel_path", "make_copytool", "source_root"]
 
 
 class CopyTool(Protocol):
@@ -65,6 +65,23 @@ def check_rel_path(path: str, *, stage_in: bool) -> str:
     if any(part in ("", ".", "..") for part in path.split("/")):
         raise error(f"refused {direction} storage path {path!r}: empty, '.' or '..' component")
     return path
+
+
+def check_lfn(lfn: str) -> str:
+    """A work-dir file name from the job spec: one plain path component.
+
+    The job parser checks names too, but a copytool joins ``spec.lfn`` to the work dir
+    itself, and ``workdir / "/abs"`` or ``workdir / "../x"`` would write outside it —
+    so the copytool refuses such a name itself rather than trust every caller.
+    """
+    if (
+        not isinstance(lfn, str)
+        or lfn in ("", ".", "..")
+        or "/" in lfn
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in lfn)
+    ):
+        raise StageInError(f"refused stage-in file name {lfn!r}: must be one plain path component")
+    return lfn
 
 
 def source_root(storage: StorageSection, spec: FileSpec, input_root: str, output_root: str) -> str:

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 from compass_pilot.config import StorageSection, expand
-from compass_pilot.copytools import BLOCK, adler32_of, check_rel_path, source_root
+from compass_pilot.copytools import BLOCK, adler32_of, check_lfn, check_rel_path, source_root
 from compass_pilot.errors import ErrorCode, PilotError, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
@@ -85,7 +85,7 @@ class LocalCopyTool:
         root = Path(source_root(self.storage, spec, str(self.input_root), str(self.output_root)))
         src = root / check_rel_path(src_path, stage_in=True)
         workdir = Path(workdir).absolute()
-        dst = workdir / spec.lfn
+        dst = workdir / check_lfn(spec.lfn)
         what = f"stage-in of {src_path}"
         tmp: Path | None = None
         try:

@@ -32,7 +32,7 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from compass_pilot.config import StorageSection, expand
-from compass_pilot.copytools import adler32_of, check_rel_path, source_root
+from compass_pilot.copytools import adler32_of, check_lfn, check_rel_path, source_root
 from compass_pilot.errors import ConfigError, ErrorCode, PilotError, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
@@ -238,7 +238,7 @@ class XRootDCopyTool:
         """xrdcp ``<root>/<src_path>`` to ``workdir/<lfn>``; adler32 checked by xrdcp or locally, size here."""
         root = source_root(self.storage, spec, self.input_root, self.output_root)
         url = f"{root}/{check_rel_path(src_path, stage_in=True)}"
-        dst = Path(workdir).absolute() / spec.lfn  # absolute: never read as an option
+        dst = Path(workdir).absolute() / check_lfn(spec.lfn)  # absolute: never read as an option
         expected = spec.adler32.zfill(8) if spec.adler32 else ""
 
         def attempt() -> None:

@@ -219,6 +219,11 @@ class XRootDServer:
             shutil.rmtree(self.data, ignore_errors=True)
 
     @property
+    def export(self) -> Path | None:
+        """The export dir (``oss.localroot``): ``root://…//a/b`` is ``export / "a/b"``; same as ``data``."""
+        return self.data
+
+    @property
     def pid(self) -> int | None:
         """The server's process id (tests freeze it with SIGSTOP to play a hung server)."""
         return self.proc.pid if self.proc is not None else None

@@ -131,6 +131,20 @@ def test_hostile_paths_refused(tool: LocalCopyTool, tmp_path: Path, path: str) -
     assert not tool.output_root.exists()  # refused before touching the storage
 
 
+@pytest.mark.parametrize("link", [False, True])
+@pytest.mark.parametrize("lfn", ["../escaped.raw", "/tmp/escaped.raw", "sub/x.raw", "..", "", "a\nb"])
+def test_hostile_lfn_refused(tool: LocalCopyTool, tmp_path: Path, lfn: str, link: bool) -> None:
+    """The work-dir name comes from the job spec too: refused by name, not reported as a missing input."""
+    tool.storage.link_inputs = link
+    _, good = _raw(tool)
+    work = tmp_path / "a" / "work"
+    work.mkdir(parents=True)
+    with pytest.raises(StageInError, match="refused stage-in file name") as err:
+        tool.stage_in(FileSpec(lfn, "input", checksum=good.checksum), RAW, work)
+    assert err.value.code == ErrorCode.STAGE_IN_FAILED
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["work"] and not list(work.iterdir())
+
+
 def test_stage_out_verified_and_reported(tool: LocalCopyTool, tmp_path: Path) -> None:
     local_file = tmp_path / "work" / "mDST-275678-11001-2-7.root"
     local_file.write_bytes(os.urandom(100_000))

@@ -180,6 +180,19 @@ def test_hostile_paths_refused(tool: XRootDCopyTool, tmp_path: Path, path: str) 
         tool.stage_out(tmp_path / "x", path, guid="g")
 
 
+@pytest.mark.parametrize("lfn", ["../escaped.raw", "/tmp/compass-escaped.raw", "sub/x.raw", ".."])
+def test_hostile_lfn_refused(tool: XRootDCopyTool, xrootd_server: XRootDServer, tmp_path: Path, lfn: str) -> None:
+    """xrdcp writes straight to ``workdir / lfn``: an lfn with a '/' would land outside the work dir."""
+    good = _seed(xrootd_server, "hostile-lfn.raw", b"payload")
+    work = tmp_path / "a" / "work"
+    work.mkdir(parents=True)
+    with pytest.raises(StageInError, match="refused stage-in file name"):
+        tool.stage_in(FileSpec(lfn, "input", checksum=good.checksum), "castor/hostile-lfn.raw", work)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["work"] and not list(work.iterdir())
+    assert not Path("/tmp/compass-escaped.raw").exists()
+    assert xrootd_server.export == xrootd_server.data
+
+
 @pytest.mark.parametrize(
     "root", ["/local/dir", "http://host//x", "root://", "root://-oops:1094//x", "root://h:1//x?xrd.wantprot=unix"]
 )
