@@ -1,11 +1,17 @@
-"""Starting and stopping one calibration DB instance: private MariaDB, SQLite copy, external.
+"""Starting and stopping one calibration DB instance: private MariaDB, SQLite copy.
 
 The Blue Waters pilot started MySQL and then *slept 90 s* (600 s on a later machine)
 without checking anything, and a failed start surfaced hours later as 1244 in every
 job.  Here a private ``mariadbd`` runs from a copy of a datadir snapshot on node-local
 scratch, with its own socket, pid file and tmpdir and no TCP, and it is ready when a
-real query answers over its socket — typically in a fraction of a second.  If it dies
-or does not answer within ``start_timeout`` the error carries its error log's tail.
+real query answers over its socket — typically in a fraction of a second.
+
+Every wait is event-driven: mariadbd is built with systemd support and sends
+``READY=1`` to the datagram socket named by ``NOTIFY_SOCKET`` (sd_notify), and a
+``pidfd`` becomes readable the moment the server dies, so one ``select`` on both wakes
+us at once for either outcome.  A build without sd_notify still works: the select
+falls back to a query probe once per second.  If the server dies or does not answer
+within ``start_timeout`` the error carries the tail of its error log.
 """
 
 from __future__ import annotations
@@ -13,41 +19,48 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import select
 import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-
-import psutil
 
 from calibdb.endpoint import Endpoint, make_endpoint
 from compass_pilot.errors import CalibDBError
 
 log = logging.getLogger(__name__)
 
-#: Server options shared by snapshot building and starting: InnoDB refuses a datadir
-#: whose redo log size differs from the configured one, and small buffers make start
+#: Server options shared by snapshot building and starting: InnoDB wants the redo log
+#: size the datadir was made with, and small buffers (no buffer-pool dump) make start
 #: and shutdown fast.
 SERVER_OPTIONS = (
-    "--skip-networking",
     "--innodb-buffer-pool-size=16M",
     "--innodb-log-file-size=4M",
+    "--innodb-buffer-pool-dump-at-shutdown=OFF",
+    "--innodb-buffer-pool-load-at-startup=OFF",
     "--skip-log-bin",
     "--skip-name-resolve",
     "--character-set-server=utf8mb4",
 )
-READY_RETRY = 0.05  # seconds between readiness probes, only while the server process is alive
+#: Without sd_notify (a server built without systemd) we probe with a query this often.
+#: With it, the READY=1 datagram wakes us immediately and this is never reached.
+FALLBACK_PROBE = 1.0
+#: MySQL errors that no amount of waiting fixes: access denied, unknown database.
+_FATAL_CONNECT_ERRORS = {1044, 1045, 1049}
 
 
 def find_mariadbd(configured: str = "") -> str:
     """The server binary: the configured one (no fallback: the admin chose it), else PATH / /usr/sbin."""
     if configured:
-        if os.access(configured, os.X_OK):
+        if os.path.isfile(configured) and os.access(configured, os.X_OK):
             return configured
-        raise CalibDBError(f"mariadbd not found at the configured path {configured}")
+        raise CalibDBError(f"mariadbd not found at the configured path calibdb.mariadbd={configured}")
     candidates = [
         shutil.which("mariadbd") or "",
         shutil.which("mysqld") or "",
@@ -57,30 +70,40 @@ def find_mariadbd(configured: str = "") -> str:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise CalibDBError("mariadbd not found (install mariadb-server-core or set calibdb.mariadbd)")
+    raise CalibDBError(
+        "mariadbd not found on PATH or in /usr/sbin (install mariadb-server-core or set calibdb.mariadbd)"
+    )
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a server error log: what an admin needs to see in the job's diagnostic."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(error log empty)"
     except OSError:
-        return "(no error log)"
+        return f"(no error log at {path})"
 
 
-def socket_path(instance_dir: Path) -> Path:
-    """A unix socket path under the 108-byte limit, even for deep scratch dirs."""
-    path = instance_dir / "mysqld.sock"
+def short_socket_path(instance_dir: Path, name: str) -> Path:
+    """A unix socket path under the 108-byte limit, even for deep scratch dirs.
+
+    The fallback name hashes the instance dir, so two scratch dirs never share a socket.
+    """
+    path = instance_dir / name
     if len(str(path)) < 100:
         return path
     digest = hashlib.sha1(str(instance_dir).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"calibdb-{digest}.sock"
+    return Path(tempfile.gettempdir()) / f"calibdb-{digest}-{name}"
+
+
+def socket_path(instance_dir: Path) -> Path:
+    return short_socket_path(instance_dir, "mysqld.sock")
 
 
 def copy_snapshot(snapshot: Path, datadir: Path) -> float:
     """Copy a datadir snapshot (directory or tar) into place; returns the seconds it took."""
     start = time.monotonic()
     if not snapshot.exists():
-        raise CalibDBError(f"calibration snapshot {snapshot} does not exist")
+        raise CalibDBError(f"calibration snapshot {snapshot} does not exist (calibdb.snapshot)")
     if datadir.exists():
         shutil.rmtree(datadir)
     if snapshot.is_dir():
@@ -91,93 +114,206 @@ def copy_snapshot(snapshot: Path, datadir: Path) -> float:
                 datadir.mkdir(parents=True)
                 tar.extractall(datadir, filter="data")
         except (tarfile.TarError, OSError) as exc:
-            raise CalibDBError(f"calibration snapshot {snapshot} is not a readable tar: {exc}") from None
+            shutil.rmtree(datadir, ignore_errors=True)
+            raise CalibDBError(
+                f"calibration snapshot {snapshot} is neither a datadir nor a readable tar: {exc}"
+            ) from None
         entries = list(datadir.iterdir())
         if len(entries) == 1 and entries[0].is_dir() and not (datadir / "mysql").exists():
             inner = entries[0]  # a tar of the directory itself
             for item in inner.iterdir():
                 item.rename(datadir / item.name)
             inner.rmdir()
+    if not (datadir / "mysql").is_dir():
+        shutil.rmtree(datadir, ignore_errors=True)
+        raise CalibDBError(f"calibration snapshot {snapshot} is not a MariaDB datadir (no mysql/ system schema)")
     return time.monotonic() - start
 
 
-def start_mariadbd(
-    binary: str, datadir: Path, instance_dir: Path, *, timeout: float, user: str, database: str
-) -> tuple[subprocess.Popen[bytes], Endpoint, float]:
-    """Start a private server over ``datadir``; returns it once a query answers."""
-    import pymysql
+def server_command(
+    binary: str,
+    datadir: Path,
+    instance_dir: Path,
+    *,
+    tcp_port: int | None = None,
+    as_root: bool | None = None,
+) -> list[str]:
+    """The mariadbd command line of a private instance.
 
-    sock = socket_path(instance_dir)
-    sock.unlink(missing_ok=True)
+    ``--no-defaults`` keeps a site's /etc/mysql from leaking in; ``--user`` is passed
+    only when running as root (mariadbd refuses root without it, and an unprivileged
+    user may not switch).  TCP stays off unless ``tcp_port`` asks for it (loopback only).
+    """
+    instance_dir.mkdir(parents=True, exist_ok=True)
     tmpdir = instance_dir / "tmp"
     tmpdir.mkdir(exist_ok=True)
-    error_log = instance_dir / "error.log"
     cmd = [
         binary,
         "--no-defaults",
         f"--datadir={datadir}",
-        f"--socket={sock}",
+        f"--socket={socket_path(instance_dir)}",
         f"--pid-file={instance_dir / 'mysqld.pid'}",
         f"--tmpdir={tmpdir}",
-        f"--log-error={error_log}",
+        f"--log-error={instance_dir / 'error.log'}",
         *SERVER_OPTIONS,
     ]
-    if os.geteuid() == 0:
+    if tcp_port:
+        cmd += [f"--port={tcp_port}", "--bind-address=127.0.0.1"]
+    else:
+        cmd.append("--skip-networking")
+    if as_root if as_root is not None else os.geteuid() == 0:
         cmd.append("--user=root")
+    return cmd
+
+
+def _probe(sock: Path, user: str, database: str, table: str | None) -> None:
+    """One real query over the socket; raises pymysql errors."""
+    import pymysql
+
+    conn = pymysql.connect(unix_socket=str(sock), user=user, connect_timeout=2, read_timeout=5, write_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM `{database}`.`{table}`" if table else "SELECT 1")
+    finally:
+        conn.close()
+
+
+def start_mariadbd(
+    binary: str,
+    datadir: Path,
+    instance_dir: Path,
+    *,
+    timeout: float,
+    user: str,
+    database: str,
+    probe_table: str | None = "calib",
+    tcp_port: int | None = None,
+    wrapper: Sequence[str] = (),
+    as_root: bool | None = None,
+) -> tuple[subprocess.Popen[bytes], Endpoint, float]:
+    """Start a private server over ``datadir``; returns it once a real query answers.
+
+    ``wrapper`` is a command prefix (``numactl …``, ``setpriv …``) that must ``exec``
+    mariadbd so the pid we watch is the server's.
+    """
+    import pymysql
+
+    sock = socket_path(instance_dir)
+    sock.unlink(missing_ok=True)
+    error_log = instance_dir / "error.log"
+    cmd = [*wrapper, *server_command(binary, datadir, instance_dir, tcp_port=tcp_port, as_root=as_root)]
+    notify_path = short_socket_path(instance_dir, "notify.sock")
+    notify_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    os.chmod(notify_path, 0o777)  # a wrapper may drop privileges before mariadbd notifies
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
     start = time.monotonic()
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
     )
+    pidfd = os.pidfd_open(proc.pid)
     deadline = start + timeout
-    last = ""
-    while True:
-        if proc.poll() is not None:
-            tail = log_tail(error_log)
-            raise CalibDBError(f"mariadbd exited with {proc.returncode} starting over {datadir}; error log:\n{tail}")
-        if sock.exists():
+    last = "no answer yet"
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stop_process(proc.pid, 5, proc)
+                raise CalibDBError(
+                    f"mariadbd not ready after {timeout:.0f} s (calibdb.start_timeout; last: {last}); "
+                    f"error log {error_log}:\n{log_tail(error_log)}"
+                )
+            ready, _, _ = select.select([notify, pidfd], [], [], min(remaining, FALLBACK_PROBE))
+            if pidfd in ready:
+                proc.wait()
+                raise CalibDBError(
+                    f"mariadbd exited with {proc.returncode} while starting over {datadir}; "
+                    f"error log {error_log}:\n{log_tail(error_log)}"
+                )
+            if notify in ready and b"READY=1" not in notify.recv(4096):
+                continue  # a STATUS= line: not ready yet
             try:
-                conn = pymysql.connect(unix_socket=str(sock), user=user, connect_timeout=2, read_timeout=5)
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute(f"SELECT COUNT(*) FROM `{database}`.calib")
-                finally:
-                    conn.close()
+                _probe(sock, user, database, probe_table)
                 break
             except pymysql.err.OperationalError as exc:
                 last = str(exc)
+                if exc.args and exc.args[0] in _FATAL_CONNECT_ERRORS:
+                    stop_process(proc.pid, 5, proc)
+                    raise CalibDBError(
+                        f"calibration snapshot refuses user {user!r} / database {database!r}: {exc}"
+                    ) from None
             except pymysql.err.ProgrammingError as exc:
-                stop_process(proc.pid, 5)
-                raise CalibDBError(f"calibration snapshot has no {database}.calib table: {exc}") from None
-        if time.monotonic() > deadline:
-            stop_process(proc.pid, 5)
-            raise CalibDBError(f"mariadbd not ready after {timeout:.0f} s ({last}); error log:\n{log_tail(error_log)}")
-        time.sleep(READY_RETRY)
-    ready = time.monotonic() - start
-    log.info("private calibration DB ready in %.2f s (pid %d, socket %s)", ready, proc.pid, sock)
-    return proc, make_endpoint("mariadb", socket=str(sock), user=user, database=database), ready
+                stop_process(proc.pid, 5, proc)
+                raise CalibDBError(f"calibration snapshot has no {database}.{probe_table} table: {exc}") from None
+    finally:
+        os.close(pidfd)
+        notify.close()
+        notify_path.unlink(missing_ok=True)
+    ready_seconds = time.monotonic() - start
+    log.info("private calibration DB ready in %.3f s (pid %d, socket %s)", ready_seconds, proc.pid, sock)
+    endpoint = make_endpoint(
+        "mariadb",
+        socket=str(sock),
+        user=user,
+        database=database,
+        host="127.0.0.1" if tcp_port else "",
+        port=tcp_port or 0,
+    )
+    return proc, endpoint, ready_seconds
 
 
-def stop_process(pid: int, timeout: float) -> None:
-    """SIGTERM (mariadbd shuts down cleanly on it), then SIGKILL after ``timeout``."""
+def stop_process(pid: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """SIGTERM (mariadbd shuts down cleanly on it), SIGKILL after ``timeout``; True if it is gone.
+
+    Waiting is a ``select`` on a pidfd, so it works for a server another process started.
+    Pass ``proc`` when we are its parent and want its exit status in ``proc.returncode``.
+    """
     try:
-        proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except psutil.TimeoutExpired:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        os.kill(pid, signal.SIGTERM)
+        if not select.select([pidfd], [], [], timeout)[0]:
             log.warning("mariadbd pid %d ignored SIGTERM for %.0f s: killing it", pid, timeout)
-            proc.kill()
-            proc.wait(5)
-    except psutil.NoSuchProcess:
+            os.kill(pid, signal.SIGKILL)
+            if not select.select([pidfd], [], [], 10)[0]:
+                log.error("mariadbd pid %d did not die after SIGKILL", pid)
+                return False
+    except ProcessLookupError:
         pass
-    except psutil.TimeoutExpired:
-        log.error("mariadbd pid %d did not die", pid)
+    finally:
+        os.close(pidfd)
+    if proc is not None:
+        proc.wait()  # it has exited: this only reaps it and records the status
+        return True
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child
+    except ChildProcessError:
+        pass
+    return True
 
 
-def sqlite_copy(snapshot: Path, instance_dir: Path) -> Endpoint:
-    """The embedded default: a private copy of the SQLite snapshot."""
+def sqlite_copy(snapshot: Path, instance_dir: Path) -> tuple[Endpoint, float]:
+    """The embedded default: a private, checked copy of the SQLite snapshot; (endpoint, copy seconds)."""
     if not snapshot.is_file():
-        raise CalibDBError(f"calibration snapshot {snapshot} does not exist")
+        raise CalibDBError(f"calibration snapshot {snapshot} does not exist (calibdb.snapshot)")
+    start = time.monotonic()
     target = instance_dir / "calib.sqlite"
     shutil.copyfile(snapshot, target)
-    return make_endpoint("sqlite", path=str(target))
+    try:
+        conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+        try:
+            conn.execute("SELECT COUNT(*) FROM calib").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        target.unlink(missing_ok=True)
+        raise CalibDBError(f"calibration snapshot {snapshot} is not a usable SQLite calibration DB: {exc}") from None
+    return make_endpoint("sqlite", path=str(target)), time.monotonic() - start

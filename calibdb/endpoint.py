@@ -8,8 +8,10 @@ a grid site, or the SQLite file of the embedded default.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from compass_pilot.errors import CalibDBError
@@ -39,11 +41,23 @@ class Endpoint:
 
 
 def make_endpoint(
-    backend: str, *, path: str = "", socket: str = "", host: str = "", port: int = 0, user: str = "", database: str = ""
+    backend: str,
+    *,
+    path: str = "",
+    socket: str = "",
+    host: str = "",
+    port: int = 0,
+    user: str = "",
+    database: str = "",
+    password_file: str = "",
 ) -> Endpoint:
-    """Build an endpoint and the environment a payload gets from it."""
+    """Build an endpoint and the environment a payload gets from it.
+
+    A password never enters the environment (it would show in ``/proc/*/environ`` and
+    in job dumps): the payload gets ``COMPASS_CALIB_PASSWORD_FILE`` and reads the file.
+    """
     if backend == "sqlite":
-        env = {"COMPASS_CALIB_BACKEND": "sqlite", "COMPASS_CALIB_DSN": path}
+        env = {"COMPASS_CALIB_BACKEND": "sqlite", "COMPASS_CALIB_DSN": path, "COMPASS_CALIB_DB": "main"}
         return Endpoint("sqlite", path, env=env)
     env = {
         "COMPASS_CALIB_BACKEND": "mysql",
@@ -51,11 +65,14 @@ def make_endpoint(
         "COMPASS_CALIB_DB": database,
         "CDBSERVER": host or "localhost",
     }
+    if port:
+        env["COMPASS_CALIB_PORT"] = str(port)
+    if password_file:
+        env["COMPASS_CALIB_PASSWORD_FILE"] = password_file
     if socket:
         env["MYSQL_UNIX_PORT"] = socket
         dsn = f"mysql://{user}@localhost/{database}?unix_socket={socket}"
     else:
-        env["COMPASS_CALIB_PORT"] = str(port)
         dsn = f"mysql://{user}@{host}:{port}/{database}"
     env["COMPASS_CALIB_DSN"] = dsn
     return Endpoint(
@@ -63,13 +80,33 @@ def make_endpoint(
     )
 
 
+def _timeout(env: dict[str, str]) -> float:
+    raw = env.get("COMPASS_CALIB_TIMEOUT", "")
+    if not raw:
+        return CONNECT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CalibDBError(f"COMPASS_CALIB_TIMEOUT={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise CalibDBError(f"COMPASS_CALIB_TIMEOUT={raw!r} must be positive")
+    return value
+
+
 def connect(env: dict[str, str]) -> Any:
-    """A DB-API connection from a payload's environment; CalibDBError (1244) when it fails."""
+    """A DB-API connection from a payload's environment; CalibDBError (1244) when it fails.
+
+    Connect, read and write are bounded (``COMPASS_CALIB_TIMEOUT`` seconds, default
+    10), so a dead or frozen server fails the job with 1244 instead of hanging it.
+    """
     backend = env.get("COMPASS_CALIB_BACKEND", "")
+    timeout = _timeout(env)
     try:
         if backend == "sqlite":
             path = env.get("COMPASS_CALIB_DSN", "")
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=CONNECT_TIMEOUT)
+            if not path or not os.path.isfile(path):
+                raise CalibDBError(f"can't connect to CDB database (sqlite): no file at COMPASS_CALIB_DSN={path!r}")
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
             conn.execute("SELECT 1 FROM calib LIMIT 1")
             return conn
         if backend == "mysql":
@@ -78,18 +115,20 @@ def connect(env: dict[str, str]) -> Any:
             kwargs: dict[str, Any] = {
                 "user": env.get("COMPASS_CALIB_USER", "root"),
                 "database": env.get("COMPASS_CALIB_DB", "calib"),
-                "connect_timeout": CONNECT_TIMEOUT,
-                "read_timeout": CONNECT_TIMEOUT,
-                "write_timeout": CONNECT_TIMEOUT,
+                "connect_timeout": timeout,
+                "read_timeout": timeout,
+                "write_timeout": timeout,
             }
             if env.get("MYSQL_UNIX_PORT"):
                 kwargs["unix_socket"] = env["MYSQL_UNIX_PORT"]
             else:
                 kwargs["host"] = env.get("CDBSERVER", "localhost")
                 kwargs["port"] = int(env.get("COMPASS_CALIB_PORT", "3306"))
-            if env.get("COMPASS_CALIB_PASSWORD"):
-                kwargs["password"] = env["COMPASS_CALIB_PASSWORD"]
+            if env.get("COMPASS_CALIB_PASSWORD_FILE"):
+                kwargs["password"] = Path(env["COMPASS_CALIB_PASSWORD_FILE"]).read_text().strip()
             return pymysql.connect(**kwargs)
+    except CalibDBError:
+        raise
     except Exception as exc:
         raise CalibDBError(f"can't connect to CDB database ({backend}): {exc}") from None
     raise CalibDBError(f"no calibration DB in the environment (COMPASS_CALIB_BACKEND={backend!r})")
@@ -97,6 +136,8 @@ def connect(env: dict[str, str]) -> Any:
 
 def read_constants(conn: Any, run: int) -> dict[str, float]:
     """Calibration constants of one run: detector → constant."""
+    # The one SQL difference between the two drivers: sqlite3's paramstyle is qmark,
+    # pymysql's is format.
     placeholder = "?" if isinstance(conn, sqlite3.Connection) else "%s"
     try:
         cur = conn.cursor()

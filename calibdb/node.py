@@ -2,12 +2,25 @@
 
 Compute nodes cannot talk to each other or to a server, so each node runs its own
 instance.  Any number of processes on a node — the node agent, or independent grid
-pilots — call :meth:`CalibDB.start`; under an ``flock`` on a node-local file the first
-one starts the instance and records it in ``state.json`` (server pid and endpoint), the
-others find it there and join as users.  :meth:`CalibDB.stop` leaves; the last user
-stops the instance and removes its scratch copy.  A state left by a crashed run (its
-server pid is gone) is cleaned up and a fresh instance started.  Two different scratch
-directories never share anything.
+pilots — call :meth:`CalibDB.start`.  All of them take an ``flock`` on
+``<instance dir>/lock``; the first one starts the instance *while holding the lock*
+and then writes ``state.json``: the ready marker (server pid + creation time and the
+endpoint JSON) and the users record (pid + creation time of each process using it).
+The others block on the lock — the kernel wakes them when the starter releases it, so
+the wait costs nothing and needs no polling — then find the ready marker and join.
+flock has no timeout of its own: a helper thread makes the blocking call and the
+caller waits on an ``Event`` for at most ``start_timeout + 30`` s; if it gives up, the
+thread releases the lock as soon as it gets it.
+
+:meth:`CalibDB.stop` leaves; the last live user (or the node agent with
+``stop(force=True)``) stops the instance and removes its scratch copy.  Users that died
+without leaving are pruned by pid + creation time, so a reused pid is never a user.
+
+A crashed earlier run leaves a state whose server is gone, a socket, a pid file, or
+(if the starter died mid-start) an orphan server with no state at all: all of it is
+cleaned up and a fresh instance started.  Every path lives under the instance dir
+(``<scratch>/calibdb-<backend>-<hash of the snapshot>``), so two scratch dirs on one
+host never share anything.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ import json
 import logging
 import os
 import shutil
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +44,31 @@ from compass_pilot.errors import CalibDBError
 
 log = logging.getLogger(__name__)
 
-LOCK_RETRY = 0.1  # seconds between lock attempts: only while another process is starting the DB
+#: Beyond start_timeout, how long a waiter gives the starter (copy + stop of a stale one).
+LOCK_MARGIN = 30.0
+_INSTANCE_FILES = (
+    "data",
+    "tmp",
+    "calib.sqlite",
+    "mysqld.pid",
+    "mysqld.sock",
+    "notify.sock",
+    "error.log",
+    "state.json",
+    "state.tmp",
+)
+
+
+def _process_identity(pid: int) -> list[float]:
+    return [pid, psutil.Process(pid).create_time()]
 
 
 def _alive(pid: int | None, create_time: float | None = None) -> bool:
+    """The very process (pid *and* creation time) still runs; a zombie counts as dead."""
     if not pid:
         return False
     try:
-        proc = psutil.Process(pid)
+        proc = psutil.Process(int(pid))
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         return create_time is None or abs(proc.create_time() - create_time) < 1.0
@@ -47,7 +77,7 @@ def _alive(pid: int | None, create_time: float | None = None) -> bool:
 
 
 class _NodeLock:
-    """An exclusive flock with a timeout (flock itself cannot time out)."""
+    """An exclusive flock with a timeout, waited for without polling."""
 
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path
@@ -55,30 +85,56 @@ class _NodeLock:
         self.fd = -1
 
     def __enter__(self) -> _NodeLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self.fd)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.fd = fd
+            return self
+        except BlockingIOError:
+            pass
+        log.info("calibration DB %s is being started or stopped by another process: waiting", self.path.parent)
+        got = threading.Event()
+        guard = threading.Lock()
+        abandoned = False
+
+        def take() -> None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until the holder releases it (or dies)
+            with guard:
+                if abandoned:
+                    os.close(fd)  # closing releases the lock we got too late
+                    return
+                got.set()
+
+        threading.Thread(target=take, name="calibdb-lock", daemon=True).start()
+        if not got.wait(self.timeout):
+            with guard:
+                if not got.is_set():
+                    abandoned = True
                     raise CalibDBError(
-                        f"calibration DB lock {self.path} still held after {self.timeout:.0f} s"
-                    ) from None
-                time.sleep(LOCK_RETRY)
+                        f"calibration DB lock {self.path} still held after {self.timeout:.0f} s "
+                        "(calibdb.start_timeout + 30 s): the starting process is stuck"
+                    )
+        self.fd = fd
+        return self
 
     def __exit__(self, *_: Any) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+        self.fd = -1
 
 
 class CalibDB:
-    """A node-shared handle on the calibration DB; a context manager."""
+    """A node-shared handle on the calibration DB; a context manager giving the :class:`Endpoint`.
 
-    def __init__(self, cfg: CalibDBSection, node_dir: Path | None = None) -> None:
+    ``tcp_port`` asks the private MariaDB to listen on 127.0.0.1:<port> as well (it has no
+    TCP by default); the socket stays the endpoint's primary way in.
+    """
+
+    def __init__(self, cfg: CalibDBSection, node_dir: Path | None = None, *, tcp_port: int | None = None) -> None:
+        if cfg.backend not in ("sqlite", "mariadb", "external"):
+            raise CalibDBError(f"calibdb.backend: expected sqlite, mariadb or external, got {cfg.backend!r}")
         self.cfg = cfg
+        self.tcp_port = tcp_port
         self.snapshot = Path(expand(cfg.snapshot)) if cfg.snapshot else None
         root = Path(node_dir) if node_dir is not None else Path(expand(cfg.scratch_dir))
         key = hashlib.sha1(f"{cfg.backend}:{self.snapshot}".encode()).hexdigest()[:10]
@@ -87,6 +143,7 @@ class CalibDB:
         self.started_here = False
         self.ready_seconds = 0.0
         self.copy_seconds = 0.0
+        self.server_pid: int | None = None
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -95,53 +152,69 @@ class CalibDB:
 
     def _read_state(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self._state_file.read_text())
+            state = json.loads(self._state_file.read_text())
         except (OSError, ValueError):
             return None
+        return state if isinstance(state, dict) and isinstance(state.get("endpoint"), dict) else None
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self._state_file.with_suffix(".tmp")
+        tmp = self.dir / "state.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self._state_file)
 
     def _lock(self) -> _NodeLock:
         self.dir.mkdir(parents=True, exist_ok=True)
-        return _NodeLock(self.dir / "lock", self.cfg.start_timeout + 30)
+        return _NodeLock(self.dir / "lock", self.cfg.start_timeout + LOCK_MARGIN)
+
+    @staticmethod
+    def _live_users(state: dict[str, Any]) -> list[list[float]]:
+        return [u for u in state.get("users", []) if isinstance(u, list) and len(u) == 2 and _alive(u[0], u[1])]
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Endpoint:
-        """Join the node's instance, starting it if this is the first user."""
+        """Join the node's instance, starting it if this is the first user; idempotent."""
         if self.endpoint is not None:
             return self.endpoint
         if self.cfg.backend == "external":
-            self.endpoint = make_endpoint(
-                "external",
-                host=self.cfg.host or "localhost",
-                port=self.cfg.port,
-                user=self.cfg.user,
-                database=self.cfg.database,
-            )
+            self.endpoint = self._external()
             return self.endpoint
-        me = os.getpid()
+        me = _process_identity(os.getpid())
         with self._lock():
             state = self._read_state()
             if state and (self.cfg.backend == "sqlite" or _alive(state.get("pid"), state.get("create_time"))):
-                state["users"] = [u for u in state.get("users", []) if _alive(u)] + [me]
+                state["users"] = [*self._live_users(state), me]
                 self._write_state(state)
                 self.endpoint = Endpoint.from_dict(state["endpoint"])
-                log.info("joined the node's calibration DB (%s)", self.endpoint.backend)
+                self.server_pid = state.get("pid")
+                log.info("joined the node's calibration DB (%s, %d users)", self.endpoint.backend, len(state["users"]))
                 return self.endpoint
-            if state:
-                log.warning(
-                    "stale calibration DB state in %s (server pid %s gone): recovering", self.dir, state.get("pid")
-                )
-                self._cleanup_instance()
+            self._cleanup_instance(stale=True)
             state = self._start_instance()
             state["users"] = [me]
             self._write_state(state)
         self.started_here = True
         self.endpoint = Endpoint.from_dict(state["endpoint"])
+        self.server_pid = state.get("pid")
         return self.endpoint
+
+    def _external(self) -> Endpoint:
+        """An existing server: nothing is started, but it must answer now, not hours later in a job."""
+        from calibdb.endpoint import connect
+
+        if not self.cfg.host:
+            raise CalibDBError("calibdb.host is required for the external backend")
+        endpoint = make_endpoint(
+            "external",
+            host=self.cfg.host,
+            port=self.cfg.port,
+            user=self.cfg.user,
+            database=self.cfg.database,
+            password_file=expand(self.cfg.password_file) if self.cfg.password_file else "",
+        )
+        env = dict(endpoint.env, COMPASS_CALIB_TIMEOUT=str(min(self.cfg.start_timeout, 10.0)))
+        connect(env).close()
+        log.info("external calibration DB %s:%d answers", self.cfg.host, self.cfg.port)
+        return endpoint
 
     def _start_instance(self) -> dict[str, Any]:
         snapshot = self.snapshot
@@ -150,13 +223,29 @@ class CalibDB:
 
             snapshot = demo_snapshot(self.cfg.backend, self.dir.parent / "calibdb-demo-snapshot")
         if self.cfg.backend == "sqlite":
-            endpoint = backends.sqlite_copy(snapshot, self.dir)
-            return {"pid": None, "endpoint": endpoint.to_dict()}
+            endpoint, self.copy_seconds = backends.sqlite_copy(snapshot, self.dir)
+            return {"pid": None, "endpoint": endpoint.to_dict(), "copy_seconds": self.copy_seconds}
         binary = backends.find_mariadbd(self.cfg.mariadbd)
         datadir = self.dir / "data"
-        self.copy_seconds = backends.copy_snapshot(snapshot, datadir)
-        proc, endpoint, self.ready_seconds = backends.start_mariadbd(
-            binary, datadir, self.dir, timeout=self.cfg.start_timeout, user=self.cfg.user, database=self.cfg.database
+        try:
+            self.copy_seconds = backends.copy_snapshot(snapshot, datadir)
+            proc, endpoint, self.ready_seconds = backends.start_mariadbd(
+                binary,
+                datadir,
+                self.dir,
+                timeout=self.cfg.start_timeout,
+                user=self.cfg.user,
+                database=self.cfg.database,
+                tcp_port=self.tcp_port,
+            )
+        except BaseException:
+            self._remove_files(keep_log=True)  # the error log stays for the admin; the copy goes
+            raise
+        log.info(
+            "calibration DB started on %s: snapshot copy %.3f s, start-to-ready %.3f s",
+            self.dir,
+            self.copy_seconds,
+            self.ready_seconds,
         )
         return {
             "pid": proc.pid,
@@ -166,15 +255,38 @@ class CalibDB:
             "copy_seconds": self.copy_seconds,
         }
 
-    def _cleanup_instance(self) -> None:
+    def _orphan_server(self) -> int | None:
+        """A mariadbd of this instance dir that no state records (its starter died mid-start)."""
+        try:
+            pid = int((self.dir / "mysqld.pid").read_text().strip())
+            cmdline = psutil.Process(pid).cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return None
+        return pid if f"--datadir={self.dir / 'data'}" in cmdline else None
+
+    def _cleanup_instance(self, *, stale: bool = False) -> None:
+        """Stop this dir's server (recorded or orphaned) and remove the scratch copy; under the lock."""
         state = self._read_state() or {}
         pid = state.get("pid")
-        if _alive(pid, state.get("create_time")):
+        if pid and _alive(pid, state.get("create_time")):
             backends.stop_process(pid, self.cfg.stop_timeout)
+        elif stale and (state or (self.dir / "mysqld.pid").exists() or (self.dir / "data").exists()):
+            log.warning("stale calibration DB state in %s (server pid %s gone): recovering", self.dir, pid)
+        orphan = self._orphan_server()
+        if orphan is not None:
+            log.warning("stopping orphan mariadbd pid %d left in %s by a crashed start", orphan, self.dir)
+            backends.stop_process(orphan, self.cfg.stop_timeout)
         endpoint = state.get("endpoint", {})
         if endpoint.get("socket"):
             Path(endpoint["socket"]).unlink(missing_ok=True)
-        for name in ("data", "tmp", "calib.sqlite", "mysqld.pid", "mysqld.sock", "error.log", "state.json"):
+        self._remove_files()
+
+    def _remove_files(self, *, keep_log: bool = False) -> None:
+        backends.socket_path(self.dir).unlink(missing_ok=True)
+        backends.short_socket_path(self.dir, "notify.sock").unlink(missing_ok=True)
+        for name in _INSTANCE_FILES:
+            if keep_log and name == "error.log":
+                continue
             path = self.dir / name
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -182,23 +294,24 @@ class CalibDB:
                 path.unlink(missing_ok=True)
 
     def stop(self, *, force: bool = False) -> None:
-        """Leave; the last user (or ``force``, for the node agent) stops the instance."""
+        """Leave; the last live user (or ``force``, for the node agent) stops the instance."""
         if self.endpoint is None or self.cfg.backend == "external":
             self.endpoint = None
             return
-        me = os.getpid()
+        me = _process_identity(os.getpid())
         with self._lock():
             state = self._read_state()
             if state is not None:
-                users = [u for u in state.get("users", []) if _alive(u)]
+                users = self._live_users(state)
                 if me in users:
                     users.remove(me)
                 if users and not force:
                     state["users"] = users
                     self._write_state(state)
+                    log.info("left the node's calibration DB (%d users remain)", len(users))
                 else:
                     self._cleanup_instance()
-                    log.info("calibration DB stopped (last user left)")
+                    log.info("calibration DB on %s stopped (%s)", self.dir, "forced" if force else "last user left")
         self.endpoint = None
 
     def __enter__(self) -> Endpoint:
@@ -208,6 +321,6 @@ class CalibDB:
         self.stop()
 
 
-def open_calibdb(cfg: CalibDBSection, *, node_dir: Path | None = None) -> CalibDB:
+def open_calibdb(cfg: CalibDBSection, *, node_dir: Path | None = None, tcp_port: int | None = None) -> CalibDB:
     """The node-shared calibration DB handle of a site config's ``calibdb`` section."""
-    return CalibDB(cfg, node_dir)
+    return CalibDB(cfg, node_dir, tcp_port=tcp_port)

@@ -67,9 +67,11 @@ def build_mariadb(dump: Path, out: Path, *, database: str = "calib", mariadbd: s
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise CalibDBError(f"mariadb-install-db failed: {result.stderr[-2000:]}")
-        proc, endpoint, _ = _start_empty(binary, datadir, work)
+        proc, endpoint, _ = backends.start_mariadbd(
+            binary, datadir, work, timeout=120, user="root", database="mysql", probe_table=None
+        )
         try:
-            conn = pymysql.connect(unix_socket=endpoint, user="root", connect_timeout=10)
+            conn = pymysql.connect(unix_socket=endpoint.socket, user="root", connect_timeout=10, read_timeout=300)
             try:
                 with conn.cursor() as cur:
                     cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
@@ -80,7 +82,11 @@ def build_mariadb(dump: Path, out: Path, *, database: str = "calib", mariadbd: s
             finally:
                 conn.close()
         finally:
-            backends.stop_process(proc.pid, 30)
+            if not backends.stop_process(proc.pid, 60, proc):
+                raise CalibDBError(f"mariadbd building the snapshot did not shut down; not using {datadir}")
+        if proc.returncode not in (0, None):
+            tail = backends.log_tail(work / "error.log")
+            raise CalibDBError(f"mariadbd building the snapshot exited with {proc.returncode}:\n{tail}")
         for leftover in ("tmp",):
             shutil.rmtree(datadir / leftover, ignore_errors=True)
         if str(out).endswith(".tar"):
@@ -94,39 +100,6 @@ def build_mariadb(dump: Path, out: Path, *, database: str = "calib", mariadbd: s
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _start_empty(binary: str, datadir: Path, work: Path) -> tuple[subprocess.Popen[bytes], str, None]:
-    """Start the fresh datadir (no calib table yet) and wait for its socket to answer."""
-    import time
-
-    import pymysql
-
-    sock = backends.socket_path(work)
-    cmd = [
-        binary,
-        "--no-defaults",
-        f"--datadir={datadir}",
-        f"--socket={sock}",
-        f"--pid-file={work / 'pid'}",
-        f"--log-error={work / 'error.log'}",
-        f"--tmpdir={work}",
-        *backends.SERVER_OPTIONS,
-    ]
-    if os.geteuid() == 0:
-        cmd.append("--user=root")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CalibDBError(f"mariadbd failed to start for the snapshot:\n{backends.log_tail(work / 'error.log')}")
-        try:
-            pymysql.connect(unix_socket=str(sock), user="root", connect_timeout=2).close()
-            return proc, str(sock), None
-        except pymysql.err.OperationalError:
-            time.sleep(backends.READY_RETRY)
-    backends.stop_process(proc.pid, 5)
-    raise CalibDBError(f"mariadbd not ready for the snapshot:\n{backends.log_tail(work / 'error.log')}")
 
 
 def build_snapshot(dump: Path, out: Path, backend: str = "") -> Path:
