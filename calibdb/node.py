@@ -79,9 +79,10 @@ def _alive(pid: int | None, create_time: float | None = None) -> bool:
 class _NodeLock:
     """An exclusive flock with a timeout, waited for without polling."""
 
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, hint: str = "(calibdb.start_timeout + 30 s)") -> None:
         self.path = path
         self.timeout = timeout
+        self.hint = hint
         self.fd = -1
 
     def __enter__(self) -> _NodeLock:
@@ -92,7 +93,7 @@ class _NodeLock:
             return self
         except BlockingIOError:
             pass
-        log.info("calibration DB %s is being started or stopped by another process: waiting", self.path.parent)
+        log.info("%s is held by another process (starting or stopping the DB): waiting", self.path)
         got = threading.Event()
         guard = threading.Lock()
         abandoned = False
@@ -112,7 +113,7 @@ class _NodeLock:
                     abandoned = True
                     raise CalibDBError(
                         f"calibration DB lock {self.path} still held after {self.timeout:.0f} s "
-                        "(calibdb.start_timeout + 30 s): the starting process is stuck"
+                        f"{self.hint}: the process holding it is stuck"
                     )
         self.fd = fd
         return self

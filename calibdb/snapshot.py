@@ -22,21 +22,49 @@ from compass_pilot.errors import CalibDBError
 log = logging.getLogger(__name__)
 
 DEMO_DUMP = Path(__file__).parent / "data" / "demo_calib.sql"
+DEMO_BUILD_TIMEOUT = 300.0
 
 
-def _statements(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+def _statements(sql: str) -> list[tuple[int, str]]:
+    """(line number, statement) pairs; a ``;`` inside a quoted string does not split.
+
+    ``sqlite3.complete_statement`` knows SQL quoting and comments, which is all a
+    portable dump needs (mysqldump's ``/*!… */;`` lines come out as statements too).
+    """
+    out: list[tuple[int, str]] = []
+    buf: list[str] = []
+    first = 0
+    for number, line in enumerate(sql.splitlines(), 1):
+        if not buf and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        if not buf:
+            first = number
+        buf.append(line)
+        text = "\n".join(buf)
+        if sqlite3.complete_statement(text):
+            out.append((first, text.strip().rstrip(";").strip()))
+            buf = []
+    if buf and "\n".join(buf).strip():
+        out.append((first, "\n".join(buf).strip()))
+    return out
+
+
+def _tmp_sibling(out: Path) -> Path:
+    """Build next to the target, then rename: a reader never sees a half-made snapshot."""
+    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
 
 
 def build_sqlite(dump: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    tmp = _tmp_sibling(out)
     tmp.unlink(missing_ok=True)
     conn = sqlite3.connect(tmp)
     try:
         conn.executescript(dump.read_text())
         conn.commit()
+    except sqlite3.Error as exc:
+        tmp.unlink(missing_ok=True)
+        raise CalibDBError(f"SQL dump {dump} does not load into SQLite: {exc}") from None
     finally:
         conn.close()
     os.replace(tmp, out)
@@ -76,8 +104,13 @@ def build_mariadb(dump: Path, out: Path, *, database: str = "calib", mariadbd: s
                 with conn.cursor() as cur:
                     cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
                     cur.execute(f"USE `{database}`")
-                    for statement in _statements(dump.read_text()):
-                        cur.execute(statement)
+                    for line, statement in _statements(dump.read_text()):
+                        try:
+                            cur.execute(statement)
+                        except pymysql.MySQLError as exc:
+                            raise CalibDBError(
+                                f"SQL dump {dump} line {line} does not load into MariaDB: {exc}"
+                            ) from None
                 conn.commit()
             finally:
                 conn.close()
@@ -89,14 +122,18 @@ def build_mariadb(dump: Path, out: Path, *, database: str = "calib", mariadbd: s
             raise CalibDBError(f"mariadbd building the snapshot exited with {proc.returncode}:\n{tail}")
         for leftover in ("tmp",):
             shutil.rmtree(datadir / leftover, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_sibling(out)
         if str(out).endswith(".tar"):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(out, "w") as tar:
+            with tarfile.open(tmp, "w") as tar:
                 tar.add(datadir, arcname=".")
+            os.replace(tmp, out)
         else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(datadir, tmp, symlinks=True)
             if out.exists():
                 shutil.rmtree(out)
-            shutil.copytree(datadir, out, symlinks=True)
+            os.rename(tmp, out)
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -107,6 +144,8 @@ def build_snapshot(dump: Path, out: Path, backend: str = "") -> Path:
     if not dump.is_file():
         raise CalibDBError(f"SQL dump {dump} not found")
     kind = backend or ("sqlite" if out.suffix in (".sqlite", ".db") else "mariadb")
+    if kind not in ("sqlite", "mariadb"):
+        raise CalibDBError(f"snapshot backend must be sqlite or mariadb, got {kind!r}")
     return build_sqlite(dump, out) if kind == "sqlite" else build_mariadb(dump, out)
 
 
@@ -114,7 +153,14 @@ def demo_snapshot(kind: str, cache_dir: Path) -> Path:
     """The demo's calibration snapshot of the given kind, built once into ``cache_dir``."""
     cache_dir = Path(cache_dir)
     out = cache_dir / ("demo_calib.sqlite" if kind == "sqlite" else "demo_calib.datadir")
-    if out.exists():
+    if out.exists():  # only ever appears complete (built aside, then renamed)
         return out
-    log.info("building the demo %s calibration snapshot in %s", kind, cache_dir)
-    return build_snapshot(DEMO_DUMP, out, kind)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    from calibdb.node import _NodeLock
+
+    # Concurrent callers wait (event-driven, bounded) for the one build, which takes ~1 s.
+    with _NodeLock(cache_dir / f".{out.name}.lock", DEMO_BUILD_TIMEOUT, "(building the demo snapshot)"):
+        if not out.exists():
+            log.info("building the demo %s calibration snapshot in %s", kind, cache_dir)
+            build_snapshot(DEMO_DUMP, out, kind)
+    return out

@@ -347,3 +347,58 @@ def test_snapshot_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     conn.close()
     assert run_cli("snapshot", "--from", str(tmp_path / "missing.sql"), "--out", str(tmp_path / "x.sqlite")) == 1
     assert "missing.sql" in capsys.readouterr().out
+
+
+def test_dump_loading_quotes_and_errors(tmp_path: Path) -> None:
+    """A ';' inside a string does not split a statement; a bad statement is named by its line."""
+    good = tmp_path / "good.sql"
+    good.write_text(
+        "-- header\nCREATE TABLE calib (run INTEGER, detector VARCHAR(32), constant REAL);\n"
+        "CREATE TABLE notes (run INTEGER, note VARCHAR(64));\n"
+        "INSERT INTO notes VALUES (1, 'gain drift; see log -- twice');\n"
+        "INSERT INTO calib VALUES (1, 'FI01', 1.5),\n  (1, 'GM01', 0.5);\n"
+    )
+    statements = calibdb.snapshot._statements(good.read_text())
+    assert [line for line, _ in statements] == [2, 3, 4, 5]
+    assert statements[2][1] == "INSERT INTO notes VALUES (1, 'gain drift; see log -- twice')"
+    for out in (tmp_path / "g.sqlite", tmp_path / "g.datadir"):
+        calibdb.build_snapshot(good, out)
+        with calibdb.open_calibdb(
+            cfg(out, tmp_path / out.suffix[1:], "sqlite" if out.suffix == ".sqlite" else "mariadb")
+        ) as ep:
+            conn = calibdb.connect(ep.env)
+            assert calibdb.read_constants(conn, 1) == {"FI01": 1.5, "GM01": 0.5}
+            cur = conn.cursor()
+            cur.execute("SELECT note FROM notes")
+            assert cur.fetchall()[0][0] == "gain drift; see log -- twice"
+            conn.close()
+    bad = tmp_path / "bad.sql"
+    bad.write_text(
+        "CREATE TABLE calib (run INTEGER, detector VARCHAR(32), constant REAL);\n\nINSERT INTO nowhere VALUES (1);\n"
+    )
+    with pytest.raises(CalibDBError, match="line 3 does not load into MariaDB"):
+        calibdb.build_snapshot(bad, tmp_path / "bad.datadir")
+    with pytest.raises(CalibDBError, match="does not load into SQLite"):
+        calibdb.build_snapshot(bad, tmp_path / "bad.sqlite")
+    assert not (tmp_path / "bad.datadir").exists() and not (tmp_path / "bad.sqlite").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no half-built leftovers
+
+
+def _demo_builder(cache: str, out) -> None:  # type: ignore[no-untyped-def]
+    out.put(str(calibdb.demo_snapshot("sqlite", Path(cache))))
+
+
+def test_demo_snapshot_built_once_under_concurrency(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_demo_builder, args=(str(tmp_path), out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    paths = {out.get(timeout=60) for _ in procs}
+    for p in procs:
+        p.join(30)
+    assert paths == {str(tmp_path / "demo_calib.sqlite")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".demo_calib.sqlite.lock", "demo_calib.sqlite"]
+    conn = calibdb.connect({"COMPASS_CALIB_BACKEND": "sqlite", "COMPASS_CALIB_DSN": paths.pop()})
+    assert len(calibdb.read_constants(conn, 275700)) == 10
+    conn.close()
