@@ -31,6 +31,7 @@ import yaml
 import calibdb
 from compass_pilot.demo.rawdata import make_production_input
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+from compass_pilot.payload import cpu_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared task builder lives in tests/
 from tests.tasks import reco_task
@@ -61,17 +62,6 @@ def _saga_children(daemon: psutil.Process) -> list[psutil.Process]:
             out.append(proc)
             out.extend(proc.children(recursive=True))
     return out
-
-
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
 
 
 def main() -> int:
@@ -148,8 +138,8 @@ def main() -> int:
         # steady state: everything running, only heartbeats and polling
         time.sleep(2)
         watched = [daemon, *agents, *launchers]
-        cpu0 = _cpu(watched)
-        parts0 = (_cpu([daemon]), _cpu(agents), _cpu(launchers))
+        cpu0 = cpu_seconds(watched)
+        parts0 = (cpu_seconds([daemon]), cpu_seconds(agents), cpu_seconds(launchers))
         updates0 = dispatcher.store.request_counts["updateJobsInBulk"]
         t0 = time.monotonic()
         while time.monotonic() - t0 < args.window:
@@ -161,8 +151,11 @@ def main() -> int:
                     pass
             time.sleep(1)
         window = time.monotonic() - t0
-        cpu_steady = _cpu(watched) - cpu0
-        parts = [b - a for a, b in zip(parts0, (_cpu([daemon]), _cpu(agents), _cpu(launchers)), strict=True)]
+        cpu_steady = cpu_seconds(watched) - cpu0
+        parts = [
+            b - a
+            for a, b in zip(parts0, (cpu_seconds([daemon]), cpu_seconds(agents), cpu_seconds(launchers)), strict=True)
+        ]
         heartbeat_requests = dispatcher.store.request_counts["updateJobsInBulk"] - updates0
         rounds = max(1, round(window / args.poll))
         before_final = dispatcher.store.request_counts["updateJobsInBulk"]

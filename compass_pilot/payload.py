@@ -144,6 +144,18 @@ def _tree_rss(pid: int) -> int:
     return _SESSIONS.rss(pid)
 
 
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds of these processes (the ones already gone count as 0)."""
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
 class PayloadProcess:
     """A payload running in its own session; non-blocking, with a blocking ``wait``."""
 
@@ -293,14 +305,7 @@ class PayloadProcess:
             return {}
         try:
             root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-            cpu = 0.0
-            for proc in procs:
-                try:
-                    times = proc.cpu_times()
-                    cpu += times.user + times.system
-                except psutil.Error:
-                    continue
+            cpu = cpu_seconds([root, *root.children(recursive=True)])
         except psutil.Error:
             return {}
         rss = _tree_rss(self.pid)

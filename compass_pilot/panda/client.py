@@ -45,6 +45,7 @@ import requests
 from compass_pilot.config import PandaSection, SiteSection, expand
 from compass_pilot.errors import ServerError
 from compass_pilot.job import JobReport
+from compass_pilot.panda.fields import CPU_UNIT, DIALECT_COLUMN, FILE_REPORT, UPDATE_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -67,66 +68,16 @@ def _command(value: Any) -> str | None:
     return str(value)
 
 
-def legacy_update_fields(report: JobReport) -> dict[str, Any]:
-    """A JobReport as pilot3's updateJob form fields (None values left out)."""
-    fields: dict[str, Any] = {
-        "jobId": report.panda_id,
-        "state": report.state,
-        "attemptNr": report.attempt_nr,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.timestamp)),
-        "siteName": report.site_name,
-        "node": report.node,
-        "schedulerID": report.scheduler_id,
-        "pilotID": report.pilot_id,
-        "batchID": report.batch_id,
-        "coreCount": report.core_count,
-        "startTime": report.start_time,
-        "endTime": report.end_time,
-        "nEvents": report.n_events,
-        "cpuConsumptionTime": report.cpu_consumption_time,
-        "cpuConsumptionUnit": "s" if report.cpu_consumption_time is not None else None,
-        "maxRSS": report.max_rss,
-        "jobMetrics": report.job_metrics,
-        "pilotErrorCode": report.pilot_error_code,
-        "pilotErrorDiag": report.pilot_error_diag,
-        "transExitCode": report.trans_exit_code,
-        "exeErrorCode": report.exe_error_code,
-        "exeErrorDiag": report.exe_error_diag,
-        "pilotTiming": report.pilot_timing,
-    }
+def update_fields(report: JobReport, dialect: str) -> dict[str, Any]:
+    """A JobReport as one dialect's update parameters (empty values left out)."""
+    column = DIALECT_COLUMN[dialect]
+    fields: dict[str, Any] = {row[column]: getattr(report, row[0]) for row in UPDATE_FIELDS}
+    if report.cpu_consumption_time is not None:
+        fields[CPU_UNIT[column]] = "s"
+    if dialect == "legacy":  # pilot3 stamps every update; the v1 API has no such parameter
+        fields["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.timestamp))
     if report.output_files:
-        fields["xml"] = json.dumps(report.file_report())
-    return {k: v for k, v in fields.items() if v not in (None, "")}
-
-
-def v1_update_fields(report: JobReport) -> dict[str, Any]:
-    """A JobReport as api/v1 update_job parameters."""
-    fields: dict[str, Any] = {
-        "job_id": report.panda_id,
-        "job_status": report.state,
-        "attempt_nr": report.attempt_nr,
-        "site_name": report.site_name,
-        "node": report.node,
-        "scheduler_id": report.scheduler_id,
-        "pilot_id": report.pilot_id,
-        "batch_id": report.batch_id,
-        "core_count": report.core_count,
-        "start_time": report.start_time,
-        "end_time": report.end_time,
-        "n_events": report.n_events,
-        "cpu_consumption_time": report.cpu_consumption_time,
-        "cpu_consumption_unit": "s" if report.cpu_consumption_time is not None else None,
-        "max_rss": report.max_rss,
-        "job_metrics": report.job_metrics,
-        "pilot_error_code": report.pilot_error_code,
-        "pilot_error_diag": report.pilot_error_diag,
-        "trans_exit_code": report.trans_exit_code,
-        "exe_error_code": report.exe_error_code,
-        "exe_error_diag": report.exe_error_diag,
-        "pilot_timing": report.pilot_timing,
-    }
-    if report.output_files:
-        fields["job_output_report"] = json.dumps(report.file_report())
+        fields[FILE_REPORT[column]] = json.dumps(report.file_report())
     return {k: v for k, v in fields.items() if v not in (None, "")}
 
 
@@ -309,8 +260,8 @@ class PandaClient:
         """One job update; the answer carries the server's command (tobekilled, …)."""
         self._fill(report)
         if self.panda.dialect == "v1":
-            return self._v1_answer(self._post("update_job", v1_update_fields(report)))
-        return self._legacy_answer(self._post("updateJob", legacy_update_fields(report)))
+            return self._v1_answer(self._post("update_job", update_fields(report, "v1")))
+        return self._legacy_answer(self._post("updateJob", update_fields(report, "legacy")))
 
     def update_jobs(self, reports: list[JobReport]) -> list[UpdateAnswer]:
         """All updates in ONE request; one answer per report, in order."""
@@ -319,14 +270,16 @@ class PandaClient:
         for report in reports:
             self._fill(report)
         if self.panda.dialect == "v1":
-            answer = self._post("update_jobs_bulk", {"job_list": [v1_update_fields(r) for r in reports]})
+            answer = self._post("update_jobs_bulk", {"job_list": [update_fields(r, "v1") for r in reports]})
             if not isinstance(answer, dict) or not answer.get("success"):
                 message = answer.get("message", "") if isinstance(answer, dict) else str(answer)[:120]
                 raise ServerError(f"update_jobs_bulk failed: {message}", retriable=True)
             items = answer.get("data") or []
             answers = [self._v1_answer(item) for item in items]
         else:
-            answer = self._post("updateJobsInBulk", {"jobList": json.dumps([legacy_update_fields(r) for r in reports])})
+            answer = self._post(
+                "updateJobsInBulk", {"jobList": json.dumps([update_fields(r, "legacy") for r in reports])}
+            )
             if not (
                 isinstance(answer, list) and len(answer) == 2 and answer[0] is True and isinstance(answer[1], list)
             ):

@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, urlparse
 from compass_pilot.experiment.naming import ProcessingOptions
 from compass_pilot.experiment.naming import job_name as prodsys_job_name
 from compass_pilot.panda import tasks as task_rules
+from compass_pilot.panda.fields import wire_to_attr
 
 log = logging.getLogger(__name__)
 
@@ -414,33 +415,22 @@ def _opt_int(value: Any) -> int | None:
         return None
 
 
-# -- field names of the two dialects → the store's names ------------------------------------
-_LEGACY = {
-    "jobId": "panda_id",
-    "state": "state",
-    "attemptNr": "attempt_nr",
-    "pilotErrorCode": "pilot_error_code",
-    "pilotErrorDiag": "pilot_error_diag",
-    "nEvents": "n_events",
-    "startTime": "start_time",
-    "endTime": "end_time",
-    "xml": "output_report",
-    "node": "node",
-    "pilotID": "pilot_id",
+# the store reads these attributes of an update; names per dialect come from panda/fields.py
+_STORED = {
+    "panda_id",
+    "state",
+    "attempt_nr",
+    "pilot_error_code",
+    "pilot_error_diag",
+    "n_events",
+    "start_time",
+    "end_time",
+    "output_report",
+    "node",
+    "pilot_id",
 }
-_V1 = {
-    "job_id": "panda_id",
-    "job_status": "state",
-    "attempt_nr": "attempt_nr",
-    "pilot_error_code": "pilot_error_code",
-    "pilot_error_diag": "pilot_error_diag",
-    "n_events": "n_events",
-    "start_time": "start_time",
-    "end_time": "end_time",
-    "job_output_report": "output_report",
-    "node": "node",
-    "pilot_id": "pilot_id",
-}
+_LEGACY = {wire: attr for wire, attr in wire_to_attr("legacy").items() if attr in _STORED}
+_V1 = {wire: attr for wire, attr in wire_to_attr("v1").items() if attr in _STORED}
 
 
 def _map(fields: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
