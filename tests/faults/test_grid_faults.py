@@ -30,6 +30,8 @@ def test_pilot_killed_mid_payload_is_restarted(site: Site) -> None:
     submit_reco(site.db, 2, extra_pars="--event-time 0.08")  # ~3 s per payload
     pilot = site.pilot()
     wait_for(lambda: status(site).get("running") == 1, 30, "a running job")
+    # "running" is reported as the payload is launched: wait until its process exists
+    wait_for(lambda: bool(_payloads(pilot.pid)), 10, "the payload")
     payloads = _payloads(pilot.pid)
     os.kill(pilot.pid, signal.SIGKILL)  # the payload lives on in its own session
     pilot.wait(10)
