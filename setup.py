@@ -15,7 +15,9 @@ setup(
         "mpi": ["mpi4py>=3.1"],
         "saga": ["radical.saga>=1.90"],
         "mysql": ["pymysql>=1.0"],
-        "test": ["pytest>=7", "pytest-mock>=3", "hypothesis>=6", "ruff", "cryptography>=41"],
+        # the tests launch node agents with a real MPI: the mpich wheel's hydra mpiexec and libmpi
+        # (a site uses its own MPI — Cray MPICH under aprun — through the `mpi` extra alone)
+        "test": ["pytest>=7", "pytest-mock>=3", "hypothesis>=6", "ruff", "cryptography>=41", "mpich>=4"],
     },
     entry_points={"console_scripts": ["compass-pilot=compass_pilot.cli:main"]},
 )
