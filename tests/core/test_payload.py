@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -92,3 +94,25 @@ def test_exit_status_survives_in_a_file_for_a_restarted_pilot(tmp_path: Path) ->
     proc.kill("pilot")
     proc.wait(10)
     assert read_exitcode(tmp_path) is None  # killed with its wrapper: no normal end recorded
+
+
+def test_session_rss_counts_the_whole_tree_and_odd_command_names(tmp_path: Path) -> None:
+    """The per-session RSS scan: a grandchild's memory counts, a name with ') ' parses."""
+    from compass_pilot.payload import _rss_by_session
+
+    odd = tmp_path / "a b) c"
+    odd.symlink_to(Path(sys.executable).resolve())
+    hold = "import time; b = bytearray(60_000_000); b[::4096] = b'x' * len(b[::4096]); time.sleep(30)"
+    proc = subprocess.Popen(
+        ["bash", "-c", f'"{odd}" -c "{hold}" & wait'], start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _rss_by_session().get(proc.pid, 0) < 60_000_000:
+            time.sleep(0.2)
+        rss = _rss_by_session().get(proc.pid, 0)
+        assert 60_000_000 <= rss < 200_000_000
+        assert _rss_by_session().get(os.getsid(0), 0) > 0  # our own session is there too
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
