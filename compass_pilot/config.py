@@ -122,6 +122,7 @@ class HPCSection:
     fake_nodes: bool = False  # one host plays several nodes (tests, demo)
     shared_dir: str = "${TMPDIR}/compass-pilot/hpc"  # visible from MOM and compute nodes
     python: str = ""  # interpreter on the compute nodes; "" = this one
+    transfer_threads: int = 8  # stage-ins / stage-outs of a submission run this many at a time
     queues: list[QueueSection] = field(
         default_factory=lambda: [
             QueueSection(name="long", job_types=["reco", "ddd"], max_walltime=18 * 3600),
@@ -224,7 +225,7 @@ def validate(config: SiteConfig) -> SiteConfig:
         if value not in choices:
             raise ConfigError(f"{config.source}: {section}.{key}: expected one of {', '.join(choices)}, got {value!r}")
     hpc = config.hpc
-    for key in ("max_jobs", "max_nodes", "slots_per_node", "max_submissions"):
+    for key in ("max_jobs", "max_nodes", "slots_per_node", "max_submissions", "transfer_threads"):
         if getattr(hpc, key) < 1:
             raise ConfigError(f"{config.source}: hpc.{key}: expected a positive integer, got {getattr(hpc, key)}")
     if hpc.max_jobs > hpc.max_nodes * hpc.slots_per_node:

@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +53,8 @@ class BatchBackend(Protocol):
     def submit(self, submission: Any, subdir: Path, jobset: Path) -> str: ...
     def status(self, batch_id: str, subdir: Path) -> str: ...  # WorkSpec statuses
     def kill(self, batch_id: str, subdir: Path) -> None: ...
+
+    # optional: def prepare(self) -> None — open the batch connection ahead of the first submit
 
 
 @dataclass
@@ -120,6 +123,7 @@ class MultiJobDaemon:
         self.rounds = 0
         self._wake = threading.Event()  # set to cut a round's sleep short (stop, terminate)
         self._stopping_hard = False
+        self._to_clean: list[Path] = []  # finished jobs' work dirs, removed after the round's commit
 
     # -- plumbing ------------------------------------------------------------------------
     @property
@@ -199,11 +203,12 @@ class MultiJobDaemon:
             self.updater.queue(
                 JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
             )
-            try:
-                workdir = lifecycle.prepare_job(job, site, self.copytool)
-            except PilotError as exc:
-                log.error("job %d: stage-in failed: %s", job.panda_id, exc.pilot_error_diag())
-                self._final(failed_report(job.panda_id, job.attempt_nr, exc.code, exc.pilot_error_diag()))
+        copytool = self.copytool
+        prepared = self._in_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
+        for job, (workdir, error) in zip(submission.jobs, prepared, strict=True):
+            if error is not None:
+                log.error("job %d: stage-in failed: %s", job.panda_id, error.pilot_error_diag())
+                self._final(failed_report(job.panda_id, job.attempt_nr, error.code, error.pilot_error_diag()))
                 continue
             workdirs[job.panda_id] = str(workdir)
             runnable.append(job)
@@ -292,7 +297,7 @@ class MultiJobDaemon:
                     if not entry.final:
                         diag = f"batch job {state.batch_id} ended ({status}) without a result for this job"
                         code = ErrorCode.BATCH_TIME_LIMIT if entry.state == "running" else ErrorCode.LOST_CONTACT
-                        self._finish_entry(state, entry, None, (code, diag))
+                        self._finish_entry(state, entry, (code, diag))
                 state.done = True
             self._persist(state)
 
@@ -302,6 +307,7 @@ class MultiJobDaemon:
             names = set(os.listdir(reports))
         except FileNotFoundError:
             return
+        results: list[tuple[JobEntry, dict[str, Any]]] = []
         for key, entry in state.jobs.items():
             if entry.final:
                 continue
@@ -311,32 +317,64 @@ class MultiJobDaemon:
                 except (OSError, ValueError) as exc:
                     log.warning("job %s: unreadable result file: %s", key, exc)
                     continue
-                self._finish_entry(state, entry, data, None)
+                if entry.panda_id in self.specs:
+                    results.append((entry, data))
             elif entry.state == "starting" and f"{key}.started" in names:
                 entry.state = "running"
                 entry.started_at = time.time()
                 self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1))
+        # stage-out is the slow part (xrdcp to EOS): a pool of transfers, bookkeeping here
+        finished = self._in_parallel(lambda item: self._report_from_result(*item), results)
+        for (entry, _), (report, error) in zip(results, finished, strict=True):
+            if error is not None:
+                report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
+            self._settle(state, entry, report)
 
-    def _finish_entry(
-        self, state: SubmissionState, entry: JobEntry, data: dict[str, Any] | None, verdict: tuple[int, str] | None
-    ) -> None:
-        job = self.specs.get(entry.panda_id)
-        if job is None:
+    def _report_from_result(self, entry: JobEntry, data: dict[str, Any]) -> JobReport:
+        """Stage a job's outputs out and build its final report from its node agent's result (I/O only)."""
+        job = self.specs[entry.panda_id]
+        result = PayloadResult.from_dict(data.get("result", data))
+        check = data.get("verdict")
+        verdict = tuple(check) if check else None
+        return lifecycle.finish_job(job, Path(entry.workdir), result, self.site, self.copytool, verdict=verdict)  # type: ignore[arg-type]
+
+    def _finish_entry(self, state: SubmissionState, entry: JobEntry, verdict: tuple[int, str]) -> None:
+        """A job that ends without a result of its own (its batch job ended first)."""
+        if entry.panda_id not in self.specs:
             return
-        if data is not None:
-            result = PayloadResult.from_dict(data.get("result", data))
-            check = data.get("verdict")
-            verdict = tuple(check) if check else None  # type: ignore[assignment]
-            report = lifecycle.finish_job(job, Path(entry.workdir), result, self.site, self.copytool, verdict=verdict)
-        else:
-            assert verdict is not None
-            report = failed_report(job.panda_id, job.attempt_nr, verdict[0], verdict[1])
+        self._settle(state, entry, failed_report(entry.panda_id, entry.attempt_nr, verdict[0], verdict[1]))
+
+    def _settle(self, state: SubmissionState, entry: JobEntry, report: JobReport) -> None:
         report.batch_id = state.batch_id
         entry.final = report.state
         entry.state = report.state
         self._final(report)
         if report.state == "finished":
-            lifecycle.clean_workdir(Path(entry.workdir))
+            # removed only once this round's journal commit holds the report (see round())
+            self._to_clean.append(Path(entry.workdir))
+
+    def _in_parallel(self, work: Any, items: list[Any]) -> list[tuple[Any, PilotError | None]]:
+        """``work(item)`` for every item on up to ``hpc.transfer_threads`` threads, in order.
+
+        Each outcome is ``(value, None)`` or ``(None, PilotError)``; an unexpected exception
+        becomes a PilotError naming it, so one bad transfer fails its job, not the daemon.
+        Only I/O runs in the threads: the journal and the updater stay on the caller's.
+        """
+
+        def one(item: Any) -> tuple[Any, PilotError | None]:
+            try:
+                return work(item), None
+            except PilotError as exc:
+                return None, exc
+            except Exception as exc:
+                log.exception("unexpected error in a transfer")
+                return None, PilotError(f"{type(exc).__name__}: {exc}", ErrorCode.GENERAL)
+
+        threads = min(self.site.hpc.transfer_threads, len(items))
+        if threads <= 1:
+            return [one(item) for item in items]
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
+            return list(pool.map(one, items))
 
     # -- heartbeats and reporting --------------------------------------------------------
     def heartbeat_due(self) -> bool:
@@ -371,6 +409,9 @@ class MultiJobDaemon:
             if not self.stop_event.is_set():
                 self.fetch_and_submit()
             self.watch()
+        for workdir in self._to_clean:
+            lifecycle.clean_workdir(workdir)
+        self._to_clean.clear()
         if self.heartbeat_due():
             self.queue_heartbeats()
         commands = self.updater.flush()
@@ -379,6 +420,9 @@ class MultiJobDaemon:
 
     def run(self, *, once: bool = False, max_cycles: int = 0) -> None:
         """Loop until stopped; ``once``: stop fetching after the first submission and drain."""
+        prepare = getattr(self.backend, "prepare", None)  # optional: warm the batch connection up
+        if prepare is not None:
+            prepare()
         submitted_cycles = 1 if self.recover() and once else 0
         while True:
             before = self._seq

@@ -125,3 +125,54 @@ def test_killed_node_agent_fails_only_its_jobs(mom) -> None:
     by_status = _summary(dispatcher.url)["jobs_by_status"]
     assert by_status.get("finished") == 8 and by_status.get("failed") == 8
     assert dispatcher.duplicate_finals() == []
+
+
+class _CountingCopytool:
+    """The real local copytool, counting how many transfers run at once."""
+
+    def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
+        self.real = real
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+        self.threads: set[str] = set()
+
+    def _counted(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            self.threads.add(threading.current_thread().name)
+        try:
+            time.sleep(0.05)  # a transfer takes time; make overlap observable
+            return fn(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def stage_in(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self._counted(self.real.stage_in, *args, **kwargs)
+
+    def stage_out(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self._counted(self.real.stage_out, *args, **kwargs)
+
+
+def test_transfers_run_in_parallel_and_one_bad_input_fails_only_its_job(mom, tmp_path: Path) -> None:
+    from compass_pilot.copytools import make_copytool
+    from compass_pilot.errors import ErrorCode
+
+    site, client, dispatcher, submit = mom
+    site.hpc.transfer_threads = 4
+    submit(12)
+    (tmp_path / "castor" / "2016" / "raw" / "W14" / "cdr11007-275678.raw").unlink()  # lost on tape
+    copytool = _CountingCopytool(make_copytool(site.storage))
+    daemon = MultiJobDaemon(site, client, make_backend(site), copytool=copytool)
+    _run(daemon)
+    assert 2 <= copytool.peak <= 4  # overlapping, never more than transfer_threads
+    assert all(name.startswith("transfer") for name in copytool.threads)
+    jobs = dispatcher.store.query("SELECT chunk, status, error_code FROM jobs")
+    failed = [j for j in jobs if j["status"] != "finished"]
+    assert len(jobs) == 12 and len(failed) == 1
+    assert failed[0]["chunk"] == 11007 and failed[0]["error_code"] == ErrorCode.MISSING_INPUT
+    assert dispatcher.duplicate_finals() == []
+    # finished jobs' work dirs are removed (after the round's commit); their outputs are at the destination
+    assert not list(Path(site.hpc.shared_dir).glob("sub-*/jobs/PandaJob_*/payload.stdout"))
+    assert len(list((tmp_path / "eos").rglob("mDST-275678-*.root"))) == 11
