@@ -112,7 +112,8 @@ class HPCSection:
     slots_per_node: int = 32
     min_jobs: int = 1  # fewer than this from PanDA: wait instead of submitting
     max_submissions: int = 2  # in flight at once
-    poll_interval: float = 30.0  # seconds between report / batch checks
+    poll_interval: float = 30.0  # seconds between rounds (reading the node agents' result files)
+    batch_check_interval: float = 300.0  # seconds between questions to the batch system (qstat / squeue)
     heartbeat_interval: float = 1800.0
     no_jobs_backoff: float = 60.0  # first wait when PanDA has no jobs (doubles, capped)
     no_jobs_backoff_max: float = 1800.0

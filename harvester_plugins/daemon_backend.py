@@ -78,6 +78,10 @@ class PluginBatchBackend:
             log.info("batch job %s: %s (%s)", batch_id, status, diag)
         return str(status)
 
+    def ended(self, subdir: Path) -> bool:
+        """The worker wrapper has left its exit code: the batch job is over (no batch system call)."""
+        return saga_backend.read_exit_marker(str(subdir)) is not None
+
     def kill(self, batch_id: str, subdir: Path) -> None:
         workspec = self._workspec(Path(subdir), batch_id)
         ((ok, diag),) = plugins_for_site(self.site, access_point=str(subdir)).sweeper.kill_workers([workspec])

@@ -32,6 +32,7 @@ import math
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,17 @@ def _saga() -> Any:
     return rs
 
 
+#: A job service unused this long is closed.  Every radical.saga job service runs a state
+#: monitor thread (the fork adaptor's reads its shell every 10 ms, Slurm's runs scontrol
+#: every 3 s, PBS's qstat every 5 s): an open idle service costs a MOM-node daemon about
+#: a CPU second a minute, while opening one costs ~0.2 s.  So services live only while
+#: used (a Harvester cycle or a daemon round) and are opened again on the next call.
+SERVICE_IDLE_SECONDS = float(os.environ.get("COMPASS_SAGA_IDLE_SECONDS", "20"))
+
+_last_used: dict[str, float] = {}
+_idle_timers: dict[str, threading.Timer] = {}
+
+
 def get_service(url: str) -> tuple[Any, threading.Lock]:
     """The cached job service for ``url`` and the lock that serialises its use."""
     batch_kind(url)
@@ -108,7 +120,38 @@ def get_service(url: str) -> tuple[Any, threading.Lock]:
             _services[url] = service
             _service_locks[url] = threading.Lock()
             log.info("opened job service %s", url)
+        _last_used[url] = time.monotonic()
+        if url not in _idle_timers:
+            _arm_idle_timer(url, SERVICE_IDLE_SECONDS)
         return service, _service_locks[url]
+
+
+def _arm_idle_timer(url: str, delay: float) -> None:
+    """(with ``_lock`` held) close ``url``'s service once it has been idle long enough."""
+    timer = threading.Timer(max(0.05, delay), _close_if_idle, args=(url,))
+    timer.daemon = True
+    timer.name = f"saga-idle-{url}"
+    _idle_timers[url] = timer
+    timer.start()
+
+
+def _close_if_idle(url: str) -> None:
+    with _lock:
+        _idle_timers.pop(url, None)
+        service, lock = _services.get(url), _service_locks.get(url)
+        if service is None or lock is None:
+            return
+        idle = time.monotonic() - _last_used.get(url, 0.0)
+        if idle < SERVICE_IDLE_SECONDS or not lock.acquire(blocking=False):  # used since, or in use now
+            _arm_idle_timer(url, SERVICE_IDLE_SECONDS - idle if idle < SERVICE_IDLE_SECONDS else 1.0)
+            return
+        try:
+            _services.pop(url, None)
+            _service_locks.pop(url, None)
+        finally:
+            lock.release()
+    log.debug("closing idle job service %s", url)
+    _close(url, service)
 
 
 def drop_service(url: str) -> None:
@@ -116,11 +159,24 @@ def drop_service(url: str) -> None:
     with _lock:
         service = _services.pop(url, None)
         _service_locks.pop(url, None)
+        timer = _idle_timers.pop(url, None)
+    if timer is not None:
+        timer.cancel()
     if service is not None:
-        try:
-            service.close()
-        except Exception as exc:  # closing a broken shell may fail too
-            log.debug("closing %s: %s", url, exc)
+        _close(url, service)
+
+
+def _close(url: str, service: Any) -> None:
+    try:
+        service.close()
+    except Exception as exc:  # closing a broken shell may fail too
+        log.debug("closing %s: %s", url, exc)
+
+
+def open_services() -> list[str]:
+    """URLs of the job services open right now (for tests and the status view)."""
+    with _lock:
+        return sorted(_services)
 
 
 def close_services() -> None:

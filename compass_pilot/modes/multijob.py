@@ -81,6 +81,7 @@ class SubmissionState:
     batch_id: str = ""
     created: float = field(default_factory=time.time)
     batch_status: str = "submitted"
+    checked_at: float = field(default_factory=time.time)  # last time the batch system was asked
     jobs: dict[str, JobEntry] = field(default_factory=dict)  # str(PandaID) → entry
     done: bool = False
 
@@ -264,6 +265,7 @@ class MultiJobDaemon:
                 continue
             jobs = {k: JobEntry(**v) for k, v in data.pop("jobs", {}).items()}
             state = SubmissionState(**data, jobs=jobs)
+            state.checked_at = 0.0  # ask the batch system at once what became of it
             for entry in jobs.values():
                 spec = specs.get((entry.panda_id, entry.attempt_nr))
                 if entry.final or self.journal.final_acked(entry.panda_id, entry.attempt_nr):
@@ -280,16 +282,27 @@ class MultiJobDaemon:
 
     # -- watch ---------------------------------------------------------------------------
     def watch(self) -> None:
-        """Turn node agents' markers and result files into updates; settle ended batch jobs."""
+        """Turn node agents' markers and result files into updates; settle ended batch jobs.
+
+        The batch system is asked only every ``hpc.batch_check_interval`` seconds, or at
+        once when the worker wrapper has left its exit marker: the node agents' files say
+        everything else, and each question to qstat / squeue costs the MOM node and the
+        batch server more than reading a directory.
+        """
         for state in self.submissions.values():
             if state.done:
                 continue
-            self._collect(state)
+            changed = self._collect(state)
             if all(entry.final for entry in state.jobs.values()):
                 state.done = True
                 self._persist(state)
                 continue
+            if not self._batch_check_due(state):
+                if changed:
+                    self._persist(state)
+                continue
             status = self.backend.status(state.batch_id, Path(state.subdir))
+            state.checked_at = time.time()
             state.batch_status = status
             if status in ("finished", "failed", "cancelled", "missed"):
                 self._collect(state)  # results written just before the batch job ended
@@ -301,12 +314,20 @@ class MultiJobDaemon:
                 state.done = True
             self._persist(state)
 
-    def _collect(self, state: SubmissionState) -> None:
+    def _batch_check_due(self, state: SubmissionState) -> bool:
+        if time.time() - state.checked_at >= self.site.hpc.batch_check_interval:
+            return True
+        ended = getattr(self.backend, "ended", None)  # optional: the wrapper's exit marker
+        return bool(ended is not None and ended(Path(state.subdir)))
+
+    def _collect(self, state: SubmissionState) -> bool:
+        """Read the node agents' files; True when a job changed state."""
         reports = state.reports_dir
         try:
             names = set(os.listdir(reports))
         except FileNotFoundError:
-            return
+            return False
+        changed = False
         results: list[tuple[JobEntry, dict[str, Any]]] = []
         for key, entry in state.jobs.items():
             if entry.final:
@@ -322,6 +343,7 @@ class MultiJobDaemon:
             elif entry.state == "starting" and f"{key}.started" in names:
                 entry.state = "running"
                 entry.started_at = time.time()
+                changed = True
                 self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1))
         # stage-out is the slow part (xrdcp to EOS): a pool of transfers, bookkeeping here
         finished = self._in_parallel(lambda item: self._report_from_result(*item), results)
@@ -329,6 +351,7 @@ class MultiJobDaemon:
             if error is not None:
                 report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
             self._settle(state, entry, report)
+        return changed or bool(results)
 
     def _report_from_result(self, entry: JobEntry, data: dict[str, Any]) -> JobReport:
         """Stage a job's outputs out and build its final report from its node agent's result (I/O only)."""

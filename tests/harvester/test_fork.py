@@ -75,3 +75,34 @@ def test_bad_input_is_a_worker_failure_not_an_exception(tmp_path: Path) -> None:
     bad_url = queue_dict("nosuch://x")
     res = plugin(bad_url, "submitter").submit_workers([worker(str(tmp_path / "d"), "true")])
     assert res[0][0] is False and "nosuch" in res[0][1]
+
+
+def test_an_idle_job_service_is_closed_and_reopened_on_use(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """radical.saga's state monitor thread lives as long as the service: an idle one must go."""
+    import threading
+    import time
+
+    from harvester_plugins import saga_backend
+
+    monkeypatch.setattr(saga_backend, "SERVICE_IDLE_SECONDS", 1.5)
+    saga_backend.drop_service(URL)
+    q = queue_dict(URL)
+    ws = worker(str(tmp_path / "w"), "sleep 4", worker_id=30)
+    assert plugin(q, "submitter").submit_workers([ws]) == [(True, "")]
+    assert saga_backend.open_services() == [URL]
+    monitors = [t for t in threading.enumerate() if type(t).__name__ == "_job_state_monitor"]
+    assert monitors
+    # held in use past the idle time: not closed under its user's feet
+    _, lock = saga_backend.get_service(URL)
+    with lock:
+        time.sleep(2.0)
+        assert saga_backend.open_services() == [URL]
+    deadline = time.monotonic() + 10
+    while saga_backend.open_services() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert saga_backend.open_services() == []
+    time.sleep(1.5)  # the monitor notices its stop flag at its next 1 s read timeout
+    assert not any(t.is_alive() for t in monitors)
+    # the next call opens a new service and still finds the job by its id
+    seen = wait_status(q, ws, {"finished", "failed"}, timeout=20)
+    assert seen[-1] == "finished", (seen, ws.last_diag)

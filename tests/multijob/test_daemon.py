@@ -101,10 +101,15 @@ def test_five_jobs_make_a_one_node_submission(mom) -> None:
     assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 5}
 
 
-def test_killed_node_agent_fails_only_its_jobs(mom) -> None:
+def test_killed_node_agent_fails_only_its_jobs(mom, mocker) -> None:
     site, client, dispatcher, submit = mom
+    # the batch system is never asked on a timer here: the worker's exit marker must
+    # be what tells the daemon the batch job is over and the dead node's jobs are orphans
+    site.hpc.batch_check_interval = 3600
     submit(16, event_time=0.15)  # 2 nodes × 8 slots, ~3 s per payload
-    daemon = MultiJobDaemon(site, client, make_backend(site))
+    backend = make_backend(site)
+    status = mocker.spy(backend, "status")
+    daemon = MultiJobDaemon(site, client, backend)
     thread = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
     thread.start()
     victim = None
@@ -125,6 +130,19 @@ def test_killed_node_agent_fails_only_its_jobs(mom) -> None:
     by_status = _summary(dispatcher.url)["jobs_by_status"]
     assert by_status.get("finished") == 8 and by_status.get("failed") == 8
     assert dispatcher.duplicate_finals() == []
+    assert status.call_count == 1  # once, when the marker appeared; not every round
+
+
+def test_a_clean_run_never_asks_the_batch_system(mom, mocker) -> None:
+    site, client, dispatcher, submit = mom
+    site.hpc.batch_check_interval = 3600
+    submit(8)
+    backend = make_backend(site)
+    status = mocker.spy(backend, "status")
+    daemon = MultiJobDaemon(site, client, backend)
+    _run(daemon)
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 8}
+    assert daemon.rounds > 2 and status.call_count <= 1  # the node agents' files said it all
 
 
 class _CountingCopytool:
