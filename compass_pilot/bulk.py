@@ -109,6 +109,7 @@ class StatusUpdater:
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, int], JobReport] = {}
         self._acked_final: set[tuple[int, int]] = set()
+        self._volatile: set[tuple[int, int]] = set()  # pending heartbeats, not in the journal
         self.commands: dict[int, str] = {}  # PandaID → last non-NULL command from the server
         self.stats = UpdaterStats()
 
@@ -123,8 +124,25 @@ class StatusUpdater:
             if current is not None and current.is_final and not report.is_final:
                 return  # never downgrade a pending final state
             self._pending[key] = report
+            self._volatile.discard(key)
             if self.journal is not None:
                 self.journal.report_queued(report)
+
+    def queue_heartbeats(self, reports: list[JobReport]) -> None:
+        """Running heartbeats for the next flush, kept out of the journal.
+
+        A heartbeat says nothing new: one lost in a crash is replaced by the next one a
+        restarted pilot sends, so journaling 512 of them every round (and their acks)
+        would cost a disk commit and thousands of rows for nothing.  A job that already
+        has an update pending needs no heartbeat: that update is one.
+        """
+        with self._lock:
+            for report in reports:
+                key = (report.panda_id, report.attempt_nr)
+                if key in self._pending or key in self._acked_final:
+                    continue
+                self._pending[key] = report
+                self._volatile.add(key)
 
     def _journal_tx(self) -> Any:
         """One journal commit for a whole batch (one fsync, not one per job)."""
@@ -172,11 +190,14 @@ class StatusUpdater:
                 if not getattr(answer, "ok", False) and report.is_final and command != "tobekilled":
                     continue  # keep it: a final state must be acknowledged
                 # a rejected intermediate update, or a job the server told us to drop, is done with
+                volatile = False
                 if self._pending.get(key) is report:
                     del self._pending[key]
+                    volatile = key in self._volatile
+                    self._volatile.discard(key)
                 if report.is_final:
                     self._acked_final.add(key)
                     self.stats.finals_acked += 1
-                if self.journal is not None:
+                if self.journal is not None and not volatile:
                     self.journal.report_acked(report, command)
         return commands

@@ -410,7 +410,7 @@ class MultiJobDaemon:
             for entry in state.jobs.values()
             if entry.state == "running" and not entry.final
         ]
-        self.updater.queue_many(beats)
+        self.updater.queue_heartbeats(beats)
         self._last_heartbeat = time.time()
 
     def act_on_commands(self, commands: dict[int, str | None]) -> None:

@@ -103,3 +103,29 @@ def test_finals_survive_a_dead_server(served) -> None:
     client.panda.backoff = 0.01
     assert updater.flush() == {}
     assert updater.pending_finals() == 3 and updater.stats.failures == 1
+
+
+def test_heartbeats_are_sent_but_not_journaled(served, tmp_path: Path) -> None:
+    from compass_pilot.journal import Journal
+
+    dispatcher, client = served
+    jobs = JobSource(client).fetch(4)
+    journal = Journal.claim(tmp_path / "journal.sqlite")
+    updater = StatusUpdater(client, journal)
+    keys = [(int(j["PandaID"]), int(j["attemptNr"])) for j in jobs]
+    updater.queue(JobReport(keys[0][0], "running", keys[0][1]))  # a real update, pending
+    updater.queue_heartbeats([JobReport(p, "running", a) for p, a in keys])
+    assert updater.pending() == 4  # the pending update stands in for job 0's heartbeat
+    assert [r.panda_id for r in journal.pending_reports()] == [keys[0][0]]  # heartbeats not on disk
+    updater.flush()
+    assert updater.pending() == 0 and client.calls.count("update_jobs") == 1
+    assert _summary(dispatcher.url)["jobs_by_status"].get("running") == 4  # all four reached the server
+    sent = journal._conn.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
+    assert sent == 1  # only the journaled update's acknowledgement is recorded
+    # a final state queued after a heartbeat is journaled and replaces it
+    updater.queue_heartbeats([JobReport(keys[1][0], "running", keys[1][1])])
+    updater.queue(JobReport(keys[1][0], "failed", keys[1][1], pilot_error_code=1305))
+    assert [r.state for r in journal.pending_reports()] == ["failed"]
+    updater.flush()
+    assert journal.final_acked(*keys[1]) and journal.pending_reports() == []
+    journal.close()
