@@ -331,3 +331,27 @@ def test_mpi_walltime_guard_ends_payloads_before_the_batch_limit(mpiexec: str, t
     assert done.returncode == 0, done.stderr
     assert 2 <= time.monotonic() - start < 15
     assert {i: _code(r) for i, r in _results(tmp_path / "reports").items()} == {1: 1213, 2: 1213}
+
+
+def test_rank_from_the_launcher_matches_mpi(mpiexec: str, tmp_path: Path) -> None:
+    """Under hydra the agent reads its rank from PMI_RANK/PMI_SIZE; MPI_Init must agree."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"n{i}:1\n" for i in range(1, 5)))
+    probe = (
+        "import os; from hpc.node_agent import _rank_and_size; r, n = _rank_and_size(); "
+        'os.write(1, f\'{r} {n} {"mpi4py.MPI" in __import__("sys").modules}\\n\'.encode())'
+    )
+    seen = {}
+    for source in ("launcher", "mpi"):
+        done = subprocess.run(
+            [mpiexec, "-launcher", "fork", "-f", str(hosts), "-n", "4", sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, COMPASS_AGENT_RANK_FROM=source),
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert done.returncode == 0, done.stderr
+        seen[source] = sorted(done.stdout.split("\n")[:-1])
+    assert seen["launcher"] == ["0 4 False", "1 4 False", "2 4 False", "3 4 False"]  # no MPI_Init
+    assert seen["mpi"] == ["0 4 True", "1 4 True", "2 4 True", "3 4 True"]
