@@ -64,6 +64,18 @@ def _saga_children(daemon: psutil.Process) -> list[psutil.Process]:
     return out
 
 
+def _phases(shared: Path, start_wall: float) -> tuple[float, float, int, float] | None:
+    """Where the time to all-running goes: daemon work, batch + agent start-up, payload launches."""
+    try:
+        jobset = next(shared.glob("sub-*/jobset.json")).stat().st_mtime
+        starts = sorted(float(p.read_text().split()[1]) for p in shared.glob("sub-*/reports/*.started"))
+    except (StopIteration, OSError, IndexError, ValueError):
+        return None
+    if not starts:
+        return None
+    return jobset - start_wall, starts[0] - jobset, len(starts), starts[-1] - starts[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sleep", type=int, default=90, help="payload seconds")
@@ -106,6 +118,7 @@ def main() -> int:
         env = dict(os.environ, HOME=str(base / "home"), RADICAL_BASE=str(base / "radical"))
         (base / "home").mkdir()
         start = time.monotonic()
+        start_wall = time.time()
         daemon_proc = subprocess.Popen(
             [
                 sys.executable,
@@ -133,6 +146,7 @@ def main() -> int:
                 all_running = time.monotonic() - start
                 break
             time.sleep(0.2)
+        phases = _phases(reports, start_wall)
         agents, launchers = _procs(daemon)
         requests_at_start = dict(dispatcher.store.request_counts)
         # steady state: everything running, only heartbeats and polling
@@ -174,6 +188,11 @@ def main() -> int:
             if all_running
             else "not all running within 120 s"
         )
+        if phases:
+            print(
+                "  of which: fetch + stage-in + job set written {:.1f} s, batch job + agents up → first payload"
+                " {:.1f} s, first → last of the {} payloads {:.1f} s".format(*phases)
+            )
         print(
             f"update requests in the {window:.0f} s steady window: {heartbeat_requests} over ~{rounds} poll rounds"
             f" = {heartbeat_requests / rounds:.2f} per round"

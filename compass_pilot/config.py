@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from compass_pilot.errors import ConfigError
 
 
@@ -261,6 +259,8 @@ def load_site_config(path: str | os.PathLike[str] | None) -> SiteConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read site config: {exc.strerror}") from None
+    import yaml  # here, not at the top: node agents import this module and never read YAML (30 ms each)
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -243,7 +243,8 @@ class NodeRun:
             self._fail_without_run(nj, ErrorCode.PAYLOAD_FAILED, f"{error_message(1305)}: cannot start: {exc}")
             return None
         try:
-            atomic_write_text(self.reports_dir / f"{nj.panda_id}.started", f"{proc.pid} {time.time():.3f}\n")
+            marker = self.reports_dir / f"{nj.panda_id}.started"  # a hint: no fsync
+            atomic_write_text(marker, f"{proc.pid} {time.time():.3f}\n", durable=False)
         except OSError as exc:  # a missing marker only delays the running heartbeat
             log.warning("job %d: cannot write the started marker: %s", nj.panda_id, exc)
         log.info("job %d slot %d: payload started pid=%s", nj.panda_id, nj.slot, proc.pid)
