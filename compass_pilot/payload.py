@@ -161,9 +161,59 @@ def _rss_by_session() -> dict[int, int]:
 _SESSIONS = _SessionMemory()
 
 
+def _stat_rss(pid: int) -> int | None:
+    """Resident bytes of one process from ``/proc/<pid>/stat``; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rfind(b")") + 2 :].split()[21]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _children(pid: int) -> list[int] | None:
+    """Child pids of every thread of ``pid``; None where the kernel has no ``children`` files."""
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(k) for k in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None  # no CONFIG_PROC_CHILDREN
+        except (OSError, ValueError):
+            continue
+    return kids
+
+
 def _tree_rss(pid: int) -> int:
-    """Sum of RSS over a payload's session (its whole process tree); 0 if it is gone."""
-    return _SESSIONS.rss(pid)
+    """Sum of RSS over a payload's process tree; 0 if it is gone.
+
+    Walks down from the payload through ``/proc/<pid>/task/*/children``: a few reads per
+    process of the tree, where a scan of the whole process table reads every process on
+    the host (on fake nodes, 16 agents would each read all 16 nodes' payloads).  Without
+    the ``children`` files the payload's session is summed from one table scan instead.
+    """
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        proc = stack.pop()
+        if proc in seen:
+            continue
+        seen.add(proc)
+        rss = _stat_rss(proc)
+        if rss is None:
+            continue
+        total += rss
+        kids = _children(proc)
+        if kids is None:
+            return _SESSIONS.rss(pid)
+        stack.extend(kids)
+    return total
 
 
 def cpu_seconds(procs: list[psutil.Process]) -> float:

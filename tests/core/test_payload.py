@@ -96,9 +96,10 @@ def test_exit_status_survives_in_a_file_for_a_restarted_pilot(tmp_path: Path) ->
     assert read_exitcode(tmp_path) is None  # killed with its wrapper: no normal end recorded
 
 
-def test_session_rss_counts_the_whole_tree_and_odd_command_names(tmp_path: Path) -> None:
-    """The per-session RSS scan: a grandchild's memory counts, a name with ') ' parses."""
-    from compass_pilot.payload import _rss_by_session
+def test_tree_rss_counts_grandchildren_and_odd_command_names(tmp_path: Path) -> None:
+    """Both ways of measuring a payload's memory (the tree walk and the session scan of its
+    fallback): a grandchild's memory counts, a command name with ') ' parses."""
+    from compass_pilot.payload import _rss_by_session, _tree_rss
 
     odd = tmp_path / "a b) c"
     odd.symlink_to(Path(sys.executable).resolve())
@@ -112,6 +113,8 @@ def test_session_rss_counts_the_whole_tree_and_odd_command_names(tmp_path: Path)
             time.sleep(0.2)
         rss = _rss_by_session().get(proc.pid, 0)
         assert 60_000_000 <= rss < 200_000_000
+        walked = _tree_rss(proc.pid)
+        assert 60_000_000 <= walked < 200_000_000 and abs(walked - rss) < 10_000_000
         assert _rss_by_session().get(os.getsid(0), 0) > 0  # our own session is there too
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
