@@ -346,6 +346,8 @@ class MultiJobDaemon:
                 changed = True
                 self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1))
         # stage-out is the slow part (xrdcp to EOS): a pool of transfers, bookkeeping here
+        if results:
+            _ = self.copytool  # made once here, not raced for by the transfer threads
         finished = self._in_parallel(lambda item: self._report_from_result(*item), results)
         for (entry, _), (report, error) in zip(results, finished, strict=True):
             if error is not None:
