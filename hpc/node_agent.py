@@ -376,13 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter(f"%(asctime)s node_agent[{rank}] %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     try:
-        jobset = read_jobset(args.jobset)
+        jobset = read_jobset(args.jobset, only_node=rank)  # this node's specs only
+        if rank == 0 and size < jobset.nodes:
+            log.error("%d rank(s) for %d nodes: failing the jobs of nodes %d..", size, jobset.nodes, size)
+            orphan_results(read_jobset(args.jobset), size)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    if rank == 0 and size < jobset.nodes:
-        log.error("%d rank(s) for %d nodes: failing the jobs of nodes %d..", size, jobset.nodes, size)
-        orphan_results(jobset, size)
     node = rank
     if node >= jobset.nodes:
         log.info("rank %d has no node in this job set (%d nodes): nothing to do", rank, jobset.nodes)

@@ -71,3 +71,22 @@ def test_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_jobset(tmp_path / "bad.json")
+
+
+def test_a_node_reads_only_its_own_specs_and_a_bad_spec_stops_only_its_node(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    data = json.loads(path.read_text())
+    data["node_jobs"][0]["jobs"][0]["job"].pop("transformation")  # node 0's first spec is broken
+    path.write_text(json.dumps(data))
+    mine = read_jobset(path, only_node=1)
+    assert [j.panda_id for j in mine.jobs_of(1)] == [12, 11] and mine.jobs_of(1)[0].job.panda_id == 12
+    assert mine.jobs_of(0) == [] and mine.jobs_of(2) == []  # other nodes' specs not parsed nor kept
+    with pytest.raises(ValueError, match="'transformation'"):
+        read_jobset(path, only_node=0)
+    with pytest.raises(ValueError, match="'transformation'"):
+        read_jobset(path)
+    # structure and uniqueness are still checked across every node
+    data["node_jobs"][2]["jobs"].append(dict(data["node_jobs"][1]["jobs"][0], slot=1))
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="appears twice"):
+        read_jobset(path, only_node=1)
