@@ -144,12 +144,9 @@ def _rss_by_session() -> dict[int, int]:
     for entry in entries:
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # gone since the listing, or not ours to read
+        fields = _stat_fields(int(entry))
+        if fields is None:
             continue
-        fields = stat[stat.rfind(b")") + 2 :].split()  # the command name may hold spaces and ')'
         try:
             sid, pages = int(fields[3]), int(fields[21])
         except (IndexError, ValueError):
@@ -158,16 +155,30 @@ def _rss_by_session() -> dict[int, int]:
     return by_session
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 first); None if gone.
+
+    The command name may hold spaces and ')', so the split starts after its last ')'.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:  # gone since the listing, or not ours to read
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
 _SESSIONS = _SessionMemory()
 
 
 def _stat_rss(pid: int) -> int | None:
     """Resident bytes of one process from ``/proc/<pid>/stat``; None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rfind(b")") + 2 :].split()[21]) * _PAGE
-    except (OSError, IndexError, ValueError):
+        return int(fields[21]) * _PAGE
+    except (IndexError, ValueError):
         return None
 
 
