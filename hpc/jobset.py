@@ -178,6 +178,7 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
         if not 0 <= node < jobset.nodes:
             raise ValueError(f"{at}: node {node} outside 0..{jobset.nodes - 1}")
         jobs: list[NodeJob] = []
+        skip = only_node is not None and node != only_node  # another node's: checked, not parsed
         for k, entry in enumerate(_need(node_entry, "jobs", list, at)):
             jat = f"{at}.jobs[{k}]"
             if not isinstance(entry, dict):
@@ -185,23 +186,20 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
             slot = _need(entry, "slot", int, jat)
             if not 0 <= slot < jobset.slots_per_node:
                 raise ValueError(f"{jat}: slot {slot} outside 0..{jobset.slots_per_node - 1}")
-            if only_node is not None and node != only_node:
-                panda_id = _need(entry, "panda_id", int, jat)
-                if panda_id in seen:
-                    raise ValueError(f"{jat}: PandaID {panda_id} appears twice in the job set")
-                seen.add(panda_id)
+            panda_id = _need(entry, "panda_id", int, jat)
+            if panda_id in seen:
+                raise ValueError(f"{jat}: PandaID {panda_id} appears twice in the job set")
+            seen.add(panda_id)
+            if skip:
                 continue
             try:
                 spec = JobSpec.from_panda(_need(entry, "job", dict, jat))
             except BadJobSpec as exc:
                 raise ValueError(f"{jat}: {exc.diag}") from None
-            if spec.panda_id != _need(entry, "panda_id", int, jat):
-                raise ValueError(f"{jat}: panda_id {entry['panda_id']} differs from the job's PandaID {spec.panda_id}")
-            if spec.panda_id in seen:
-                raise ValueError(f"{jat}: PandaID {spec.panda_id} appears twice in the job set")
-            seen.add(spec.panda_id)
+            if spec.panda_id != panda_id:
+                raise ValueError(f"{jat}: panda_id {panda_id} differs from the job's PandaID {spec.panda_id}")
             jobs.append(NodeJob(spec.panda_id, slot, _need(entry, "workdir", str, jat), spec))
-        if only_node is not None and node != only_node:
+        if skip:
             continue
         jobs.sort(key=lambda j: j.slot)
         jobset.node_jobs[node] = jobs

@@ -55,6 +55,7 @@ class BatchBackend(Protocol):
     def kill(self, batch_id: str, subdir: Path) -> None: ...
 
     # optional: def prepare(self) -> None — open the batch connection ahead of the first submit
+    # optional: def ended(self, subdir: Path) -> bool — the batch job is over, known without asking it
 
 
 @dataclass
@@ -346,22 +347,21 @@ class MultiJobDaemon:
                 changed = True
                 self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1))
         # stage-out is the slow part (xrdcp to EOS): a pool of transfers, bookkeeping here
-        if results:
-            _ = self.copytool  # made once here, not raced for by the transfer threads
-        finished = self._in_parallel(lambda item: self._report_from_result(*item), results)
+        copytool = self.copytool if results else None  # made here, not raced for by the threads
+        finished = self._in_parallel(lambda item: self._report_from_result(*item, copytool), results)
         for (entry, _), (report, error) in zip(results, finished, strict=True):
             if error is not None:
                 report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
             self._settle(state, entry, report)
         return changed or bool(results)
 
-    def _report_from_result(self, entry: JobEntry, data: dict[str, Any]) -> JobReport:
+    def _report_from_result(self, entry: JobEntry, data: dict[str, Any], copytool: Any) -> JobReport:
         """Stage a job's outputs out and build its final report from its node agent's result (I/O only)."""
         job = self.specs[entry.panda_id]
         result = PayloadResult.from_dict(data.get("result", data))
         check = data.get("verdict")
         verdict = tuple(check) if check else None
-        return lifecycle.finish_job(job, Path(entry.workdir), result, self.site, self.copytool, verdict=verdict)  # type: ignore[arg-type]
+        return lifecycle.finish_job(job, Path(entry.workdir), result, self.site, copytool, verdict=verdict)  # type: ignore[arg-type]
 
     def _finish_entry(self, state: SubmissionState, entry: JobEntry, verdict: tuple[int, str]) -> None:
         """A job that ends without a result of its own (its batch job ended first)."""
