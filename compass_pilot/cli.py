@@ -99,11 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--site", required=True)
     daemon.add_argument("--once", action="store_true", help="one fetch-submit-report cycle, then exit when done")
     daemon.add_argument("--max-cycles", type=int, default=0, help="stop after this many submissions (0 = no limit)")
-    daemon.set_defaults(func=lambda a: _delegate("compass_pilot.modes.multijob", "cmd_daemon")(a))
+    daemon.set_defaults(func=lambda a: _delegate("compass_pilot.modes.daemon_cli", "cmd_daemon")(a))
 
     status = sub.add_parser("status", help="what the MOM-node daemon is doing")
     status.add_argument("--site", required=True)
-    status.set_defaults(func=lambda a: _delegate("compass_pilot.modes.multijob", "cmd_status")(a))
+    status.set_defaults(func=lambda a: _delegate("compass_pilot.status", "cmd_status")(a))
 
     dispatcher = sub.add_parser("dispatcher", help="embedded PanDA-compatible job dispatcher")
     _delegate("compass_pilot.panda.commands", "add_dispatcher_args")(dispatcher)

@@ -21,11 +21,9 @@ real site): the daemon is idle almost all the time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -36,7 +34,7 @@ from typing import Any, Protocol
 
 from compass_pilot import lifecycle
 from compass_pilot.bulk import JobSource, StatusUpdater
-from compass_pilot.config import SiteConfig, config_to_dict, expand, load_site_config
+from compass_pilot.config import SiteConfig, config_to_dict, expand
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
@@ -554,64 +552,3 @@ def make_backend(site: SiteConfig) -> BatchBackend:
     from harvester_plugins.daemon_backend import PluginBatchBackend
 
     return PluginBatchBackend(site)
-
-
-def cmd_daemon(args: argparse.Namespace) -> int:
-    from compass_pilot.panda.client import PandaClient
-
-    site = load_site_config(args.site)
-    client = PandaClient(site.panda, site.site)
-    daemon = MultiJobDaemon(site, client, make_backend(site))
-    signal.signal(signal.SIGTERM, lambda *_: daemon.terminate())
-    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-    try:
-        daemon.run(once=args.once, max_cycles=args.max_cycles)
-    finally:
-        client.close()
-    states = Counter(daemon.final_states.values())
-    print(
-        f"daemon done: {dict(states)}; fetch requests {daemon.source.stats.requests}, "
-        f"update requests {daemon.updater.stats.requests}"
-    )
-    return 0 if daemon.updater.pending_finals() == 0 else 3
-
-
-def format_status(data: dict[str, Any], now: float | None = None) -> str:
-    """The at-a-glance view a site admin wants on the MOM node."""
-    now = now or time.time()
-    age = now - data.get("updated", now)
-    lines = [f"site {data.get('site')}  daemon pid {data.get('pid')}  state written {age:.0f} s ago"]
-    contact = data.get("last_server_contact") or 0
-    lines.append(
-        f"last PanDA contact: {f'{now - contact:.0f} s ago' if contact else 'never'}"
-        f"   requests: {data.get('fetch_requests', 0)} fetch, {data.get('update_requests', 0)} update"
-        f"   pending updates: {data.get('pending_updates', 0)}"
-    )
-    subs = data.get("submissions", [])
-    lines.append(f"submissions in flight: {len(subs)}")
-    if subs:
-        lines.append(f"  {'batch id':<28} {'queue':<8} {'nodes':>5} {'jobs':>5} {'age':>8}  status")
-        for s in subs:
-            lines.append(
-                f"  {s['batch_id'][:28]:<28} {s['queue']:<8} {s['nodes']:>5} {s['jobs']:>5} "
-                f"{now - s['created']:>7.0f}s  {s['batch_status']}"
-            )
-    by_state = data.get("jobs_by_state", {})
-    lines.append("jobs by state: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"))
-    errors = data.get("errors_by_code", {})
-    lines.append("errors by code: " + (", ".join(f"{k}×{v}" for k, v in sorted(errors.items())) or "none"))
-    for e in data.get("recent_errors", [])[-5:]:
-        lines.append(f"  job {e['panda_id']}: {e['code']} {e['diag'][:100]}")
-    return "\n".join(lines)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    site = load_site_config(args.site)
-    path = Path(expand(site.hpc.shared_dir)) / STATE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        print(f"no daemon state at {path}: the daemon has not run here")
-        return 1
-    print(format_status(data))
-    return 0

@@ -14,7 +14,8 @@ import pytest
 
 from compass_pilot.config import load_site_config
 from compass_pilot.demo.rawdata import make_production_input
-from compass_pilot.modes.multijob import MultiJobDaemon, format_status, make_backend
+from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
+from compass_pilot.status import format_status
 from tests.tasks import reco_task
 
 
