@@ -269,7 +269,7 @@ def _task(conn: sqlite3.Connection, task_id: int) -> dict[str, Any] | None:
 
 def install(store: Any) -> None:
     """Run the chain rules in the dispatcher: after each final update, and on the summary page."""
-    from compass_pilot.panda.dispatcher import insert_jobs
+    from compass_pilot.panda.store import insert_jobs
 
     def on_final(conn: sqlite3.Connection, panda_id: int) -> None:
         row = conn.execute("SELECT task_id, run FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()

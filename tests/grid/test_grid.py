@@ -8,7 +8,7 @@ import time
 from compass_pilot.errors import ErrorCode
 from compass_pilot.modes.grid import GridPilot
 from compass_pilot.panda.client import PandaClient
-from compass_pilot.panda.dispatcher import connect, insert_jobs, submit_task
+from compass_pilot.panda.store import connect, insert_jobs, submit_task
 from tests.grid.conftest import GridWorld, reco_task
 
 

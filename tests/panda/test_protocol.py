@@ -18,7 +18,8 @@ from compass_pilot.config import load_site_config
 from compass_pilot.errors import ServerError
 from compass_pilot.job import JobReport, JobSpec
 from compass_pilot.panda.client import PandaClient
-from compass_pilot.panda.dispatcher import Dispatcher, render_html, submit_task
+from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+from compass_pilot.panda.page import render_html
 from compass_pilot.panda.tasks import TaskError, build_jobs
 from tests.tasks import chunk_paths, reco_task
 

@@ -1,0 +1,403 @@
+"""The dispatcher's store: every job state transition, each one SQLite transaction (WAL).
+
+This is the dispatcher's model, apart from how requests reach it (``wire``) and how it is
+shown (``page``), so that each can change alone.  Hand-out is atomic (``BEGIN IMMEDIATE``):
+a job goes to exactly one pilot.  Every update is recorded with its time in ``updates``; a
+final state repeated for the same attempt is acknowledged but not re-applied and is marked
+duplicate — the fault suite counts those.  A job sent but never started within
+``sent_timeout`` fails with dispatcher code 102, a running job without heartbeat for
+``heartbeat_timeout`` with code 100, and a new attempt is activated while attempts remain.
+
+Design choice: a new attempt keeps its PandaID and gets ``attemptNr + 1`` (JEDI would
+clone the job under a new PandaID).  Keeping the id makes the per-run table count each
+chunk once and makes a late update from the lost attempt's pilot a *stale attemptNr*,
+which the real server answers with ``tobekilled`` — and so do we.
+
+The ProdSys chain rules (``workflow``) register hooks here (``on_final``,
+``summary_extensions``); the store never imports them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from compass_pilot.experiment.naming import ProcessingOptions
+from compass_pilot.experiment.naming import job_name as prodsys_job_name
+from compass_pilot.panda import tasks as task_rules
+
+log = logging.getLogger("compass_pilot.panda.dispatcher")
+
+VALID_STATES = ("running", "failed", "finished", "holding", "starting", "transferring")
+ACTIVE_STATES = ("starting", "running", "transferring", "holding")
+FINAL_STATES = ("finished", "failed")
+SENT_TIMEOUT_CODE, SENT_TIMEOUT_DIAG = 102, "Sent job didn't receive reply from pilot within 30 min"
+HEARTBEAT_CODE, HEARTBEAT_DIAG = 100, "lost heartbeat"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks(
+    task_id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, spec TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS jobs(
+    panda_id INTEGER PRIMARY KEY AUTOINCREMENT, task_id INTEGER, status TEXT, attempt_nr INTEGER,
+    max_attempts INTEGER, priority INTEGER, spec TEXT, run INTEGER, chunk INTEGER, job_type TEXT,
+    created REAL, modified REAL, heartbeat REAL, start_time TEXT, end_time TEXT, node TEXT,
+    pilot_id TEXT, n_events INTEGER, error_code INTEGER, error_diag TEXT, command TEXT,
+    output_report TEXT);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, priority);
+CREATE TABLE IF NOT EXISTS updates(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, panda_id INTEGER, attempt_nr INTEGER, state TEXT, time REAL,
+    error_code INTEGER, error_diag TEXT, accepted INTEGER, duplicate INTEGER, command TEXT,
+    dialect TEXT, auth TEXT, node TEXT);
+CREATE INDEX IF NOT EXISTS updates_by_job ON updates(panda_id, attempt_nr);
+CREATE TABLE IF NOT EXISTS errors(
+    panda_id INTEGER, attempt_nr INTEGER, code INTEGER, diag TEXT, source TEXT, time REAL);
+"""
+
+
+def connect(db_path: str) -> sqlite3.Connection:
+    """A connection in WAL mode; every writer takes ``BEGIN IMMEDIATE`` itself."""
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class _Tx:
+    """``with _Tx(conn):`` — an IMMEDIATE transaction (the write lock taken up front)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def submit_task(db_path: str, task: dict[str, Any]) -> int:
+    """Define a task's jobs (status activated); returns the task id."""
+    task_rules.validate_task(task)
+    conn = connect(db_path)
+    try:
+        with _Tx(conn):
+            cur = conn.execute(
+                "INSERT INTO tasks(name, spec, created) VALUES (?, ?, ?)", (task["name"], json.dumps(task), time.time())
+            )
+            task_id = int(cur.lastrowid or 0)
+            jobs = task_rules.build_jobs(task, task_id)
+            insert_jobs(conn, jobs, int(task.get("max_attempts", 5)))
+    finally:
+        conn.close()
+    log.info("task %d (%s): %d jobs defined", task_id, task["name"], len(jobs))
+    return task_id
+
+
+def insert_jobs(conn: sqlite3.Connection, jobs: list[dict[str, Any]], max_attempts: int) -> list[int]:
+    """Insert job dicts as activated jobs (inside the caller's transaction)."""
+    now = time.time()
+    ids = []
+    for job in jobs:
+        cur = conn.execute(
+            "INSERT INTO jobs(task_id, status, attempt_nr, max_attempts, priority, spec, run, chunk, job_type,"
+            " created, modified) VALUES (?, 'activated', 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.get("taskID"),
+                max_attempts,
+                int(job.get("currentPriority", 0)),
+                json.dumps(job),
+                job.get("_run"),
+                job.get("_chunk"),
+                job.get("processingType", ""),
+                now,
+                now,
+            ),
+        )
+        ids.append(int(cur.lastrowid or 0))
+    return ids
+
+
+def _wire_job(row: sqlite3.Row) -> dict[str, Any]:
+    """The job dict a pilot receives: the stored spec plus PandaID, attemptNr and jobName."""
+    spec = json.loads(row["spec"])
+    job = {k: v for k, v in spec.items() if not k.startswith("_")}
+    job["PandaID"] = row["panda_id"]
+    job["attemptNr"] = row["attempt_nr"]
+    if "_year" in spec:  # a ProdSys chunk job: its name carries PandaID and attempt
+        opts = ProcessingOptions(str(spec.get("_prod", "")), int(spec.get("_slt", 0)), int(spec.get("_phast", 0)))
+        job["jobName"] = prodsys_job_name(
+            int(spec["_year"]),
+            int(spec.get("_run", 0)),
+            int(spec.get("_chunk", 0)),
+            opts,
+            row["panda_id"],
+            row["attempt_nr"],
+        )
+    job.setdefault("jobName", f"compass-{row['panda_id']}-{row['attempt_nr']}")
+    return job
+
+
+class JobStore:
+    """All dispatcher state transitions, each one SQLite transaction."""
+
+    def __init__(self, db_path: str, *, sent_timeout: float, heartbeat_timeout: float) -> None:
+        self.db_path = db_path
+        self.conn = connect(db_path)
+        self.lock = threading.Lock()  # one connection, many handler threads
+        self.sent_timeout = sent_timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        # hooks of the ProdSys workflow (chain of merge / cross-check jobs)
+        self.on_final: list[Callable[[sqlite3.Connection, int], None]] = []
+        self.summary_extensions: list[Callable[[JobStore, list[dict[str, Any]]], None]] = []
+        self.request_counts: Counter[str] = Counter()  # method → HTTP requests served (benchmarks, tests)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # -- hand-out ------------------------------------------------------------------------
+    def get_jobs(self, n: int, node: str = "") -> list[dict[str, Any]]:
+        n = max(0, min(int(n), 10000))
+        now = time.time()
+        with self.lock, _Tx(self.conn) as conn:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE status = 'activated' ORDER BY priority DESC, panda_id LIMIT ?", (n,)
+            ).fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE jobs SET status = 'sent', modified = ?, heartbeat = ?, node = ? WHERE panda_id = ?",
+                    (now, now, node[:128], row["panda_id"]),
+                )
+        return [_wire_job(row) for row in rows]
+
+    # -- updates -------------------------------------------------------------------------
+    def update(self, fields: dict[str, Any], dialect: str, auth: str) -> tuple[int, str | None, str]:
+        """Apply one pilot update; returns (StatusCode, command, message)."""
+        try:
+            panda_id = int(fields.get("panda_id"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return 30, None, "job id is missing or not an integer"
+        state = str(fields.get("state", ""))
+        if state not in VALID_STATES:
+            return 30, None, f"Invalid job status: {state}"
+        attempt_raw = fields.get("attempt_nr")
+        try:
+            attempt = int(attempt_raw) if attempt_raw not in (None, "") else None
+        except (TypeError, ValueError):
+            attempt = None
+        code = opt_int(fields.get("pilot_error_code"))
+        diag = str(fields.get("pilot_error_diag") or "")[:500]
+        now = time.time()
+        with self.lock, _Tx(self.conn) as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
+            record_attempt = attempt if attempt is not None else (row["attempt_nr"] if row else 0)
+            final_before = conn.execute(
+                "SELECT COUNT(*) FROM updates WHERE panda_id = ? AND attempt_nr = ? AND accepted = 1"
+                " AND state IN ('finished', 'failed')",
+                (panda_id, record_attempt),
+            ).fetchone()[0]
+
+            def record(accepted: int, duplicate: int, command: str | None) -> None:
+                conn.execute(
+                    "INSERT INTO updates(panda_id, attempt_nr, state, time, error_code, error_diag, accepted,"
+                    " duplicate, command, dialect, auth, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        panda_id,
+                        record_attempt,
+                        state,
+                        now,
+                        code,
+                        diag,
+                        accepted,
+                        duplicate,
+                        command,
+                        dialect,
+                        auth,
+                        str(fields.get("node") or "")[:128],
+                    ),
+                )
+
+            is_final = state in FINAL_STATES
+            if row is None:
+                record(0, 0, "tobekilled")
+                return 0, "tobekilled", "unknown job"
+            if final_before and is_final:
+                record(0, 1, None)  # a repeated final report: acknowledged, not re-applied
+                return 0, None, "already done"
+            if attempt is not None and attempt != row["attempt_nr"]:
+                record(0, 0, "tobekilled")
+                return 0, "tobekilled", f"stale attemptNr {attempt} (current {row['attempt_nr']})"
+            if row["status"] in FINAL_STATES:
+                record(0, 0, "tobekilled")
+                return 0, "tobekilled", "job already ended"
+            command = row["command"] or None
+            record(1, 0, command)
+            start_time = fields.get("start_time") or row["start_time"]
+            if not is_final:
+                conn.execute(
+                    "UPDATE jobs SET status = ?, modified = ?, heartbeat = ?, start_time = ?, node = ?,"
+                    " pilot_id = ? WHERE panda_id = ?",
+                    (
+                        state,
+                        now,
+                        now,
+                        start_time,
+                        str(fields.get("node") or row["node"] or "")[:128],
+                        str(fields.get("pilot_id") or "")[:200],
+                        panda_id,
+                    ),
+                )
+                return 0, command, ""
+            n_events = opt_int(fields.get("n_events"))
+            conn.execute(
+                "UPDATE jobs SET modified = ?, heartbeat = ?, start_time = ?, end_time = ?, n_events = ?,"
+                " output_report = ? WHERE panda_id = ?",
+                (now, now, start_time, fields.get("end_time"), n_events, fields.get("output_report"), panda_id),
+            )
+            if state == "finished":
+                conn.execute("UPDATE jobs SET status = 'finished', command = NULL WHERE panda_id = ?", (panda_id,))
+            else:
+                self._fail(conn, row, code or 1220, diag or "failed without a diagnostic", "pilot")
+            for hook in self.on_final:
+                hook(conn, panda_id)
+            return 0, None, ""
+
+    def _fail(self, conn: sqlite3.Connection, row: sqlite3.Row, code: int, diag: str, source: str) -> None:
+        """Record a failure; activate the next attempt while attempts remain."""
+        now = time.time()
+        conn.execute(
+            "INSERT INTO errors(panda_id, attempt_nr, code, diag, source, time) VALUES (?,?,?,?,?,?)",
+            (row["panda_id"], row["attempt_nr"], code, diag[:500], source, now),
+        )
+        if row["attempt_nr"] < row["max_attempts"]:
+            conn.execute(
+                "UPDATE jobs SET status = 'activated', attempt_nr = attempt_nr + 1, command = NULL, modified = ?,"
+                " error_code = ?, error_diag = ?, n_events = NULL WHERE panda_id = ?",
+                (now, code, diag[:500], row["panda_id"]),
+            )
+            log.info(
+                "job %d: attempt %d failed (%d), attempt %d activated",
+                row["panda_id"],
+                row["attempt_nr"],
+                code,
+                row["attempt_nr"] + 1,
+            )
+        else:
+            conn.execute(
+                "UPDATE jobs SET status = 'failed', command = NULL, modified = ?, error_code = ?, error_diag = ?"
+                " WHERE panda_id = ?",
+                (now, code, diag[:500], row["panda_id"]),
+            )
+
+    def check_timeouts(self) -> int:
+        """Fail jobs that went silent (102 sent / 100 lost heartbeat); returns how many."""
+        now = time.time()
+        failed = 0
+        with self.lock, _Tx(self.conn) as conn:
+            sent = conn.execute(
+                "SELECT * FROM jobs WHERE status = 'sent' AND modified < ?", (now - self.sent_timeout,)
+            ).fetchall()
+            for row in sent:
+                self._fail(conn, row, SENT_TIMEOUT_CODE, SENT_TIMEOUT_DIAG, "jobdispatcher")
+            silent = conn.execute(
+                f"SELECT * FROM jobs WHERE status IN ({','.join('?' * len(ACTIVE_STATES))}) AND heartbeat < ?",
+                (*ACTIVE_STATES, now - self.heartbeat_timeout),
+            ).fetchall()
+            for row in silent:
+                self._fail(conn, row, HEARTBEAT_CODE, HEARTBEAT_DIAG, "jobdispatcher")
+            failed = len(sent) + len(silent)
+        if failed:
+            log.warning("%d job(s) failed by the heartbeat checker", failed)
+        return failed
+
+    def kill_job(self, panda_id: int) -> bool:
+        """Ask the job's pilot to kill it: the next update is answered ``tobekilled``."""
+        with self.lock, _Tx(self.conn) as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
+            if row is None or row["status"] in FINAL_STATES:
+                return False
+            if row["status"] == "activated":
+                conn.execute(
+                    "UPDATE jobs SET status = 'failed', error_code = 1144, error_diag = 'killed before dispatch'"
+                    " WHERE panda_id = ?",
+                    (panda_id,),
+                )
+                return True
+            conn.execute("UPDATE jobs SET command = 'tobekilled' WHERE panda_id = ?", (panda_id,))
+        return True
+
+    def job_status(self, ids: list[int]) -> list[dict[str, Any]]:
+        with self.lock:
+            out = []
+            for panda_id in ids:
+                row = self.conn.execute(
+                    "SELECT status, attempt_nr FROM jobs WHERE panda_id = ?", (panda_id,)
+                ).fetchone()
+                if row is None:
+                    out.append({"job_id": panda_id, "status": "not found", "attempt_number": 0})
+                else:
+                    out.append({"job_id": panda_id, "status": row["status"], "attempt_number": row["attempt_nr"]})
+            return out
+
+    # -- reading -------------------------------------------------------------------------
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(row) for row in self.conn.execute(sql, args).fetchall()]
+
+    def summary(self) -> dict[str, Any]:
+        by_status = {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")}
+        attempts = {
+            str(r["attempt_nr"]): r["n"]
+            for r in self.query("SELECT attempt_nr, COUNT(*) AS n FROM jobs GROUP BY attempt_nr")
+        }
+        errors = self.query(
+            "SELECT code, COUNT(*) AS count, MAX(diag) AS sample, MAX(source) AS source FROM errors GROUP BY code"
+            " ORDER BY count DESC"
+        )
+        events = self.query(
+            "SELECT COALESCE(SUM(n_events), 0) AS n FROM jobs WHERE status = 'finished' AND job_type IN ('reco', 'ddd')"
+        )[0]["n"]
+        runs = []
+        for r in self.query(
+            "SELECT run, COUNT(*) AS chunks,"
+            " SUM(status = 'activated') AS defined, SUM(status = 'sent') AS sent,"
+            " SUM(status IN ('starting', 'running', 'transferring', 'holding')) AS running,"
+            " SUM(status = 'failed') AS failed, SUM(status = 'finished') AS finished,"
+            " COALESCE(SUM(CASE WHEN status = 'finished' THEN n_events END), 0) AS events"
+            " FROM jobs WHERE job_type IN ('reco', 'ddd') GROUP BY run ORDER BY run"
+        ):
+            runs.append(r)
+        for extend in self.summary_extensions:
+            extend(self, runs)
+        duplicates = self.query("SELECT COUNT(*) AS n FROM updates WHERE duplicate = 1")[0]["n"]
+        total = sum(by_status.values())
+        final = by_status.get("finished", 0) + by_status.get("failed", 0)
+        return {
+            "jobs_by_status": by_status,
+            "total_jobs": total,
+            "open_jobs": total - final,
+            "activated_jobs": by_status.get("activated", 0),
+            "attempts": attempts,
+            "events": events,
+            "errors": errors,
+            "runs": runs,
+            "duplicate_final_updates": duplicates,
+            "updates": self.query("SELECT COUNT(*) AS n FROM updates")[0]["n"],
+            "requests": dict(self.request_counts),
+        }
+
+
+def opt_int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "", "NULL") else None
+    except (TypeError, ValueError):
+        return None
