@@ -64,6 +64,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
         summary = pilot.run()
     finally:
         client.close()
+    if summary.preflight_error:
+        print(f"preflight failed: {summary.preflight_error}", file=sys.stderr)
+        return summary.exit_code
     for panda_id, state in sorted(summary.jobs.items()):
         print(f"job {panda_id}: {state} (pilotErrorCode {summary.codes.get(panda_id, 0)})")
     if summary.unacknowledged:

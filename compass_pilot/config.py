@@ -29,6 +29,7 @@ class SiteSection:
     computing_element: str = ""
     job_label: str = "managed"  # prodSourceLabel asked for
     workdir: str = "${TMPDIR}/compass-pilot"  # pilot work root; one subdir per job
+    min_free_mb: int = 1024  # preflight: the work dir needs this much free space before any getJob
 
 
 @dataclass
@@ -122,6 +123,12 @@ class HPCSection:
     shared_dir: str = "${TMPDIR}/compass-pilot/hpc"  # visible from MOM and compute nodes
     python: str = ""  # interpreter on the compute nodes; "" = this one
     transfer_threads: int = 8  # stage-ins / stage-outs of a submission run this many at a time
+    batch_timeout: float = 120.0  # seconds any one batch-system call (open, qsub, qstat, qdel) may take
+    submit_backoff: float = 60.0  # first wait after a temporary submission failure (doubles, capped)
+    submit_backoff_max: float = 1800.0
+    breaker_threshold: int = 3  # consecutive failed submissions that open the circuit breaker (stop fetching)
+    agent_timeout: float = 600.0  # a node agent silent this long is lost: its jobs fail (1317)
+    failed_dir_keep_hours: float = 72.0  # failed jobs' work dirs kept this long for debugging
     queues: list[QueueSection] = field(
         default_factory=lambda: [
             QueueSection(name="long", job_types=["reco", "ddd"], max_walltime=18 * 3600),
@@ -232,6 +239,10 @@ def validate(config: SiteConfig) -> SiteConfig:
             f"{config.source}: hpc.max_jobs: {hpc.max_jobs} exceeds max_nodes × slots_per_node "
             f"({hpc.max_nodes} × {hpc.slots_per_node})"
         )
+    if not hpc.queues:
+        raise ConfigError(f"{config.source}: hpc.queues: expected at least one queue, got []")
+    if hpc.breaker_threshold < 1:
+        raise ConfigError(f"{config.source}: hpc.breaker_threshold: expected a positive integer")
     seen: dict[str, str] = {}
     for i, queue in enumerate(hpc.queues):
         for job_type in queue.job_types:

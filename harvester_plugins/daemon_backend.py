@@ -10,7 +10,6 @@ The submission's directory is the worker's access point.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,15 @@ class PluginBatchBackend:
         saga_backend.batch_kind(site.hpc.batch_url)  # a bad URL fails at start, naming it
         self.site = site
 
-    def prepare(self) -> None:
-        """Open the job service in the background while the daemon fetches and stages in.
+    def preflight(self) -> None:
+        """Adaptor, submit command and job service checked before the daemon takes a job.
 
-        radical.saga takes a second or two to start its shell and probe the batch tools;
-        done here, that time overlaps the first getJob and the stage-ins instead of
-        delaying the first submission.  A failure is only logged: ``submit`` meets it
-        again and turns it into a worker failure with the batch system's message.
+        Opening the job service here (bounded by ``hpc.batch_timeout``) also warms it up
+        for the first submission.  Raises :class:`compass_pilot.preflight.PreflightError`.
         """
+        from compass_pilot.preflight import check_batch
 
-        def open_service() -> None:
-            try:
-                saga_backend.get_service(self.site.hpc.batch_url)
-            except Exception as exc:
-                log.warning("job service %s not ready yet: %s", self.site.hpc.batch_url, exc)
-
-        threading.Thread(target=open_service, name="open-job-service", daemon=True).start()
+        check_batch(self.site)
 
     def _workspec(self, subdir: Path, batch_id: str = "") -> Any:
         workspec = WorkSpec()

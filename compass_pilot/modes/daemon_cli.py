@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from collections import Counter
 
 from compass_pilot.config import load_site_config
@@ -23,12 +24,14 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: daemon.terminate())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     try:
-        daemon.run(once=args.once, max_cycles=args.max_cycles)
+        code = daemon.run(once=args.once, max_cycles=args.max_cycles)
     finally:
         client.close()
+    if daemon.exit_code and daemon.unhealthy:
+        print(f"daemon: {daemon.unhealthy}", file=sys.stderr)  # the one line that says why
     states = Counter(daemon.final_states.values())
     print(
         f"daemon done: {dict(states)}; fetch requests {daemon.source.stats.requests}, "
         f"update requests {daemon.updater.stats.requests}"
     )
-    return 0 if daemon.updater.pending_finals() == 0 else 3
+    return code

@@ -36,6 +36,8 @@ class GridSummary:
     jobs: dict[int, str] = field(default_factory=dict)  # PandaID → final state sent
     codes: dict[int, int] = field(default_factory=dict)  # PandaID → pilot error code
     unacknowledged: list[int] = field(default_factory=list)
+    preflight_error: str = ""  # why no job was asked for ("" = preflight passed)
+    exit_code: int = 0  # the preflight's exit code (compass_pilot.exitcodes) when it failed
 
     @property
     def finished(self) -> int:
@@ -191,6 +193,8 @@ class GridPilot:
         done = 0
         try:
             self.recover()
+            if not self._preflight():
+                return self.summary
             while not self.stop_event.is_set() and (limit == 0 or done < limit):
                 t0 = time.time()
                 try:
@@ -206,6 +210,19 @@ class GridPilot:
         finally:
             self.close()
         return self.summary
+
+    def _preflight(self) -> bool:
+        """Work dir and proxy before a getJob: a pilot that could not run a job takes none."""
+        from compass_pilot.preflight import PreflightError, check_grid
+
+        try:
+            check_grid(self.site)
+        except PreflightError as exc:
+            log.error("preflight failed, asking for no job: %s", exc)
+            self.summary.preflight_error = str(exc)
+            self.summary.exit_code = int(exc.exit_code)
+            return False
+        return True
 
     def run_job_dict(self, data: Any, getjob_seconds: float = 0.0) -> None:
         """Validate one job dict and run it; a bad spec is failed with a code, not a crash."""

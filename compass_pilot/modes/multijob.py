@@ -36,6 +36,7 @@ from compass_pilot import lifecycle
 from compass_pilot.bulk import JobSource, StatusUpdater
 from compass_pilot.config import SiteConfig, config_to_dict, expand
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
+from compass_pilot.exitcodes import ExitCode
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
 from compass_pilot.payload import PayloadResult
@@ -52,7 +53,7 @@ class BatchBackend(Protocol):
     def status(self, batch_id: str, subdir: Path) -> str: ...  # WorkSpec statuses
     def kill(self, batch_id: str, subdir: Path) -> None: ...
 
-    # optional: def prepare(self) -> None — open the batch connection ahead of the first submit
+    # optional: def preflight(self) -> None — adaptor, submit command, job service; raises PreflightError
     # optional: def ended(self, subdir: Path) -> bool — the batch job is over, known without asking it
 
 
@@ -124,6 +125,12 @@ class MultiJobDaemon:
         self._wake = threading.Event()  # set to cut a round's sleep short (stop, terminate)
         self._stopping_hard = False
         self._to_clean: list[Path] = []  # finished jobs' work dirs, removed after the round's commit
+        self.unhealthy = ""  # why the daemon cannot take jobs now ("" = healthy); in the state file
+        self.exit_code: ExitCode | None = None  # set when the daemon stops for a reason of its own
+        self._may_fetch = True
+        self._preflight_ok = False
+        self._preflight_next = 0.0  # monotonic time of the next preflight re-check
+        self._preflight_wait = site.hpc.no_jobs_backoff
 
     # -- plumbing ------------------------------------------------------------------------
     @property
@@ -429,7 +436,7 @@ class MultiJobDaemon:
         """One pass: fetch/submit if there is room, collect results, report in one request."""
         self.rounds += 1
         with self.journal.transaction():  # the round's transitions: one durable commit, not one per job
-            if not self.stop_event.is_set():
+            if self._may_fetch and not self.stop_event.is_set():
                 self.fetch_and_submit()
             self.watch()
         for workdir in self._to_clean:
@@ -441,14 +448,55 @@ class MultiJobDaemon:
         self.act_on_commands(commands)
         self._write_daemon_state()
 
-    def run(self, *, once: bool = False, max_cycles: int = 0) -> None:
-        """Loop until stopped; ``once``: stop fetching after the first submission and drain."""
-        prepare = getattr(self.backend, "prepare", None)  # optional: warm the batch connection up
-        if prepare is not None:
-            prepare()
+    # -- preflight: no job is taken by a daemon that could not run it ------------------
+    def preflight(self) -> bool:
+        """Work dir, proxy and batch system checked before a getJob; False (and unhealthy) when not.
+
+        The batch part is the backend's own (``preflight()``, optional): it knows which
+        adaptor, command and job service it will use.  A failure is one line in the log
+        and in the daemon state file; the caller decides between exiting and re-checking.
+        """
+        from compass_pilot.preflight import PreflightError, check_proxy, check_workdir, daemon_proxy_need
+
+        try:
+            check_workdir(self.site.hpc.shared_dir, self.site.site.min_free_mb)
+            check_proxy(self.site, daemon_proxy_need(self.site))
+            backend_check = getattr(self.backend, "preflight", None)
+            if backend_check is not None:
+                backend_check()
+        except PreflightError as exc:
+            log.error("preflight failed, fetching no jobs: %s", exc)
+            self.unhealthy = str(exc)
+            self.exit_code = exc.exit_code
+            return False
+        self.unhealthy = ""
+        return True
+
+    def _fetch_allowed(self, once: bool) -> bool:
+        """Whether this round may ask PanDA for jobs: preflight passed (re-checked on a backoff)."""
+        if self.stop_event.is_set():
+            return False
+        if self._preflight_ok:
+            return True
+        if time.monotonic() < self._preflight_next:
+            return False
+        self._preflight_ok = self.preflight()
+        if not self._preflight_ok:
+            if once:
+                self.stop_event.set()  # --once: say why and exit non-zero; nothing was taken
+            self._preflight_next = time.monotonic() + self._preflight_wait
+            self._preflight_wait = min(self._preflight_wait * 2, self.site.hpc.no_jobs_backoff_max)
+        return self._preflight_ok
+
+    def run(self, *, once: bool = False, max_cycles: int = 0) -> int:
+        """Loop until stopped; ``once``: stop fetching after the first submission and drain.
+
+        Returns the process exit code (:mod:`compass_pilot.exitcodes`).
+        """
         submitted_cycles = 1 if self.recover() and once else 0
         while True:
             before = self._seq
+            self._may_fetch = self._fetch_allowed(once)
             self.round()
             if self._seq > before:
                 submitted_cycles += 1
@@ -465,11 +513,17 @@ class MultiJobDaemon:
                     break
             wait = self.site.hpc.poll_interval
             if self.in_flight() == 0 and not draining:
-                wait = max(wait, min(self.source.seconds_until_ready(), self.site.hpc.no_jobs_backoff_max))
+                until = self.source.seconds_until_ready()
+                if not self._preflight_ok:
+                    until = self._preflight_next - time.monotonic()
+                wait = max(wait, min(until, self.site.hpc.no_jobs_backoff_max))
             self._wake.wait(wait)
             self._wake.clear()
         self._write_daemon_state()
         self.journal.close()
+        if self.exit_code:
+            return int(self.exit_code)
+        return int(ExitCode.REPORTS_OWED) if self.updater.pending_finals() else int(ExitCode.OK)
 
     def terminate(self) -> None:
         """SIGTERM: stop fetching, kill the batch jobs, report what is left, exit."""
@@ -497,6 +551,8 @@ class MultiJobDaemon:
             "pid": os.getpid(),
             "site": self.site.site.name,
             "updated": time.time(),
+            "healthy": not self.unhealthy,
+            "unhealthy_reason": self.unhealthy,
             "last_server_contact": max(self.source.stats.last_contact, self.updater.stats.last_contact),
             "fetch_requests": self.source.stats.requests,
             "update_requests": self.updater.stats.requests,
