@@ -39,6 +39,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import requests
 
@@ -284,13 +285,7 @@ class PandaClient:
                 isinstance(answer, list) and len(answer) == 2 and answer[0] is True and isinstance(answer[1], list)
             ):
                 raise ServerError(f"updateJobsInBulk: unexpected answer {str(answer)[:160]}", retriable=True)
-            answers = []
-            for item in answer[1]:
-                try:
-                    decoded = json.loads(item) if isinstance(item, str) else item
-                except ValueError:
-                    decoded = {"StatusCode": 30, "errorDialog": "undecodable answer"}
-                answers.append(self._legacy_answer(decoded))
+            answers = [self._legacy_answer(_bulk_item(item)) for item in answer[1]]
         if len(answers) != len(reports):
             raise ServerError(f"bulk update: {len(answers)} answers for {len(reports)} jobs", retriable=True)
         return answers
@@ -310,6 +305,23 @@ class PandaClient:
         code = _int(data.get("StatusCode"), 0 if answer.get("success") else 30)
         ok = bool(answer.get("success")) and code == 0
         return UpdateAnswer(ok, _command(data.get("command")), code, str(answer.get("message", "")))
+
+
+def _bulk_item(item: Any) -> Any:
+    """One item of ``updateJobsInBulk``'s list: what the server's updateJob returned for that job.
+
+    That is ``{"type": "json", "content": "<json>"}`` when we accept JSON, ``k=v`` text
+    otherwise (older servers and our earlier dispatcher sent the JSON string itself).
+    """
+    if isinstance(item, dict) and "content" in item:
+        item = item["content"]
+    if isinstance(item, str):
+        try:
+            return json.loads(item)
+        except ValueError:
+            parsed = parse_qs(item)
+            return {k: v[-1] for k, v in parsed.items()} if parsed else {"StatusCode": 30, "errorDialog": item[:80]}
+    return item
 
 
 def _int(value: Any, default: int) -> int:

@@ -22,6 +22,8 @@ from compass_pilot.panda.store import (  # noqa: F401  (re-exported)
     FINAL_STATES,
     HEARTBEAT_CODE,
     HEARTBEAT_DIAG,
+    KILLED_CODE,
+    RETRY_DELAY,
     SENT_TIMEOUT_CODE,
     SENT_TIMEOUT_DIAG,
     VALID_STATES,
@@ -50,8 +52,11 @@ class Dispatcher:
         keyfile: str | None = None,
         cafile: str | None = None,
         check_interval: float = 60,
+        retry_delay: float = RETRY_DELAY,
     ) -> None:
-        self.store = JobStore(db_path, sent_timeout=sent_timeout, heartbeat_timeout=heartbeat_timeout)
+        self.store = JobStore(
+            db_path, sent_timeout=sent_timeout, heartbeat_timeout=heartbeat_timeout, retry_delay=retry_delay
+        )
         from compass_pilot.panda import workflow
 
         workflow.install(self.store)  # the ProdSys chain for tasks with `chain: true`

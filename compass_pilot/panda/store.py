@@ -31,6 +31,7 @@ from typing import Any
 from compass_pilot.experiment.naming import ProcessingOptions
 from compass_pilot.experiment.naming import job_name as prodsys_job_name
 from compass_pilot.panda import tasks as task_rules
+from compass_pilot.panda.jobdict import complete as complete_job
 
 log = logging.getLogger("compass_pilot.panda.dispatcher")
 
@@ -39,6 +40,10 @@ ACTIVE_STATES = ("starting", "running", "transferring", "holding")
 FINAL_STATES = ("finished", "failed")
 SENT_TIMEOUT_CODE, SENT_TIMEOUT_DIAG = 102, "Sent job didn't receive reply from pilot within 30 min"
 HEARTBEAT_CODE, HEARTBEAT_DIAG = 100, "lost heartbeat"
+KILLED_CODE = 1144  # pilot3's PANDAKILL: the job was killed by the server / an operator
+#: seconds a failed attempt waits before it is handed out again: a job failing on a missing
+#: input must not bounce between pilots several times a second (JEDI retries after minutes)
+RETRY_DELAY = 60.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks(
@@ -48,7 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     max_attempts INTEGER, priority INTEGER, spec TEXT, run INTEGER, chunk INTEGER, job_type TEXT,
     created REAL, modified REAL, heartbeat REAL, start_time TEXT, end_time TEXT, node TEXT,
     pilot_id TEXT, n_events INTEGER, error_code INTEGER, error_diag TEXT, command TEXT,
-    output_report TEXT);
+    output_report TEXT, ready_at REAL);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, priority);
 CREATE TABLE IF NOT EXISTS updates(
     id INTEGER PRIMARY KEY AUTOINCREMENT, panda_id INTEGER, attempt_nr INTEGER, state TEXT, time REAL,
@@ -57,6 +62,12 @@ CREATE TABLE IF NOT EXISTS updates(
 CREATE INDEX IF NOT EXISTS updates_by_job ON updates(panda_id, attempt_nr);
 CREATE TABLE IF NOT EXISTS errors(
     panda_id INTEGER, attempt_nr INTEGER, code INTEGER, diag TEXT, source TEXT, time REAL);
+CREATE TABLE IF NOT EXISTS workers(
+    harvester_id TEXT, worker_id TEXT, status TEXT, node_id TEXT, time REAL,
+    PRIMARY KEY (harvester_id, worker_id));
+CREATE TABLE IF NOT EXISTS worker_nodes(
+    site TEXT, host_name TEXT, panda_queue TEXT, cpu_model TEXT, attributes TEXT, last_seen REAL,
+    PRIMARY KEY (site, host_name));
 """
 
 
@@ -67,6 +78,9 @@ def connect(db_path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    if "ready_at" not in columns:  # a database made before the retry back-off
+        conn.execute("ALTER TABLE jobs ADD COLUMN ready_at REAL")
     return conn
 
 
@@ -126,12 +140,12 @@ def insert_jobs(conn: sqlite3.Connection, jobs: list[dict[str, Any]], max_attemp
     return ids
 
 
-def _wire_job(row: sqlite3.Row) -> dict[str, Any]:
-    """The job dict a pilot receives: the stored spec plus PandaID, attemptNr and jobName."""
+def _wire_job(row: sqlite3.Row, n_sent: int = 0) -> dict[str, Any]:
+    """The job dict a pilot receives: every field of a real getJob job (``jobdict``) and our jobName."""
     spec = json.loads(row["spec"])
-    job = {k: v for k, v in spec.items() if not k.startswith("_")}
-    job["PandaID"] = row["panda_id"]
-    job["attemptNr"] = row["attempt_nr"]
+    job = complete_job(
+        {k: v for k, v in spec.items() if not k.startswith("_")}, row["panda_id"], row["attempt_nr"], n_sent
+    )
     if "_year" in spec:  # a ProdSys chunk job: its name carries PandaID and attempt
         opts = ProcessingOptions(str(spec.get("_prod", "")), int(spec.get("_slt", 0)), int(spec.get("_phast", 0)))
         job["jobName"] = prodsys_job_name(
@@ -149,8 +163,11 @@ def _wire_job(row: sqlite3.Row) -> dict[str, Any]:
 class JobStore:
     """All dispatcher state transitions, each one SQLite transaction."""
 
-    def __init__(self, db_path: str, *, sent_timeout: float, heartbeat_timeout: float) -> None:
+    def __init__(
+        self, db_path: str, *, sent_timeout: float, heartbeat_timeout: float, retry_delay: float = RETRY_DELAY
+    ) -> None:
         self.db_path = db_path
+        self.retry_delay = retry_delay
         self.conn = connect(db_path)
         self.lock = threading.Lock()  # one connection, many handler threads
         self.sent_timeout = sent_timeout
@@ -166,18 +183,31 @@ class JobStore:
 
     # -- hand-out ------------------------------------------------------------------------
     def get_jobs(self, n: int, node: str = "") -> list[dict[str, Any]]:
+        """Hand out up to n activated jobs whose retry back-off has passed.
+
+        A new attempt starts clean: the previous attempt's error, events, times and
+        pilot are cleared (the real server gives each attempt a fresh job record).
+        ``nSent`` is, as on the real server, how many jobs went out in the last minute.
+        """
         n = max(0, min(int(n), 10000))
         now = time.time()
         with self.lock, _Tx(self.conn) as conn:
             rows = conn.execute(
-                "SELECT * FROM jobs WHERE status = 'activated' ORDER BY priority DESC, panda_id LIMIT ?", (n,)
+                "SELECT * FROM jobs WHERE status = 'activated' AND (ready_at IS NULL OR ready_at <= ?)"
+                " ORDER BY priority DESC, panda_id LIMIT ?",
+                (now, n),
             ).fetchall()
+            n_sent = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'sent' AND modified > ?", (now - 60,)
+            ).fetchone()[0]
             for row in rows:
                 conn.execute(
-                    "UPDATE jobs SET status = 'sent', modified = ?, heartbeat = ?, node = ? WHERE panda_id = ?",
+                    "UPDATE jobs SET status = 'sent', modified = ?, heartbeat = ?, node = ?, error_code = NULL,"
+                    " error_diag = NULL, n_events = NULL, start_time = NULL, end_time = NULL, pilot_id = NULL,"
+                    " output_report = NULL, ready_at = NULL WHERE panda_id = ?",
                     (now, now, node[:128], row["panda_id"]),
                 )
-        return [_wire_job(row) for row in rows]
+        return [_wire_job(row, n_sent) for row in rows]
 
     # -- updates -------------------------------------------------------------------------
     def update(self, fields: dict[str, Any], dialect: str, auth: str) -> tuple[int, str | None, str]:
@@ -241,30 +271,29 @@ class JobStore:
                 return 0, "tobekilled", "job already ended"
             command = row["command"] or None
             record(1, 0, command)
-            start_time = fields.get("start_time") or row["start_time"]
+            start_time = server_time(fields.get("start_time")) or row["start_time"]
+            node = str(fields.get("node") or row["node"] or "")[:128]
+            pilot_id = str(fields.get("pilot_id") or row["pilot_id"] or "")[:200]
             if not is_final:
                 conn.execute(
                     "UPDATE jobs SET status = ?, modified = ?, heartbeat = ?, start_time = ?, node = ?,"
                     " pilot_id = ? WHERE panda_id = ?",
-                    (
-                        state,
-                        now,
-                        now,
-                        start_time,
-                        str(fields.get("node") or row["node"] or "")[:128],
-                        str(fields.get("pilot_id") or "")[:200],
-                        panda_id,
-                    ),
+                    (state, now, now, start_time, node, pilot_id, panda_id),
                 )
                 return 0, command, ""
             n_events = opt_int(fields.get("n_events"))
+            end_time = server_time(fields.get("end_time")) or row["end_time"]
             conn.execute(
                 "UPDATE jobs SET modified = ?, heartbeat = ?, start_time = ?, end_time = ?, n_events = ?,"
-                " output_report = ? WHERE panda_id = ?",
-                (now, now, start_time, fields.get("end_time"), n_events, fields.get("output_report"), panda_id),
+                " output_report = ?, node = ?, pilot_id = ? WHERE panda_id = ?",
+                (now, now, start_time, end_time, n_events, fields.get("output_report"), node, pilot_id, panda_id),
             )
             if state == "finished":
-                conn.execute("UPDATE jobs SET status = 'finished', command = NULL WHERE panda_id = ?", (panda_id,))
+                conn.execute(
+                    "UPDATE jobs SET status = 'finished', command = NULL, error_code = NULL, error_diag = NULL"
+                    " WHERE panda_id = ?",
+                    (panda_id,),
+                )
             else:
                 self._fail(conn, row, code or 1220, diag or "failed without a diagnostic", "pilot")
             for hook in self.on_final:
@@ -278,18 +307,20 @@ class JobStore:
             "INSERT INTO errors(panda_id, attempt_nr, code, diag, source, time) VALUES (?,?,?,?,?,?)",
             (row["panda_id"], row["attempt_nr"], code, diag[:500], source, now),
         )
-        if row["attempt_nr"] < row["max_attempts"]:
+        killed = row["command"] == "tobekilled"  # an operator's kill is final: no new attempt
+        if row["attempt_nr"] < row["max_attempts"] and not killed:
             conn.execute(
                 "UPDATE jobs SET status = 'activated', attempt_nr = attempt_nr + 1, command = NULL, modified = ?,"
-                " error_code = ?, error_diag = ?, n_events = NULL WHERE panda_id = ?",
-                (now, code, diag[:500], row["panda_id"]),
+                " error_code = ?, error_diag = ?, n_events = NULL, ready_at = ? WHERE panda_id = ?",
+                (now, code, diag[:500], now + self.retry_delay, row["panda_id"]),
             )
             log.info(
-                "job %d: attempt %d failed (%d), attempt %d activated",
+                "job %d: attempt %d failed (%d), attempt %d activated in %.0f s",
                 row["panda_id"],
                 row["attempt_nr"],
                 code,
                 row["attempt_nr"] + 1,
+                self.retry_delay,
             )
         else:
             conn.execute(
@@ -334,6 +365,28 @@ class JobStore:
                 return True
             conn.execute("UPDATE jobs SET command = 'tobekilled' WHERE panda_id = ?", (panda_id,))
         return True
+
+    def update_worker(self, harvester_id: str, worker_id: str, status: str, node_id: str | None) -> None:
+        """A pilot's word on its Harvester worker (``updateWorkerPilotStatus`` / ``update_worker_status``)."""
+        with self.lock, _Tx(self.conn) as conn:
+            conn.execute(
+                "INSERT INTO workers(harvester_id, worker_id, status, node_id, time) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(harvester_id, worker_id) DO UPDATE SET status = excluded.status,"
+                " node_id = COALESCE(excluded.node_id, node_id), time = excluded.time",
+                (harvester_id, worker_id, status, node_id, time.time()),
+            )
+
+    def update_worker_node(
+        self, site: str, host_name: str, panda_queue: str | None, cpu_model: str, attrs: str
+    ) -> None:
+        """A worker node's description (``update_worker_node``): added once, then only ``last_seen`` moves."""
+        host = host_name.split("@", 1)[-1]  # "slot1@wn.example.org" → the node, as the server parses it
+        with self.lock, _Tx(self.conn) as conn:
+            conn.execute(
+                "INSERT INTO worker_nodes(site, host_name, panda_queue, cpu_model, attributes, last_seen)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(site, host_name) DO UPDATE SET last_seen = excluded.last_seen",
+                (site, host, panda_queue, cpu_model, attrs, time.time()),
+            )
 
     def job_status(self, ids: list[int]) -> list[dict[str, Any]]:
         with self.lock:
@@ -394,6 +447,20 @@ class JobStore:
             "updates": self.query("SELECT COUNT(*) AS n FROM updates")[0]["n"],
             "requests": dict(self.request_counts),
         }
+
+
+def server_time(value: Any) -> str | None:
+    """A start/end time as the real server takes it: ``%Y-%m-%d %H:%M:%S`` (UTC), anything else dropped.
+
+    panda-server parses these with ``time.strptime(value, "%Y-%m-%d %H:%M:%S")`` and silently
+    ignores a value that does not parse (an epoch number, an ISO "T" form), so do we.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(value, "%Y-%m-%d %H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def opt_int(value: Any) -> int | None:

@@ -1,32 +1,44 @@
 """The dispatcher's wire: HTTP routes for both PanDA dialects, on top of the store.
 
 It speaks what a pilot uses of the real PanDA server, in both dialects, with the real
-wire format (see compass_pilot/panda/client.py for the field lists and sources), so
-our pilots and an unmodified PanDA pilot3 can both take its jobs:
+wire format (panda-server ``server/panda.py`` for the request handling,
+``jobdispatcher/JobDispatcher.py`` + ``Protocol.py`` for the legacy methods as they were
+before their removal, ``api/v1/pilot_api.py`` for the current ones), so our pilots, an
+unmodified PanDA pilot3 (3.7 sends forms, ≥ 3.10 gzip-compressed JSON) and Harvester can
+all take its jobs:
 
-- legacy ``/server/panda/getJob`` (nJobs → ``{"StatusCode":0,"jobs":[…]}``; without
-  nJobs the job's fields at the top level, as pilot3 expects), ``updateJob``,
-  ``updateJobsInBulk`` (``[true, ["<json>", …]]``), ``getStatus``;
-- current ``/api/v1/pilot/acquire_jobs``, ``update_job``, ``update_jobs_bulk``,
-  ``get_job_status`` with ``{"success", "message", "data"}`` answers;
+- legacy ``/server/panda/<method>``: a JSON body is *always* gunzipped (with or without
+  ``Content-Encoding``: the server never looked) and its True/False become "True"/"False";
+  answers are JSON when the request accepts it, else ``key=value&…`` text.  ``getJob``
+  (nJobs → ``{"StatusCode":0,"jobs":[…]}``, else the job's fields at the top level),
+  ``updateJob``, ``updateJobsInBulk``, ``getStatus`` (always text:
+  ``StatusCode=0&status=a+b&attemptNr=1+2``), ``updateWorkerPilotStatus``, and
+  ``getProxy``/``getKeyPair`` answered as the server does when it has nothing to give
+  (StatusCode 70);
+- current ``/api/v1/pilot/<method>``: ``acquire_jobs``, ``update_job``,
+  ``update_jobs_bulk``, ``get_job_status``, ``update_worker_status``,
+  ``update_worker_node``, with ``{"success", "message", "data"}`` answers;
+- any other method: 403 ``ERROR : method <name> is forbidden`` (text), as the server;
 - the operator's ``GET /`` page and ``/api/...`` JSON (rendered by ``page``), and
   ``/admin/submit`` · ``/admin/kill``.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import ssl
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.fields import wire_to_attr
 from compass_pilot.panda.page import render_html
-from compass_pilot.panda.store import JobStore, opt_int, submit_task
+from compass_pilot.panda.store import VALID_STATES, JobStore, opt_int, submit_task
 
 log = logging.getLogger("compass_pilot.panda.dispatcher")
 
@@ -50,8 +62,39 @@ _LEGACY = {wire: attr for wire, attr in wire_to_attr("legacy").items() if attr i
 _V1 = {wire: attr for wire, attr in wire_to_attr("v1").items() if attr in _STORED}
 
 
+#: the legacy methods a pilot may call; anything else is "forbidden", as on the real server
+LEGACY_METHODS = {
+    "getJob",
+    "updateJob",
+    "updateJobsInBulk",
+    "getStatus",
+    "updateWorkerPilotStatus",
+    "getProxy",
+    "getKeyPair",
+}
+V1_METHODS = {
+    "acquire_jobs",
+    "update_job",
+    "update_jobs_bulk",
+    "get_job_status",
+    "update_worker_status",
+    "update_worker_node",
+}
+WORKER_STATES = ("started", "finished")
+SC_PERMS = 70  # Protocol.SC_Perms: what getProxy / getKeyPair answer when nothing is granted
+
+
+class _BadBody(ValueError):
+    """A body the real server could not parse either (it answers 500 with the reason)."""
+
+
 def _map(fields: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return {names[k]: v for k, v in fields.items() if k in names}
+
+
+def _text(data: dict[str, Any]) -> str:
+    """``Protocol.Response.encode(False)``: urlencode, non-strings as Python prints them."""
+    return urlencode({k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in data.items()})
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -62,18 +105,33 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), fmt % args)
 
     # -- I/O -----------------------------------------------------------------------------
-    def _body(self) -> dict[str, Any]:
+    def _body(self, legacy: bool) -> dict[str, Any]:
+        """The request's parameters, decoded the way panda-server's ``parse_parameters`` does."""
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
             raise ValueError("request too large")
         raw = self.rfile.read(length) if length else b""
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-        if kind == "application/json":
+        if kind != "application/json":
+            return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
+        if legacy or (self.headers.get("Content-Encoding") or "").lower() == "gzip":
+            # legacy: "decompress the body, this was done without checking the content encoding"
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise _BadBody(str(exc)) from None
+        try:
             data = json.loads(raw.decode("utf-8") or "{}")
-            if not isinstance(data, dict):
-                raise ValueError("JSON body must be an object")
-            return data
-        return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
+        except ValueError as exc:
+            raise _BadBody(f"received invalid JSON : {exc}") from None
+        if not isinstance(data, dict):
+            raise _BadBody("received invalid JSON : not an object")
+        if legacy:  # the legacy API hands True/False on as the strings its forms would carry
+            data = {k: ("True" if v is True else "False" if v is False else v) for k, v in data.items()}
+        return data
+
+    def _forbidden(self, method: str) -> None:
+        self._send(403, f"ERROR : method {method} is forbidden", "text/plain")
 
     def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
         body = (
@@ -87,17 +145,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _accepts_json(self) -> bool:
+        return "application/json" in (self.headers.get("Accept") or "")
+
     def _legacy_reply(self, data: dict[str, Any] | list[Any]) -> None:
-        if "application/json" in (self.headers.get("Accept") or "") or isinstance(data, list):
+        if self._accepts_json() or isinstance(data, list):
             self._send(200, data)
         else:
-            from urllib.parse import urlencode
-
-            self._send(
-                200,
-                urlencode({k: v if isinstance(v, str | int) else json.dumps(v) for k, v in data.items()}),
-                "text/plain",
-            )
+            self._send(200, _text(data), "text/plain")
 
     def _auth(self) -> str:
         if self.headers.get("Authorization", "").startswith("Bearer "):
@@ -115,6 +170,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, render_html(store.summary()), "text/html; charset=utf-8")
         elif path == "/api/summary":
             self._send(200, store.summary())
+        elif path == "/api/v1/pilot/get_job_status":
+            query = parse_qs(urlparse(self.path).query, keep_blank_values=True)
+            self._v1("get_job_status", {k: v if len(v) > 1 else v[0] for k, v in query.items()})
+        elif path.startswith("/api/v1/") or path.startswith("/server/panda/"):
+            self._forbidden(path.rsplit("/", 1)[-1])
         elif path.startswith("/api/jobs/"):
             try:
                 panda_id = int(path.rsplit("/", 1)[1])
@@ -133,27 +193,39 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urlparse(self.path).path
+        legacy = path.startswith("/server/panda/")
+        method = path.rsplit("/", 1)[-1]
+        if (legacy and method not in LEGACY_METHODS) or (path.startswith("/api/v1/") and method not in V1_METHODS):
+            self._forbidden(method)  # checked before the body is read, as the server does
+            return
         try:
-            fields = self._body()
+            fields = self._body(legacy)
+        except _BadBody as exc:
+            self._send(500, f"ERROR : {exc}", "text/plain")
+            return
         except (ValueError, UnicodeDecodeError) as exc:
             self._send(400, {"StatusCode": 30, "errorDialog": f"bad request body: {exc}"})
             return
-        self.server.store.request_counts[path.rsplit("/", 1)[-1]] += 1
+        self.server.store.request_counts[method] += 1
         try:
-            if path.startswith("/server/panda/"):
-                self._legacy(path.rsplit("/", 1)[1], fields)
+            if legacy:
+                self._legacy(method, fields)
             elif path.startswith("/api/v1/pilot/"):
-                self._v1(path.rsplit("/", 1)[1], fields)
+                self._v1(method, fields)
             elif path == "/admin/submit":
                 task_id = submit_task(self.server.store.db_path, fields)
                 self._send(200, {"task_id": task_id})
             elif path == "/admin/kill":
                 ok = self.server.store.kill_job(int(fields.get("panda_id", 0)))
                 self._send(200, {"ok": ok})
+            elif path.startswith("/api/v1/"):
+                self._forbidden(method)
             else:
                 self._send(404, {"error": f"no such path {path}"})
         except task_rules.TaskError as exc:
             self._send(400, {"error": str(exc)})
+        except TypeError as exc:  # a missing required parameter: the server's method call fails the same way
+            self._send(500, str(exc), "text/plain")
         except Exception as exc:  # a server bug must answer 500, not drop the connection
             log.exception("error serving %s", path)
             self._send(500, {"StatusCode": 30, "errorDialog": f"internal error: {type(exc).__name__}"})
@@ -169,38 +241,75 @@ class _Handler(BaseHTTPRequestHandler):
             elif bulk:
                 self._legacy_reply({"StatusCode": 0, "jobs": jobs})
             else:
-                self._legacy_reply({"StatusCode": 0, **jobs[0]})
+                self._legacy_reply(jobs[0])
         elif method == "updateJob":
-            code, command, message = store.update(_map(fields, _LEGACY), "legacy", self._auth())
-            answer: dict[str, Any] = {"StatusCode": code, "command": command or "NULL"}
-            if message and code:
-                answer["errorDialog"] = message
-            self._legacy_reply(answer)
+            self._legacy_reply(self._legacy_update(fields))
         elif method == "updateJobsInBulk":
             try:
                 job_list = json.loads(fields.get("jobList", "[]"))
                 assert isinstance(job_list, list)
-            except (ValueError, AssertionError):
-                self._send(200, [False, "jobList is not a JSON list"])
+            except (ValueError, AssertionError, TypeError) as exc:
+                self._send(200, [False, f"updateJobsInBulk failed with {type(exc).__name__} {exc}"])
                 return
-            out = []
+            out: list[Any] = []
             for item in job_list:
-                item = item if isinstance(item, dict) else {}
-                code, command, _ = store.update(_map(item, _LEGACY), "legacy", self._auth())
-                out.append(json.dumps({"StatusCode": code, "command": command or "NULL"}))
+                answer = self._legacy_update(item if isinstance(item, dict) else {})
+                # each item is what updateJob returns: {"type": "json", "content": "<json>"} or k=v text
+                out.append({"type": "json", "content": json.dumps(answer)} if self._accepts_json() else _text(answer))
             self._send(200, [True, out])
         elif method == "getStatus":
-            ids = [int(i) for i in str(fields.get("ids", "")).split(",") if i.strip().isdigit()]
-            statuses = store.job_status(ids)
-            self._legacy_reply(
-                {
-                    "StatusCode": 0,
-                    "jobs": [s["status"] for s in statuses],
-                    "attemptNrs": [s["attempt_number"] for s in statuses],
-                }
+            # JobDispatcher.getStatus: ids split on whitespace, '+'-joined answers, always k=v text
+            ids = str(_required(fields, "ids")).split()
+            by_id = {s["job_id"]: s for s in store.job_status([int(i) for i in ids if i.isdigit()])}
+            found = [by_id.get(int(i)) if i.isdigit() else None for i in ids]
+            status = "+".join(s["status"] if s and s["attempt_number"] else "notfound" for s in found)
+            attempts = "+".join(str(s["attempt_number"]) if s else "0" for s in found)
+            self._send(200, _text({"StatusCode": 0, "status": status, "attemptNr": attempts}), "text/plain")
+        elif method == "updateWorkerPilotStatus":
+            for key in ("site", "workerID", "harvesterID", "status"):
+                _required(fields, key)
+            if fields["status"] not in WORKER_STATES:
+                self._send(200, f"Invalid worker state. The worker state has to be in {WORKER_STATES}", "text/plain")
+                return
+            store.update_worker(
+                str(fields["harvesterID"]), str(fields["workerID"]), str(fields["status"]), fields.get("node_id")
             )
-        else:
-            self._send(404, {"StatusCode": 30, "errorDialog": f"unknown method {method}"})
+            self._legacy_reply({"StatusCode": 0})
+        elif method in ("getProxy", "getKeyPair"):
+            if method == "getKeyPair":
+                _required(fields, "publicKeyName")
+                _required(fields, "privateKeyName")
+            dn = self._peer_dn()
+            diag = (
+                "Cannot extract DN from proxy. not HTTPS?"
+                if dn is None
+                else f"failed since '{dn}' is not authorized to get a {'proxy' if method == 'getProxy' else 'key pair'}"
+            )
+            answer = {"StatusCode": SC_PERMS, "errorDialog": diag}
+            if method == "getProxy":  # get_proxy always answers JSON
+                self._send(200, answer)
+            else:
+                self._legacy_reply(answer)
+
+    def _legacy_update(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """One legacy updateJob; returns the answer's fields (``JobDispatcher.updateJob``)."""
+        if str(fields.get("jobId")) == "NULL":  # the server's "aborting message"
+            return {"StatusCode": 0}
+        if fields.get("state") not in VALID_STATES:
+            return {"StatusCode": 0}  # an invalid state is logged and acknowledged, nothing else
+        code, command, message = self.server.store.update(_map(fields, _LEGACY), "legacy", self._auth())
+        answer: dict[str, Any] = {"StatusCode": code, "command": command or "NULL"}
+        if message and code:
+            answer["errorDialog"] = message
+        return answer
+
+    def _peer_dn(self) -> str | None:
+        """The client certificate's subject as an OpenSSL one-line DN, or None without one."""
+        sock = self.connection
+        cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+        if not cert:
+            return None
+        return "".join(f"/{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
 
     def _v1(self, method: str, fields: dict[str, Any]) -> None:
         store = self.server.store
@@ -229,10 +338,34 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"success": True, "message": "", "data": data})
         elif method == "get_job_status":
             raw = fields.get("job_ids", [])
-            ids = raw if isinstance(raw, list) else [i for i in str(raw).split(",") if i]
+            ids = raw if isinstance(raw, list) else [i for i in str(raw).replace(",", " ").split() if i]
             self._send(200, {"success": True, "message": "", "data": store.job_status([int(i) for i in ids])})
-        else:
-            self._send(404, {"success": False, "message": f"unknown method {method}", "data": None})
+        elif method == "update_worker_status":
+            missing = [k for k in ("worker_id", "harvester_id", "status") if k not in fields]
+            if missing:
+                self._send(200, _v1_argument_error("update_worker_status", missing))
+            elif fields["status"] not in WORKER_STATES:
+                message = f"Invalid worker state. The worker state has to be in {WORKER_STATES}"
+                self._send(200, {"success": False, "message": message, "data": None})
+            else:
+                store.update_worker(
+                    str(fields["harvester_id"]), str(fields["worker_id"]), str(fields["status"]), fields.get("node_id")
+                )
+                self._send(200, {"success": True, "message": "", "data": None})
+        elif method == "update_worker_node":
+            missing = [k for k in ("site", "host_name", "cpu_model") if k not in fields]
+            if missing:
+                self._send(200, _v1_argument_error("update_worker_node", missing))
+                return
+            extra = {k: v for k, v in fields.items() if k not in ("site", "host_name", "cpu_model", "panda_queue")}
+            store.update_worker_node(
+                str(fields["site"]),
+                str(fields["host_name"]),
+                fields.get("panda_queue"),
+                str(fields["cpu_model"]),
+                json.dumps(extra, sort_keys=True),
+            )
+            self._send(200, {"success": True, "message": "", "data": None})
 
     def _v1_update(self, fields: dict[str, Any]) -> dict[str, Any]:
         code, command, message = self.server.store.update(_map(fields, _V1), "v1", self._auth())
@@ -241,6 +374,20 @@ class _Handler(BaseHTTPRequestHandler):
             "message": message if code else "",
             "data": {"StatusCode": code, "command": command},
         }
+
+
+def _required(fields: dict[str, Any], key: str) -> Any:
+    """A parameter the server's method has no default for (missing → TypeError → 500, as there)."""
+    if key not in fields:
+        raise TypeError(f"missing 1 required positional argument: '{key}'")
+    return fields[key]
+
+
+def _v1_argument_error(method: str, missing: list[str]) -> dict[str, Any]:
+    """``request_validation``'s answer to a call missing arguments."""
+    names = " and ".join(repr(k) for k in missing)
+    message = f"Argument error: {method}() missing {len(missing)} required positional argument(s): {names}"
+    return {"success": False, "message": message, "data": None}
 
 
 class _Server(ThreadingHTTPServer):

@@ -103,7 +103,7 @@ def test_ten_pilots_thousand_jobs_each_exactly_once(served) -> None:
 
 def test_silent_jobs_fail_with_102_and_100_then_retry(tmp_path: Path) -> None:
     db = str(tmp_path / "p.sqlite")
-    dispatcher = Dispatcher(db, port=0, sent_timeout=1, heartbeat_timeout=1, check_interval=0.3).start()
+    dispatcher = Dispatcher(db, port=0, sent_timeout=1, heartbeat_timeout=1, check_interval=0.3, retry_delay=0).start()
     try:
         submit_task(db, task(2, max_attempts=2))
         client = client_for(dispatcher.url)

@@ -1,0 +1,112 @@
+"""The job dict a real PanDA getJob answer carries, filled in from our shorter job specs.
+
+Our task rules (``tasks``, ``workflow``) define only what COMPASS jobs use; a pilot or a
+Harvester built for the real server reads more, and reads it without ``.get``: Harvester's
+``JobSpec.convert_job_json`` needs ``ddmEndPointOut`` and ``logGUID``, pilot3 zips the
+per-file lists (``inFiles`` with ``GUID``, ``fsize``, ``checksum``, ``scopeIn``,
+``ddmEndPointIn`` …) and indexes them together.  So every key the real dispatcher puts in
+a job (panda-server ``jobdispatcher/Protocol.py`` ``Response.appendJob``, the last
+version before the legacy dispatcher was removed) is present here, with the real
+server's own convention for "nothing known": ``NULL`` for space tokens, ``0`` for an
+unknown size, an empty string for an unknown checksum or endpoint.
+
+GUIDs we do not know are made up deterministically (uuid5 of scope:lfn for inputs, of
+PandaID/attempt/lfn for the log), so a retried job names the same input GUIDs and a
+pilot's file report can be matched back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+_NS = uuid.UUID("5d0f8f0e-4c1b-4d35-9a39-2f4c0ad0c0a5")  # our namespace for made-up GUIDs
+
+
+def _split(value: Any) -> list[str]:
+    text = "" if value in (None, "NULL") else str(value)
+    return text.split(",") if text else []
+
+
+def _per_file(spec: dict[str, Any], key: str, n: int, default: str) -> str:
+    """A comma list of exactly n entries: the spec's own where it has them, else ``default``."""
+    have = _split(spec.get(key))
+    if len(have) == n:
+        return ",".join(have)
+    if len(have) == 1 and n > 1:  # one value meant for every file
+        return ",".join(have * n)
+    return ",".join([default] * n)
+
+
+def complete(job: dict[str, Any], panda_id: int, attempt_nr: int, n_sent: int) -> dict[str, Any]:
+    """Add every field of a real getJob job dict that ``job`` lacks (in place; returns it)."""
+    inputs = _split(job.get("inFiles"))
+    outputs = _split(job.get("outFiles"))
+    log_file = str(job.get("logFile") or "")
+    n_in, n_out = len(inputs), len(outputs)
+    scope_in = _split(job.get("scopeIn")) or ["compass"] * n_in
+    guids = _split(job.get("GUID"))
+    if len(guids) != n_in or not all(guids):
+        scopes = scope_in if len(scope_in) == n_in else [scope_in[0] if scope_in else "compass"] * n_in
+        guids = [str(uuid.uuid5(_NS, f"{scope}:{lfn}")) for scope, lfn in zip(scopes, inputs, strict=True)]
+    job["GUID"] = ",".join(guids)
+    job["inFiles"] = ",".join(inputs)
+    job["realDatasetsIn"] = _per_file(job, "realDatasetsIn", n_in, "NULL")
+    job["dispatchDblock"] = _per_file(job, "dispatchDblock", n_in, "NULL")
+    job["dispatchDBlockToken"] = _per_file(job, "dispatchDBlockToken", n_in, "NULL")
+    job["prodDBlocks"] = _per_file(job, "prodDBlocks", n_in, "NULL") if "prodDBlocks" in job else job["realDatasetsIn"]
+    job["prodDBlockToken"] = _per_file(job, "prodDBlockToken", n_in, "NULL")
+    job["fsize"] = _per_file(job, "fsize", n_in, "0")
+    job["checksum"] = _per_file(job, "checksum", n_in, "")
+    job["scopeIn"] = _per_file(job, "scopeIn", n_in, "compass")
+    job["ddmEndPointIn"] = _per_file(job, "ddmEndPointIn", n_in, "")
+    # outputs, the log file included (it is the last of outFiles in our specs, as in PanDA's)
+    job["outFiles"] = ",".join(outputs)
+    job["destinationDblock"] = _per_file(job, "destinationDblock", n_out, "NULL")
+    job["realDatasets"] = _per_file(job, "realDatasets", n_out, "NULL")
+    job["destinationDBlockToken"] = _per_file(job, "destinationDBlockToken", n_out, "NULL")
+    job["dispatchDBlockTokenForOut"] = _per_file(job, "dispatchDBlockTokenForOut", n_out, "NULL")
+    job["fileDestinationSE"] = _per_file(job, "fileDestinationSE", n_out, str(job.get("destinationSE") or "NULL"))
+    job["ddmEndPointOut"] = _per_file(job, "ddmEndPointOut", n_out, "")
+    n_data_out = n_out - (1 if log_file and log_file in outputs else 0)
+    job["scopeOut"] = _per_file(job, "scopeOut", n_data_out, "compass")
+    job["logFile"] = log_file
+    job["scopeLog"] = str(job.get("scopeLog") or ("compass" if log_file else ""))
+    if not job.get("logGUID"):
+        job["logGUID"] = str(uuid.uuid5(_NS, f"{panda_id}/{attempt_nr}/{log_file}")) if log_file else ""
+    core_count = int(job.get("coreCount") or 1)
+    defaults: dict[str, Any] = {
+        "prodSourceLabel": "managed",
+        "swRelease": "NULL",
+        "homepackage": "NULL",
+        "transformation": "",
+        "jobPars": "",
+        "jobDefinitionID": job.get("jobsetID") or 0,
+        "cloud": "WORLD",
+        "destinationSE": "NULL",
+        "prodUserID": "compass",
+        "maxCpuCount": 0,
+        "minRamCount": 0,
+        "maxDiskCount": 0,
+        "cmtConfig": "",
+        "processingType": "",
+        "transferType": "NULL",
+        "sourceSite": "NULL",
+        "currentPriority": 0,
+        "taskID": "NULL",
+        "coreCount": core_count,
+        "jobsetID": "NULL",
+        "reqID": "NULL",
+        "nucleus": "NULL",
+        "maxWalltime": job.get("maxCpuCount") or 0,
+        "resource_type": "MCORE" if core_count > 1 else "SCORE",
+        "ioIntensity": None,
+        "ioIntensityUnit": None,
+    }
+    for key, value in defaults.items():
+        job.setdefault(key, value)
+    job["PandaID"] = panda_id
+    job["attemptNr"] = attempt_nr
+    job["StatusCode"] = 0
+    job["nSent"] = n_sent
+    return job
