@@ -93,6 +93,32 @@ class CalibDBSection:
 
 
 @dataclass
+class JobScriptSection:
+    """One COMPASS job type's trusted script, inside the job's software release."""
+
+    job_type: str = ""  # processingType: reco, ddd, merge_mdst, …
+    script: str = ""  # path relative to <payload.release_root>/<swRelease>/
+
+
+@dataclass
+class PayloadSection:
+    """What a pilot may run and what its payloads see (pilot3's trf whitelist, env allow-list).
+
+    Anything the dispatcher sends that is not listed here fails the job (1346) before
+    a process starts: whoever can talk to the dispatcher must not get a shell on the nodes.
+    """
+
+    allow_demo: bool = True  # the package's own demo payloads (compass-demo-*)
+    release_root: str = ""  # software releases live in <release_root>/<swRelease>/
+    scripts: list[JobScriptSection] = field(default_factory=list)
+    url_prefixes: list[str] = field(default_factory=list)  # transformations downloaded from these only
+    commands: list[str] = field(default_factory=list)  # exact transformations run as argv[0] (site wrappers)
+    env_allow: list[str] = field(default_factory=list)  # extra variables passed from the pilot's env
+    pass_credentials: bool = False  # hand the X509 proxy / token variables to the payload
+    download_timeout: float = 60.0  # seconds to fetch a URL transformation
+
+
+@dataclass
 class QueueSection:
     """One batch queue class: which job types go there and how long they may run."""
 
@@ -148,6 +174,7 @@ class SiteConfig:
     storage: StorageSection = field(default_factory=StorageSection)
     calibdb: CalibDBSection = field(default_factory=CalibDBSection)
     hpc: HPCSection = field(default_factory=HPCSection)
+    payload: PayloadSection = field(default_factory=PayloadSection)
     journal: str = ""  # journal file; "" = <workdir>/journal.sqlite
     source: str = "<defaults>"  # the file it came from (not a YAML key)
 
@@ -251,6 +278,16 @@ def validate(config: SiteConfig) -> SiteConfig:
                     f"{config.source}: hpc.queues[{i}].job_types: {job_type!r} is already in queue {seen[job_type]!r}"
                 )
             seen[job_type] = queue.name
+    for i, prefix in enumerate(config.payload.url_prefixes):
+        if not prefix.startswith(("https://", "http://")) or prefix.count("/") < 3 or not prefix.endswith("/"):
+            raise ConfigError(
+                f"{config.source}: payload.url_prefixes[{i}]: expected an http(s) URL ending in '/', got {prefix!r}"
+            )
+    for i, entry in enumerate(config.payload.scripts):
+        if not entry.job_type or not entry.script or entry.script.startswith("/") or ".." in entry.script.split("/"):
+            raise ConfigError(
+                f"{config.source}: payload.scripts[{i}]: expected a job_type and a script path inside the release"
+            )
     if config.grid.heartbeat_interval < 1 or hpc.poll_interval < 1:
         raise ConfigError(f"{config.source}: heartbeat and poll intervals must be at least 1 s (no busy polling)")
     return config

@@ -20,6 +20,7 @@ class ErrorCode:
     STAGE_IN_FAILED = 1099
     STAGE_OUT_FAILED = 1137
     KILLED_BY_SERVER = 1144
+    TRF_DOWNLOAD_FAILED = 1149
     LOOPING_JOB = 1150
     STAGE_IN_TIMEOUT = 1151
     STAGE_OUT_TIMEOUT = 1152
@@ -40,6 +41,7 @@ class ErrorCode:
     PAYLOAD_FAILED = 1305
     LOST_CONTACT = 1317
     MISSING_INPUT = 1331
+    TRANSFORM_NOT_ALLOWED = 1346
     STAGE_OUT_PERMISSION = 1176
     STAGE_IN_PERMISSION = 1175
     WALLTIME_EXCEEDED = 1213
@@ -66,6 +68,7 @@ ERROR_MESSAGES: dict[int, str] = {
     1099: "Failed to stage-in file",
     1137: "Failed to stage-out file",
     1144: "Job killed by panda server",
+    1149: "Transform could not be downloaded",
     1150: "Looping job killed by pilot",
     1151: "File transfer timed out during stage-in",
     1152: "File transfer timed out during stage-out",
@@ -88,6 +91,7 @@ ERROR_MESSAGES: dict[int, str] = {
     1305: "Payload execution failed",
     1317: "Lost contact with the pilot",
     1331: "Input file missing from storage",
+    1346: "Transform not found or not allowed by the site config",
     1235: "COMPASS: a fatal error appeared (CORAL)",
     1236: "COMPASS: coral.exe core dump",
     1237: "COMPASS: DaqEventsManager::GetEvent(): no event",

@@ -45,10 +45,16 @@ _WRAPPER = (
 )
 
 
-def wrap_command(cmd: list[str] | str) -> list[str]:
-    """The argv that runs ``cmd`` under the exit-code wrapper."""
-    inner = ["/bin/bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-    return ["/bin/bash", "-c", _WRAPPER, "payload-wrapper", *inner]
+def wrap_command(cmd: list[str]) -> list[str]:
+    """The argv that runs ``cmd`` under the exit-code wrapper.
+
+    Only argv lists: a payload's words come from the dispatcher, and a string would
+    have to go through a shell that parses them.  The wrapper runs ``"$@"``, which
+    never re-parses its arguments.
+    """
+    if isinstance(cmd, str) or not cmd or not all(isinstance(word, str) for word in cmd):
+        raise TypeError("a payload command is a non-empty argv list of strings (no shell command lines)")
+    return ["/bin/bash", "-c", _WRAPPER, "payload-wrapper", *cmd]
 
 
 def read_exitcode(workdir: Path) -> int | None:
@@ -244,7 +250,7 @@ class PayloadProcess:
 
     def __init__(
         self,
-        cmd: list[str] | str,
+        cmd: list[str],
         workdir: Path,
         env: dict[str, str],
         *,
@@ -254,7 +260,8 @@ class PayloadProcess:
         stdout_name: str = "payload.stdout",
         stderr_name: str = "payload.stderr",
     ) -> None:
-        self.cmd = cmd
+        wrap_command(cmd)  # refuse a shell string now, not in start()
+        self.cmd = list(cmd)
         self.workdir = Path(workdir)
         self.env = env
         self.walltime = walltime
@@ -397,7 +404,7 @@ class PayloadProcess:
 
 
 def run_payload(
-    cmd: list[str] | str,
+    cmd: list[str],
     workdir: Path,
     env: dict[str, str],
     *,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compass_pilot.config import CalibDBSection, GridSection, build_section
+from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, build_section
 from compass_pilot.errors import BadJobSpec, ConfigError
 from compass_pilot.job import JobSpec
 from hpc.packing import Submission
@@ -52,6 +52,7 @@ class JobSet:
     calibdb: CalibDBSection
     grid: GridSection
     kill_check_interval: float
+    payload: PayloadSection = field(default_factory=PayloadSection)  # what the node may run
     node_jobs: dict[int, list[NodeJob]] = field(default_factory=dict)  # node → jobs by slot
 
     def jobs_of(self, node: int) -> list[NodeJob]:
@@ -93,6 +94,7 @@ def write_jobset(
         "reports_dir": str(Path(shared_dir) / "reports"),
         "calibdb": site_config_dict["calibdb"],
         "grid": site_config_dict["grid"],
+        "payload": site_config_dict.get("payload") or {},
         "kill_check_interval": float(hpc.get("poll_interval", 30.0)),
         "node_jobs": nodes,
     }
@@ -155,6 +157,7 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
     try:
         calibdb = build_section(CalibDBSection, _need(data, "calibdb", dict, where), "calibdb", where)
         grid = build_section(GridSection, _need(data, "grid", dict, where), "grid", where)
+        payload = build_section(PayloadSection, data.get("payload") or {}, "payload", where)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     jobset = JobSet(
@@ -167,6 +170,7 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
         reports_dir=_need(data, "reports_dir", str, where),
         calibdb=calibdb,
         grid=grid,
+        payload=payload,
         kill_check_interval=float(_need(data, "kill_check_interval", (int, float), where)),
     )
     seen: set[int] = set()

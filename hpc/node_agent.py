@@ -48,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compass_pilot.config import CalibDBSection, GridSection, expand
+from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, expand
 from compass_pilot.errors import ErrorCode, PilotError, error_message
 from compass_pilot.experiment import compass
 from compass_pilot.job import JobSpec
@@ -57,7 +57,7 @@ from hpc.jobset import JobSet, NodeJob, atomic_write_text, read_jobset
 
 log = logging.getLogger("hpc.node_agent")
 
-CommandBuilder = Callable[[JobSpec, Path, dict[str, str]], tuple[list[str] | str, dict[str, str]]]
+CommandBuilder = Callable[[JobSpec, Path, dict[str, str], PayloadSection], tuple[list[str], dict[str, str]]]
 Checker = Callable[[JobSpec, str, str, PayloadResult], tuple[int, str] | None]
 CalibOpener = Callable[..., Any]
 
@@ -112,6 +112,7 @@ class NodeRun:
         node: int = 0,
         calibdb: CalibDBSection | None = None,
         grid: GridSection | None = None,
+        payload: PayloadSection | None = None,
         node_dir: Path | None = None,
         command_builder: CommandBuilder = compass.payload_command,
         checker: Checker = compass.check_payload_output,
@@ -124,6 +125,7 @@ class NodeRun:
         self.node = node
         self.calibdb_cfg = calibdb
         self.grid = grid or GridSection()
+        self.payload = payload or PayloadSection()  # what may run: only the demo without a site config
         self.node_dir = node_dir
         self.command_builder = command_builder
         self.checker = checker
@@ -227,7 +229,7 @@ class NodeRun:
     def _start_one(self, nj: NodeJob, calib_env: dict[str, str]) -> PayloadProcess | None:
         workdir = Path(nj.workdir)
         try:
-            cmd, env = self.command_builder(nj.job, workdir, calib_env)
+            cmd, env = self.command_builder(nj.job, workdir, calib_env, self.payload)
             proc = PayloadProcess(
                 cmd,
                 workdir,
@@ -399,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         node=node,
         calibdb=jobset.calibdb,
         grid=jobset.grid,
+        payload=jobset.payload,
         node_dir=node_dir,
         kill_check_interval=jobset.kill_check_interval,
         term_grace=args.term_grace,

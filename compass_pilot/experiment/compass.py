@@ -9,8 +9,9 @@ Two kinds of transformation are understood:
 
 - the demo ones (``compass-demo-reco``, …): a Python stand-in for CORAL that this
   package ships, so the whole chain runs on any machine;
-- anything else is a ProdSys payload: ``transformation`` followed by ``jobPars`` run
-  by bash, with the environment CORAL's wrapper scripts expect (TMPRAWFILE, …).
+- anything else is a ProdSys payload: a transformation the site config trusts
+  (see :mod:`compass_pilot.trusted`) with ``jobPars`` as its argv — never through a
+  shell — and the environment CORAL's wrapper scripts expect (TMPRAWFILE, …).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from compass_pilot import trusted
+from compass_pilot.config import PayloadSection
 from compass_pilot.errors import BadJobSpec, ErrorCode
 from compass_pilot.job import FileSpec, JobSpec
 from compass_pilot.payload import PayloadResult
@@ -126,10 +129,17 @@ def _by_suffix(job: JobSpec) -> dict[str, str]:
     return kinds
 
 
-def payload_env(job: JobSpec, workdir: Path, calib_env: dict[str, str]) -> dict[str, str]:
-    """The environment a COMPASS payload expects, on top of the pilot's own."""
-    env = dict(os.environ)
-    env.update(calib_env)
+def payload_env(
+    job: JobSpec, workdir: Path, calib_env: dict[str, str], policy: PayloadSection | None = None
+) -> dict[str, str]:
+    """The environment a COMPASS payload gets: allow-listed pilot variables, the DB's keys, the job's names.
+
+    Built up, never copied from the pilot: the pilot's tokens and proxy stay out unless
+    ``payload.pass_credentials`` says otherwise.
+    """
+    policy = policy or PayloadSection()
+    env = trusted.payload_base_env(policy)
+    env.update(trusted.calib_payload_env(calib_env))
     kinds = _by_suffix(job)
     env.update(
         {
@@ -149,13 +159,19 @@ def payload_env(job: JobSpec, workdir: Path, calib_env: dict[str, str]) -> dict[
     return env
 
 
-def payload_command(job: JobSpec, workdir: Path, calib_env: dict[str, str]) -> tuple[list[str] | str, dict[str, str]]:
-    """The command line and environment of a job's payload."""
-    env = payload_env(job, workdir, calib_env)
+def payload_command(
+    job: JobSpec, workdir: Path, calib_env: dict[str, str], policy: PayloadSection | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of a job's payload; raises before anything runs if not allowed.
+
+    ``policy`` is the site's ``payload`` section; without one only the demo
+    transformations run.
+    """
+    policy = policy or PayloadSection()
+    env = payload_env(job, workdir, calib_env, policy)
     module = DEMO_TRANSFORMATIONS.get(job.transformation)
-    if module is None:
-        # A ProdSys payload: the transformation and its parameters, run by bash.
-        return f"{job.transformation} {job.job_pars}".strip(), env
+    if module is None or not policy.allow_demo:
+        return trusted.transformation_argv(job, workdir, policy), env
     pars = parse_job_pars(job)
     cmd = [sys.executable, "-m", module, *_ARG_BUILDERS[module](job, workdir, pars)]
     return cmd, env

@@ -253,7 +253,7 @@ class GridPilot:
             calib_env = self.calib_env()
             timing.setup = time.time() - setup_start
             workdir = lifecycle.prepare_job(job, self.site, self.copytool, timing)
-            cmd, env = compass.payload_command(job, workdir, calib_env)
+            cmd, env = compass.payload_command(job, workdir, calib_env, self.site.payload)
         except PilotError as exc:
             log.error("job %d: %s", job.panda_id, exc.pilot_error_diag())
             report = failed_report(job.panda_id, job.attempt_nr, exc.code, exc.pilot_error_diag(), **base)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from compass_pilot.config import load_site_config
-from compass_pilot.errors import BadJobSpec, ConfigError, ErrorCode
+from compass_pilot.config import JobScriptSection, PayloadSection, load_site_config
+from compass_pilot.errors import BadJobSpec, ConfigError, ErrorCode, PilotError
 from compass_pilot.experiment import compass
 from compass_pilot.job import JobSpec
 from compass_pilot.payload import PayloadResult
@@ -25,10 +25,22 @@ def test_demo_command_uses_job_names(tmp_path: Path) -> None:
     assert env["EVTDUMPFILE"] == "evtdump2-11091-275678.raw" and env["PANDAID"] == "4242"
 
 
-def test_prodsys_command_is_transformation_plus_pars(tmp_path: Path) -> None:
+def test_prodsys_command_is_release_script_plus_argv(tmp_path: Path) -> None:
+    script = tmp_path / "sw" / "slt2-phast7" / "bin" / "run.sh"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    policy = PayloadSection(release_root=str(tmp_path / "sw"), scripts=[JobScriptSection("reco", "bin/run.sh")])
+    job = JobSpec.from_panda(reco_job_dict(transformation="run.sh", jobPars="-a 1 'x; y'"))
+    cmd, _ = compass.payload_command(job, tmp_path, {}, policy)
+    assert cmd == [str(script), "-a", "1", "x; y"]
+
+
+def test_unlisted_transformation_is_refused(tmp_path: Path) -> None:
     job = JobSpec.from_panda(reco_job_dict(transformation="/cvmfs/compass/run.sh", jobPars="-a 1"))
-    cmd, _ = compass.payload_command(job, tmp_path, {})
-    assert cmd == "/cvmfs/compass/run.sh -a 1"
+    with pytest.raises(PilotError) as err:
+        compass.payload_command(job, tmp_path, {})
+    assert err.value.code == ErrorCode.TRANSFORM_NOT_ALLOWED
 
 
 def test_hostile_job_pars_refused(tmp_path: Path) -> None:

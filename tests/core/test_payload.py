@@ -21,7 +21,7 @@ def _env() -> dict[str, str]:
 
 def test_success_logs_and_usage(tmp_path: Path) -> None:
     script = "echo out; echo err >&2; python3 -c 'sum(range(3_000_000)); b = bytearray(40_000_000)'"
-    result = run_payload(script, tmp_path, _env(), sample_interval=1)
+    result = run_payload(["bash", "-c", script], tmp_path, _env(), sample_interval=1)
     assert result.exit_code == 0 and result.signal is None and result.ok
     assert result.error() is None
     assert (tmp_path / "payload.stdout").read_text() == "out\n"
@@ -47,7 +47,7 @@ def test_walltime_kills_the_whole_group(tmp_path: Path) -> None:
     # the child ignores SIGTERM: only SIGKILL after the grace period ends it
     script = "trap '' TERM; (trap '' TERM; sleep 60) & echo $! > child.pid; sleep 60"
     start = time.monotonic()
-    result = run_payload(script, tmp_path, _env(), walltime=1, grace=1, sample_interval=30)
+    result = run_payload(["bash", "-c", script], tmp_path, _env(), walltime=1, grace=1, sample_interval=30)
     elapsed = time.monotonic() - start
     assert result.killed_by == "walltime" and result.timed_out
     assert result.error()[0] == ErrorCode.BATCH_TIME_LIMIT

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from compass_pilot.config import HPCSection, SiteConfig, config_to_dict
+from compass_pilot.config import HPCSection, PayloadSection, SiteConfig, config_to_dict
 from compass_pilot.errors import CalibDBError, ErrorCode
 from compass_pilot.job import JobSpec
 from hpc.batch import render_script
@@ -30,6 +30,9 @@ from hpc.jobset import NodeJob, write_jobset
 from hpc.node_agent import NodeRun, run_node
 from hpc.packing import plan_submissions
 from tests.hpc.conftest import shell_job
+
+#: the site config these tests run under: shell_job's ``sh -c`` transformation is trusted
+SHELL = PayloadSection(commands=["sh"])
 
 OK = "sleep 0.5; echo 7 events had been written to miniDST; echo End of Job"
 
@@ -62,7 +65,7 @@ def _code(result: dict[str, Any]) -> int | None:
 def test_run_node_judges_each_payload(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     jobs = _node_jobs(tmp_path, {1: OK, 2: "echo oops; exit 3", 3: "echo no marker", 4: "echo A FATAL ERROR APPEARED"})
-    results = run_node(jobs, reports_dir=reports, calibdb_opener=None)
+    results = run_node(jobs, reports_dir=reports, calibdb_opener=None, payload=SHELL)
     on_disk = _results(reports)
     assert on_disk == results and sorted(on_disk) == [1, 2, 3, 4]
     assert _code(on_disk[1]) is None and on_disk[1]["n_events"] == 7 and on_disk[1]["result"]["exit_code"] == 0
@@ -78,7 +81,9 @@ def test_existing_result_is_not_rerun(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "1.json").write_text('{"kept": true}')
-    results = run_node(_node_jobs(tmp_path, {1: "touch ran", 2: OK}), reports_dir=reports, calibdb_opener=None)
+    results = run_node(
+        _node_jobs(tmp_path, {1: "touch ran", 2: OK}), reports_dir=reports, calibdb_opener=None, payload=SHELL
+    )
     assert sorted(results) == [2]
     assert json.loads((reports / "1.json").read_text()) == {"kept": True}
     assert not (tmp_path / "PandaJob_1_1" / "ran").exists()
@@ -109,6 +114,7 @@ def test_calibdb_failure_fails_every_job_with_1244(tmp_path: Path) -> None:
         reports_dir=reports,
         calibdb=CalibDBSection(backend="mariadb"),
         calibdb_opener=_FailingCalibDB,
+        payload=SHELL,
     )
     assert {i: _code(r) for i, r in results.items()} == {1: 1244, 2: 1244}
     assert "mariadbd exited with status 1" in results[1]["verdict"][1]
@@ -140,6 +146,7 @@ def test_calib_env_reaches_payloads(tmp_path: Path) -> None:
         reports_dir=tmp_path / "r",
         calibdb=CalibDBSection(),
         calibdb_opener=DB,
+        payload=SHELL,
     )
     assert (tmp_path / "PandaJob_1_1" / "payload.stdout").read_text() == "node-local-db\nEnd of Job\n"
 
@@ -152,6 +159,7 @@ def test_terminate_and_server_kill(tmp_path: Path) -> None:
         calibdb_opener=None,
         kill_check_interval=1,
         term_grace=2,
+        payload=SHELL,
     )
     thread = threading.Thread(target=run.run)
     start = time.monotonic()
@@ -172,7 +180,7 @@ def test_bad_command_fails_only_that_job(tmp_path: Path) -> None:
     jobs = _node_jobs(tmp_path, {1: OK, 2: OK})
     hostile = {**jobs[1].job.raw, "transformation": "compass-demo-reco", "jobPars": "--run $(reboot)"}
     bad = NodeJob(2, 1, jobs[1].workdir, JobSpec.from_panda(hostile))
-    results = run_node([jobs[0], bad], reports_dir=tmp_path / "r", calibdb_opener=None)
+    results = run_node([jobs[0], bad], reports_dir=tmp_path / "r", calibdb_opener=None, payload=SHELL)
     assert _code(results[1]) is None
     assert _code(results[2]) == ErrorCode.BAD_JOB_SPEC and "jobPars" in results[2]["verdict"][1]
 
@@ -190,6 +198,7 @@ def mpi_run(tmp_path: Path, mpiexec: str) -> Iterator[Any]:
         hpc = HPCSection(max_jobs=NODES * SLOTS, max_nodes=NODES, slots_per_node=SLOTS)
         (sub,) = plan_submissions([shell_job(pid, s) for pid, s in scripts.items()], hpc)
         site = SiteConfig()
+        site.payload.commands = ["sh"]
         site.calibdb.scratch_dir = str(tmp_path / "scratch")
         workdirs = {pid: str(tmp_path / "jobs" / f"PandaJob_{pid}_1") for pid in scripts}
         jobset = write_jobset(tmp_path / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp_path))
@@ -310,6 +319,7 @@ def _small_jobset(tmp_path: Path, scripts: dict[int, str], walltime: int | None 
     if walltime is not None:
         sub = dataclasses.replace(sub, walltime=walltime)
     site = SiteConfig()
+    site.payload.commands = ["sh"]
     site.calibdb.scratch_dir = str(tmp_path / "scratch")
     workdirs = {pid: str(tmp_path / f"PandaJob_{pid}_1") for pid in scripts}
     return write_jobset(tmp_path / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp_path))
