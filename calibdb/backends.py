@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calibdb.endpoint import Endpoint, make_endpoint
+from calibdb.private import ensure_private_dir
 from compass_pilot.errors import CalibDBError
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,8 @@ def short_socket_path(instance_dir: Path, name: str) -> Path:
     if len(str(path)) < 100:
         return path
     digest = hashlib.sha1(str(instance_dir).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"calibdb-{digest}-{name}"
+    # A private, checked dir of its own: a bare name in /tmp could be squatted by anyone.
+    return ensure_private_dir(Path(tempfile.gettempdir()) / f"calibdb-{os.geteuid()}-{digest}") / name
 
 
 def socket_path(instance_dir: Path) -> Path:
@@ -266,6 +269,51 @@ def start_mariadbd(
         port=tcp_port or 0,
     )
     return proc, endpoint, ready_seconds
+
+
+def secure_mariadb(endpoint: Endpoint, instance_dir: Path) -> Endpoint:
+    """Give the fresh instance's user a random password, known only to the owner's 0600 file.
+
+    Snapshots come with a passwordless user (``mariadb-install-db`` with normal root
+    auth).  The socket lives in the 0700 instance dir already; the password closes the
+    TCP port (``tcp_port``) and any socket path outside it to other local users.
+    """
+    import pymysql
+
+    password = secrets.token_urlsafe(24)
+    secret = instance_dir / "password"
+    secret.unlink(missing_ok=True)
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    conn = pymysql.connect(unix_socket=endpoint.socket, user=endpoint.user, connect_timeout=10, read_timeout=30)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT user, host FROM mysql.user WHERE user = %s OR user = ''", (endpoint.user,))
+            for user, host in cur.fetchall():
+                try:
+                    if user:
+                        cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
+                    else:  # anonymous accounts would let anyone on the node in
+                        cur.execute("DROP USER %s@%s", (user, host))
+                except pymysql.err.OperationalError as exc:
+                    # 1396: an account by host name, inert under --skip-name-resolve (no one can match it)
+                    if exc.args[0] != 1396:
+                        raise
+            cur.execute("FLUSH PRIVILEGES")
+    except pymysql.MySQLError as exc:
+        raise CalibDBError(f"cannot set the private calibration DB's password: {exc}") from None
+    finally:
+        conn.close()
+    return make_endpoint(
+        endpoint.backend,
+        socket=endpoint.socket,
+        user=endpoint.user,
+        database=endpoint.database,
+        host="127.0.0.1" if endpoint.port else "",
+        port=endpoint.port,
+        password_file=str(secret),
+    )
 
 
 def stop_process(pid: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:

@@ -18,6 +18,19 @@ from compass_pilot.errors import CalibDBError
 
 CONNECT_TIMEOUT = 10
 
+#: Everything an endpoint may put in a payload's environment: how to reach the DB, no more.
+CONNECTION_KEYS = (
+    "CDBSERVER",
+    "MYSQL_UNIX_PORT",
+    "COMPASS_CALIB_BACKEND",
+    "COMPASS_CALIB_DSN",
+    "COMPASS_CALIB_DB",
+    "COMPASS_CALIB_USER",
+    "COMPASS_CALIB_PORT",
+    "COMPASS_CALIB_PASSWORD_FILE",
+    "COMPASS_CALIB_TIMEOUT",
+)
+
 
 @dataclass(frozen=True)
 class Endpoint:

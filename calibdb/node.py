@@ -19,8 +19,15 @@ without leaving are pruned by pid + creation time, so a reused pid is never a us
 A crashed earlier run leaves a state whose server is gone, a socket, a pid file, or
 (if the starter died mid-start) an orphan server with no state at all: all of it is
 cleaned up and a fresh instance started.  Every path lives under the instance dir
-(``<scratch>/calibdb-<backend>-<hash of the snapshot>``), so two scratch dirs on one
+(``<scratch>/calibdb-<uid>-<backend>-<hash of the snapshot>``), so two scratch dirs on one
 host never share anything.
+
+Trust: the instance dir is 0700 and must be ours; a foreign or group/world-writable dir
+or ``state.json`` is refused, never joined (see :mod:`calibdb.private`).  The state is
+written atomically (temp file, fsync, rename), and what a joiner takes from it is
+checked: the socket must lie in our private dirs and the environment handed to
+payloads keeps only the DB's connection keys.  A started MariaDB gets a random
+password in a 0600 file (:func:`calibdb.backends.secure_mariadb`).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from typing import Any
 import psutil
 
 from calibdb import backends
-from calibdb.endpoint import Endpoint, make_endpoint
+from calibdb.endpoint import CONNECTION_KEYS, Endpoint, make_endpoint
+from calibdb.private import check_private_file, ensure_private_dir, write_private_file
 from compass_pilot.config import CalibDBSection, expand
 from compass_pilot.errors import CalibDBError
 
@@ -56,6 +64,7 @@ _INSTANCE_FILES = (
     "error.log",
     "state.json",
     "state.tmp",
+    "password",
 )
 
 
@@ -86,7 +95,7 @@ class _NodeLock:
         self.fd = -1
 
     def __enter__(self) -> _NodeLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.fd = fd
@@ -139,7 +148,7 @@ class CalibDB:
         self.snapshot = Path(expand(cfg.snapshot)) if cfg.snapshot else None
         root = Path(node_dir) if node_dir is not None else Path(expand(cfg.scratch_dir))
         key = hashlib.sha1(f"{cfg.backend}:{self.snapshot}".encode()).hexdigest()[:10]
-        self.dir = root / f"calibdb-{cfg.backend}-{key}"
+        self.dir = root / f"calibdb-{os.geteuid()}-{cfg.backend}-{key}"
         self.endpoint: Endpoint | None = None
         self.started_here = False
         self.ready_seconds = 0.0
@@ -152,19 +161,45 @@ class CalibDB:
         return self.dir / "state.json"
 
     def _read_state(self) -> dict[str, Any] | None:
+        """The instance's state, or None; CalibDBError for a state file we did not write."""
+        if not check_private_file(self._state_file):
+            return None
         try:
             state = json.loads(self._state_file.read_text())
         except (OSError, ValueError):
             return None
-        return state if isinstance(state, dict) and isinstance(state.get("endpoint"), dict) else None
+        if not isinstance(state, dict) or not isinstance(state.get("endpoint"), dict):
+            return None
+        self._check_endpoint(state["endpoint"])
+        return state
+
+    def _check_endpoint(self, endpoint: dict[str, Any]) -> None:
+        """What a joiner takes from the state: its socket / file in our dirs, only connection keys."""
+        env = endpoint.get("env")
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise CalibDBError(f"refusing calibration DB state {self._state_file}: malformed env")
+        extra = sorted(set(env) - set(CONNECTION_KEYS))
+        if extra:
+            raise CalibDBError(
+                f"refusing calibration DB state {self._state_file}: env has non-connection keys {', '.join(extra)}"
+            )
+        for key in ("socket", "dsn"):
+            value = endpoint.get(key) or ""
+            if key == "dsn" and endpoint.get("backend") != "sqlite":
+                continue
+            if value and not self._ours(Path(value)):
+                raise CalibDBError(
+                    f"refusing calibration DB state {self._state_file}: {key} {value!r} outside {self.dir}"
+                )
+
+    def _ours(self, path: Path) -> bool:
+        return path.parent in (self.dir, backends.socket_path(self.dir).parent)
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.dir / "state.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self._state_file)
+        write_private_file(self._state_file, json.dumps(state))
 
     def _lock(self) -> _NodeLock:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.dir)
         return _NodeLock(self.dir / "lock", self.cfg.start_timeout + LOCK_MARGIN)
 
     @staticmethod
@@ -222,7 +257,8 @@ class CalibDB:
         if snapshot is None:  # the embedded default: the demo's calibration, built once per scratch dir
             from calibdb.snapshot import demo_snapshot
 
-            snapshot = demo_snapshot(self.cfg.backend, self.dir.parent / "calibdb-demo-snapshot")
+            cache = ensure_private_dir(self.dir.parent / f"calibdb-{os.geteuid()}-demo-snapshot")
+            snapshot = demo_snapshot(self.cfg.backend, cache)
         if self.cfg.backend == "sqlite":
             endpoint, self.copy_seconds = backends.sqlite_copy(snapshot, self.dir)
             return {"pid": None, "endpoint": endpoint.to_dict(), "copy_seconds": self.copy_seconds}
@@ -239,6 +275,7 @@ class CalibDB:
                 database=self.cfg.database,
                 tcp_port=self.tcp_port,
             )
+            endpoint = backends.secure_mariadb(endpoint, self.dir)
         except BaseException:
             self._remove_files(keep_log=True)  # the error log stays for the admin; the copy goes
             raise

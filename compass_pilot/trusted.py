@@ -29,6 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from calibdb.endpoint import CONNECTION_KEYS as CALIB_ENV  # what a calibration DB may hand a payload
 from compass_pilot.config import PayloadSection, expand
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
 from compass_pilot.job import JobSpec
@@ -77,19 +78,6 @@ CREDENTIAL_ENV = (
 
 #: never passed, even when listed: each makes the payload's interpreter run foreign code
 FORBIDDEN_ENV = ("LD_PRELOAD", "LD_AUDIT", "BASH_ENV", "ENV", "PYTHONSTARTUP", "PERL5OPT", "PYTHONINSPECT")
-
-#: what a calibration DB endpoint may hand a payload: its connection keys, nothing else
-CALIB_ENV = (
-    "CDBSERVER",
-    "MYSQL_UNIX_PORT",
-    "COMPASS_CALIB_BACKEND",
-    "COMPASS_CALIB_DSN",
-    "COMPASS_CALIB_DB",
-    "COMPASS_CALIB_USER",
-    "COMPASS_CALIB_PORT",
-    "COMPASS_CALIB_PASSWORD_FILE",
-    "COMPASS_CALIB_TIMEOUT",
-)
 
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
