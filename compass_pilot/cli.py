@@ -1,30 +1,90 @@
 """``compass-pilot``: grid · daemon · dispatcher · submit · demo · status · calibdb.
 
 Each subcommand's work lives in its own module; this file only parses arguments,
-sets up logging and signal handling, and dispatches.  The grid subcommand accepts
-PanDA pilot3's usual arguments so a pilot factory can launch it unchanged.
+sets up logging and signal handling, dispatches, and turns the outcome into one exit
+code from :mod:`compass_pilot.exitcodes`.  An expected failure is one line on stderr
+(:mod:`compass_pilot.failures` words it); ``--debug`` adds the traceback.  The grid
+subcommand accepts PanDA pilot3's usual arguments so a pilot factory can launch it
+unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import signal
 import sys
+import traceback
 from typing import Any
 
-from compass_pilot.config import SiteConfig, load_site_config
-from compass_pilot.errors import ConfigError, ServerError
+from compass_pilot.config import SiteConfig, load_site_config, panda_url_problem
+from compass_pilot.exitcodes import ExitCode, ExitError, for_job_outcomes, table_text
 
 log = logging.getLogger("compass_pilot")
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FILE_BYTES = 10 * 1024 * 1024  # rotate at 10 MB, keep 5: a month of a busy daemon's INFO lines
+LOG_FILE_BACKUPS = 5
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def version() -> str:
+    """The installed distribution's version (setup.py), or 'unknown' when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("compass-pilot")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def setup_logging(level: str, log_file: str | None) -> None:
+    """Log lines to stderr and, with ``--log-file``, to a rotating file as well."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level))
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    if log_file:
+        try:
+            handler = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+            )
+        except OSError as exc:
+            raise ExitError(ExitCode.USAGE, f"--log-file {log_file}: cannot open: {exc.strerror}") from None
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} is negative (0 means no limit)")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number:g} s is under 1 s (no busy polling)")
+    return number
 
 
 def _apply_pilot3_args(site: SiteConfig, args: argparse.Namespace) -> SiteConfig:
@@ -39,6 +99,9 @@ def _apply_pilot3_args(site: SiteConfig, args: argparse.Namespace) -> SiteConfig
         url = args.url.rstrip("/")
         if args.port and url.count(":") < 2:
             url = f"{url}:{args.port}"
+        problem = panda_url_problem(url)
+        if problem:
+            raise ExitError(ExitCode.USAGE, f"--url: {problem}")
         site.panda.url = url
     if args.job_label:
         site.site.job_label = args.job_label
@@ -51,6 +114,21 @@ def _apply_pilot3_args(site: SiteConfig, args: argparse.Namespace) -> SiteConfig
     return site
 
 
+class _Signals:
+    """Record which signal asked us to stop, so the exit code can say so (128 + n)."""
+
+    def __init__(self, on_signal: Any) -> None:
+        self.received: int | None = None
+        self._on_signal = on_signal
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = self.received or signum
+        log.warning("%s received: stopping", signal.Signals(signum).name)
+        self._on_signal(signum)
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from compass_pilot.modes.grid import GridPilot
     from compass_pilot.panda.client import PandaClient
@@ -58,8 +136,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     site = _apply_pilot3_args(load_site_config(args.site), args)
     client = PandaClient(site.panda, site.site)
     pilot = GridPilot(site, client)
-    signal.signal(signal.SIGTERM, lambda *_: pilot.stop())
-    signal.signal(signal.SIGINT, lambda *_: pilot.stop())
+    signals = _Signals(lambda _signum: pilot.stop())
     try:
         summary = pilot.run()
     finally:
@@ -69,10 +146,33 @@ def cmd_grid(args: argparse.Namespace) -> int:
         return summary.exit_code
     for panda_id, state in sorted(summary.jobs.items()):
         print(f"job {panda_id}: {state} (pilotErrorCode {summary.codes.get(panda_id, 0)})")
+    return grid_exit_code(summary, signals.received, site.panda.url)
+
+
+def grid_exit_code(summary: Any, signum: int | None, url: str) -> int:
+    """What a grid pilot's run means, in one number and (when not plain success) one stderr line."""
+    from compass_pilot.failures import server_failure
+
     if summary.unacknowledged:
-        print(f"final states not acknowledged by the server: {summary.unacknowledged}", file=sys.stderr)
-        return 3
-    return 0
+        print(
+            f"final states not acknowledged by {url} for jobs {summary.unacknowledged}: "
+            "kept in the journal, the next pilot on this node sends them",
+            file=sys.stderr,
+        )
+        return ExitCode.REPORTS_OWED
+    if signum is not None:
+        return 128 + signum
+    taken = summary.finished + summary.failed
+    if summary.server_error is not None and taken == 0:
+        code, line = server_failure(summary.server_error)
+        print(line, file=sys.stderr)
+        return code
+    code = for_job_outcomes(summary.finished, summary.failed)
+    if code == ExitCode.NO_JOBS:
+        print(f"no jobs: the server at {url} had none for this queue", file=sys.stderr)
+    elif code != ExitCode.OK:
+        print(f"{summary.failed} of {taken} jobs failed", file=sys.stderr)
+    return code
 
 
 def _delegate(module: str, func: str) -> Any:
@@ -80,12 +180,34 @@ def _delegate(module: str, func: str) -> Any:
     return getattr(mod, func)
 
 
+def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--log-level / --log-file / --debug, accepted before or after the subcommand."""
+    default = (lambda value: value) if top else (lambda _value: argparse.SUPPRESS)
+    parser.add_argument(
+        "--log-level", type=_log_level, default=default("INFO"), help=f"one of {', '.join(LOG_LEVELS)} (default INFO)"
+    )
+    parser.add_argument("--log-file", default=default(None), help="also log to this file (rotated at 10 MB, 5 kept)")
+    parser.add_argument("--debug", action="store_true", default=default(False), help="show the traceback of an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compass-pilot", description="COMPASS pilot and edge services for PanDA")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    epilog = "exit codes:\n" + table_text()
+    parser = argparse.ArgumentParser(
+        prog="compass-pilot",
+        description="COMPASS pilot and edge services for PanDA",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"compass-pilot {version()}")
+    _common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    grid = sub.add_parser("grid", help="run jobs one at a time (grid / pilot-factory mode)")
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        _common_options(command, top=False)
+        return command
+
+    grid = add("grid", help="run jobs one at a time (grid / pilot-factory mode)")
     grid.add_argument("--site", help="site config YAML (default: embedded defaults)")
     grid.add_argument("-q", "--queue", help="PanDA queue name (pilot3 -q)")
     grid.add_argument("-s", "--site-name", dest="site_name", help="site name (pilot3 -s)")
@@ -93,33 +215,37 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--url", help="PanDA server URL (pilot3 --url)")
     grid.add_argument("-p", "--port", type=int, help="PanDA server port (pilot3 -p)")
     grid.add_argument("-j", "--job-label", dest="job_label", help="prodSourceLabel to ask for (pilot3 -j)")
-    grid.add_argument("--max-jobs", type=int, help="jobs to run before exiting (0 = until none left)")
-    grid.add_argument("--heartbeat", type=float, help="seconds between running heartbeats")
+    grid.add_argument("--max-jobs", type=_count, help="jobs to run before exiting (0 = until none left)")
+    grid.add_argument("--heartbeat", type=_seconds, help="seconds between running heartbeats")
     grid.add_argument("--workdir", help="pilot work root")
     grid.set_defaults(func=cmd_grid)
 
-    daemon = sub.add_parser("daemon", help="multi-job HPC daemon on the MOM node")
+    daemon = add("daemon", help="multi-job HPC daemon on the MOM node")
     daemon.add_argument("--site", required=True)
     daemon.add_argument("--once", action="store_true", help="one fetch-submit-report cycle, then exit when done")
-    daemon.add_argument("--max-cycles", type=int, default=0, help="stop after this many submissions (0 = no limit)")
+    daemon.add_argument("--max-cycles", type=_count, default=0, help="stop after this many submissions (0 = no limit)")
     daemon.set_defaults(func=lambda a: _delegate("compass_pilot.modes.daemon_cli", "cmd_daemon")(a))
 
-    status = sub.add_parser("status", help="what the MOM-node daemon is doing")
+    status = add("status", help="what the MOM-node daemon is doing (exit 0 healthy, 29 not)")
     status.add_argument("--site", required=True)
+    status.add_argument("--json", action="store_true", help="the status as one JSON document")
+    status.add_argument(
+        "--stale-after", type=_seconds, help="state older than this is stale (default: 3 × hpc.poll_interval)"
+    )
     status.set_defaults(func=lambda a: _delegate("compass_pilot.status", "cmd_status")(a))
 
-    dispatcher = sub.add_parser("dispatcher", help="embedded PanDA-compatible job dispatcher")
+    dispatcher = add("dispatcher", help="embedded PanDA-compatible job dispatcher")
     _delegate("compass_pilot.panda.commands", "add_dispatcher_args")(dispatcher)
     dispatcher.set_defaults(func=lambda a: _delegate("compass_pilot.panda.commands", "cmd_dispatcher")(a))
 
-    submit = sub.add_parser("submit", help="define the jobs of a task file in the dispatcher")
+    submit = add("submit", help="define the jobs of a task file in the dispatcher")
     _delegate("compass_pilot.panda.commands", "add_submit_args")(submit)
     submit.set_defaults(func=lambda a: _delegate("compass_pilot.panda.commands", "cmd_submit")(a))
 
-    demo = sub.add_parser("demo", help="dispatcher + synthetic production + pilots, end to end")
-    demo.add_argument("--chunks", type=int, default=20)
-    demo.add_argument("--pilots", type=int, default=2, help="pilots running at once")
-    demo.add_argument("--events", type=int, default=200, help="events per raw chunk")
+    demo = add("demo", help="dispatcher + synthetic production + pilots, end to end")
+    demo.add_argument("--chunks", type=_count, default=20)
+    demo.add_argument("--pilots", type=_count, default=2, help="pilots running at once")
+    demo.add_argument("--events", type=_count, default=200, help="events per raw chunk")
     demo.add_argument("--calibdb", choices=("sqlite", "mariadb"), default="sqlite")
     demo.add_argument("--chain", action="store_true", help="reco → merge → cross-check for 2 runs × 10 chunks")
     demo.add_argument("--xrootd", action="store_true", help="move files through a local XRootD server")
@@ -127,24 +253,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true", help="leave the dispatcher up to browse its page")
     demo.set_defaults(func=lambda a: _delegate("compass_pilot.demo.run", "cmd_demo")(a))
 
-    calib = sub.add_parser("calibdb", help="calibration DB snapshots")
+    calib = add("calibdb", help="calibration DB snapshots")
     _delegate("calibdb.commands", "add_calibdb_args")(calib)
     calib.set_defaults(func=lambda a: _delegate("calibdb.commands", "cmd_calibdb")(a))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every outcome is an exit code from the table, every expected failure one line."""
+    from compass_pilot.failures import explain, unexpected
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    debug = bool(getattr(args, "debug", False))
     try:
+        setup_logging(args.log_level, args.log_file)
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    except ServerError as exc:
-        print(f"PanDA server error: {exc}", file=sys.stderr)
-        return 4
+    except SystemExit:
+        raise
+    except BaseException as exc:  # the one place every failure becomes a line and a code
+        if debug:
+            traceback.print_exc()
+        explained = explain(exc)
+        if explained is None:
+            print(unexpected(exc), file=sys.stderr)
+            return ExitCode.FAILURE
+        code, line = explained
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from compass_pilot.errors import ConfigError
 
@@ -135,7 +136,6 @@ class HPCSection:
     max_jobs: int = 512  # per submission
     max_nodes: int = 16
     slots_per_node: int = 32
-    min_jobs: int = 1  # fewer than this from PanDA: wait instead of submitting
     max_submissions: int = 2  # in flight at once
     poll_interval: float = 30.0  # seconds between rounds (reading the node agents' result files)
     batch_check_interval: float = 300.0  # seconds between questions to the batch system (qstat / squeue)
@@ -290,7 +290,78 @@ def validate(config: SiteConfig) -> SiteConfig:
             )
     if config.grid.heartbeat_interval < 1 or hpc.poll_interval < 1:
         raise ConfigError(f"{config.source}: heartbeat and poll intervals must be at least 1 s (no busy polling)")
+    if config.grid.looping_timeout < 0:
+        raise ConfigError(
+            f"{config.source}: grid.looping_timeout: expected seconds ≥ 0 (0 = off), got {config.grid.looping_timeout}"
+        )
+    _validate_urls(config)
     return config
+
+
+def panda_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a PanDA server URL, or None (http(s)://host[:port][/path])."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return f"{url!r} is not an http:// or https:// URL with a host"
+    try:
+        parsed.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        return f"{url!r} has a bad port"
+    return None
+
+
+def _validate_urls(config: SiteConfig) -> None:
+    """URL-valued keys refused at load, so a typo fails now and not in the first batch job."""
+    problem = panda_url_problem(config.panda.url)
+    if problem:
+        raise ConfigError(f"{config.source}: panda.url: {problem}")
+    storage = config.storage
+    for key in ("input_root", "output_root"):
+        value = getattr(storage, key)
+        scheme = urlsplit(value).scheme if "://" in value else ""
+        if storage.copytool == "xrootd" and value and scheme not in _XROOTD_SCHEMES:
+            raise ConfigError(
+                f"{config.source}: storage.{key}: the xrootd copytool needs a root://host//path URL, got {value!r}"
+            )
+        if storage.copytool == "local" and scheme and scheme != "file":
+            raise ConfigError(
+                f"{config.source}: storage.{key}: the local copytool takes a directory, got the URL {value!r}"
+                " (set storage.copytool: xrootd for root:// URLs)"
+            )
+    # the batch plugins' own table, so the two cannot drift (saga_backend imports nothing heavy)
+    from harvester_plugins.saga_backend import SCHEME_KINDS
+
+    batch = urlsplit(config.hpc.batch_url)
+    scheme = batch.scheme.split("+")[0]
+    if scheme not in SCHEME_KINDS:
+        raise ConfigError(
+            f"{config.source}: hpc.batch_url: unsupported scheme in {config.hpc.batch_url!r}"
+            f" (expected one of {', '.join(f'{k}://' for k in sorted(SCHEME_KINDS))})"
+        )
+
+
+_XROOTD_SCHEMES = ("root", "xroot", "roots", "xroots")
+
+
+def _unset_variables(data: Any, where: str, source: str) -> None:
+    """Refuse ``${VAR}`` / ``$VAR`` the environment does not define (TMPDIR defaults to /tmp).
+
+    ``safe_substitute`` would leave the reference as it is, and the pilot would then
+    create a directory literally named ``${NO_SUCH_VAR}``.
+    """
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _unset_variables(value, f"{where}.{key}" if where else str(key), source)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _unset_variables(value, f"{where}[{i}]", source)
+    elif isinstance(data, str):
+        for match in string.Template.pattern.finditer(data):
+            name = match.group("named") or match.group("braced")
+            if name and name != "TMPDIR" and name not in os.environ:
+                raise ConfigError(
+                    f"{source}: {where}: ${{{name}}} is not set in this environment (export it, or write the path out)"
+                )
 
 
 def build_section(cls: Any, data: dict[str, Any], where: str, source: str) -> Any:
@@ -310,11 +381,15 @@ def load_site_config(path: str | os.PathLike[str] | None) -> SiteConfig:
     import yaml  # here, not at the top: node agents import this module and never read YAML (30 ms each)
 
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        # an empty file silently meaning "all defaults" hides a truncated copy or a wrong path
+        raise ConfigError(f"{source}: the file is empty (leave out --site to run with the embedded defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    _unset_variables(data, "", source)
     config = _build(SiteConfig, data, "", source)
     config.source = source
     return validate(config)

@@ -61,6 +61,18 @@ _MEANINGS: dict[ExitCode, str] = {
 }
 
 
+class ExitError(Exception):
+    """An expected failure that ends the command: one line for stderr and its exit code.
+
+    Raised where the failure is understood (a missing ``--cert`` file, a port in use) so
+    the message can name the thing and the fix; the CLI prints it and exits with ``code``.
+    """
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def for_job_outcomes(finished: int, failed: int) -> ExitCode:
     """The exit code of a run that took ``finished + failed`` jobs (none taken → NO_JOBS)."""
     if finished + failed == 0:

@@ -75,7 +75,7 @@ class PayloadResult:
     max_rss: int  # bytes, peak over the process tree
     wall_seconds: float
     timed_out: bool = False
-    killed_by: str = ""  # "", "walltime", "server", "pilot", "batch"
+    killed_by: str = ""  # "", "walltime", "server", "pilot", "batch", "looping"
     start_time: float = 0.0
     end_time: float = 0.0
 
@@ -89,6 +89,8 @@ class PayloadResult:
             return ErrorCode.BATCH_TIME_LIMIT, f"payload exceeded its walltime after {self.wall_seconds:.0f} s"
         if self.killed_by == "server":
             return ErrorCode.KILLED_BY_SERVER, "payload killed on the server's request"
+        if self.killed_by == "looping":  # compass_pilot.looping: the work dir stopped changing
+            return ErrorCode.LOOPING_JOB, f"payload looping: no file changed, killed after {self.wall_seconds:.0f} s"
         if self.killed_by == "batch":
             return ErrorCode.BATCH_TIME_LIMIT, "payload killed at the end of the batch allocation"
         if self.killed_by:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compass_pilot.config import expand, load_site_config
+from compass_pilot.exitcodes import ExitCode, ExitError
 from compass_pilot.modes.multijob import STATE_FILE
 
 
@@ -45,13 +46,29 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    site = load_site_config(args.site)
-    path = Path(expand(site.hpc.shared_dir)) / STATE_FILE
+def read_state(path: Path) -> dict[str, Any]:
+    """The daemon's state file; an ExitError (UNHEALTHY) naming the file when it is missing or unreadable."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        print(f"no daemon state at {path}: the daemon has not run here")
-        return 1
+        raise ExitError(
+            ExitCode.UNHEALTHY, f"no daemon state at {path}: the daemon has not run with this site config"
+        ) from None
+    except OSError as exc:
+        raise ExitError(ExitCode.UNHEALTHY, f"{path}: cannot read the daemon state: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ExitError(
+            ExitCode.UNHEALTHY,
+            f"{path}: not valid JSON ({exc}): the daemon rewrites it each round; if it is not running, remove it",
+        ) from None
+    if not isinstance(data, dict):
+        raise ExitError(ExitCode.UNHEALTHY, f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    site = load_site_config(args.site)
+    path = Path(expand(site.hpc.shared_dir)) / STATE_FILE
+    data = read_state(path)
     print(format_status(data))
     return 0

@@ -10,8 +10,10 @@ import argparse
 import signal
 import sys
 from collections import Counter
+from typing import Any
 
 from compass_pilot.config import load_site_config
+from compass_pilot.exitcodes import ExitCode, for_job_outcomes
 from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
 
 
@@ -21,8 +23,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     site = load_site_config(args.site)
     client = PandaClient(site.panda, site.site)
     daemon = MultiJobDaemon(site, client, make_backend(site))
-    signal.signal(signal.SIGTERM, lambda *_: daemon.terminate())
-    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        # SIGTERM (the batch system or systemd ending us) takes the submissions down too; Ctrl-C only stops fetching
+        daemon.terminate() if signum == signal.SIGTERM else daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         code = daemon.run(once=args.once, max_cycles=args.max_cycles)
     finally:
@@ -34,4 +43,21 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         f"daemon done: {dict(states)}; fetch requests {daemon.source.stats.requests}, "
         f"update requests {daemon.updater.stats.requests}"
     )
-    return code
+    return daemon_exit_code(daemon, code, received[0] if received else None)
+
+
+def daemon_exit_code(daemon: Any, code: int, signum: int | None) -> int:
+    """The daemon's own verdict first (preflight, reports owed), then a signal, the breaker, the jobs' outcome."""
+    if code == ExitCode.REPORTS_OWED:
+        owed = daemon.updater.pending_finals()
+        print(f"{owed} final state(s) not acknowledged: kept in the journal for the next daemon", file=sys.stderr)
+    if code != ExitCode.OK:
+        return code
+    if signum is not None:
+        return 128 + signum
+    breaker = getattr(daemon, "circuit_breaker", None)
+    if breaker is not None and getattr(breaker, "open", False):
+        print("circuit breaker open: submissions kept failing, the daemon stopped fetching", file=sys.stderr)
+        return ExitCode.BLACK_HOLE
+    states = Counter(daemon.final_states.values())
+    return for_job_outcomes(states.get("finished", 0), states.get("failed", 0))

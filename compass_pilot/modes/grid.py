@@ -24,6 +24,7 @@ from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError, ServerError
 from compass_pilot.experiment import compass
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal, journal_path
+from compass_pilot.looping import LoopingWatchdog
 from compass_pilot.payload import PayloadProcess, PayloadResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class GridSummary:
     unacknowledged: list[int] = field(default_factory=list)
     preflight_error: str = ""  # why no job was asked for ("" = preflight passed)
     exit_code: int = 0  # the preflight's exit code (compass_pilot.exitcodes) when it failed
+    server_error: ServerError | None = None  # why the pilot stopped asking for jobs, if the server failed
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.jobs.values() if s == "failed")
 
     @property
     def finished(self) -> int:
@@ -201,6 +207,7 @@ class GridPilot:
                     jobs = self.client.get_jobs(1)
                 except ServerError as exc:
                     log.error("cannot get a job: %s", exc)
+                    self.summary.server_error = exc
                     break
                 if not jobs:
                     log.info("no jobs from the server: pilot done")
@@ -290,6 +297,7 @@ class GridPilot:
             stderr_name=lifecycle.STDERR_NAME,
         ).start()
         self.journal.payload_started(job.panda_id, job.attempt_nr, proc.pid or 0, proc.create_time)
+        LoopingWatchdog(proc, grid.looping_timeout).start()  # off when 0
         self._current = proc
         if self.stop_event.is_set():
             proc.kill("pilot")

@@ -45,6 +45,7 @@ import requests
 
 from compass_pilot.config import PandaSection, SiteSection, expand
 from compass_pilot.errors import ServerError
+from compass_pilot.failures import ordinal, short_reason
 from compass_pilot.job import JobReport
 from compass_pilot.panda.fields import CPU_UNIT, DIALECT_COLUMN, FILE_REPORT, UPDATE_FIELDS
 
@@ -151,9 +152,9 @@ class PandaClient:
                 )
                 body = self._read_body(response, method)
             except requests.exceptions.SSLError as exc:
-                raise ServerError(f"{method}: TLS failure with {url}: {exc}", retriable=False) from None
+                raise ServerError(f"{method}: {url}: {short_reason(exc)}", retriable=False) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+                last_error = short_reason(exc)
             else:
                 if response.status_code >= 500:
                     last_error = f"HTTP {response.status_code}"
@@ -167,7 +168,8 @@ class PandaClient:
                     return self._decode(body, method)
             if attempt < attempts:
                 sleep = min(delay * (2 ** (attempt - 1)), self.panda.backoff_max) * random.uniform(0.5, 1.5)
-                log.warning("%s: %s (attempt %d/%d), retrying in %.1f s", method, last_error, attempt, attempts, sleep)
+                # one short line per retry ("getJob: 3rd retry in 8 s: connection refused"), not the wrapped URL thrice
+                log.warning("%s: %s retry in %.0f s: %s", method, ordinal(attempt), sleep, last_error)
                 time.sleep(sleep)
         raise ServerError(f"{method}: {url} unreachable after {attempts} attempts: {last_error}")
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
+import sqlite3
+import ssl
 import threading
 from pathlib import Path
 
 import requests
 import yaml
 
+from compass_pilot.exitcodes import ExitCode, ExitError
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
 from compass_pilot.panda.tasks import TaskError
 
@@ -27,26 +31,72 @@ def add_dispatcher_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-interval", type=float, default=60, help="seconds between timeout checks")
 
 
+def check_dispatcher_args(args: argparse.Namespace) -> None:
+    """Files and directories named on the command line exist, before anything is created.
+
+    Each failure is one line naming the option, the path and the fix (exit 2), instead of
+    sqlite's "unable to open database file" or ssl's bare "No such file or directory".
+    """
+    parent = Path(args.db).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ExitError(ExitCode.USAGE, f"--db {args.db}: directory {parent} does not exist (create it first)")
+    for option in ("cert", "key", "ca"):
+        value = getattr(args, option)
+        if value and not Path(value).is_file():
+            raise ExitError(ExitCode.USAGE, f"--{option} {value}: no such file")
+    if (args.key or args.ca) and not args.cert:
+        raise ExitError(ExitCode.USAGE, "--key / --ca need --cert (the server certificate to serve HTTPS with)")
+
+
+def start_dispatcher(args: argparse.Namespace) -> Dispatcher:
+    check_dispatcher_args(args)
+    try:
+        dispatcher = Dispatcher(
+            args.db,
+            args.host,
+            args.port,
+            sent_timeout=args.sent_timeout,
+            heartbeat_timeout=args.heartbeat_timeout,
+            certfile=args.cert,
+            keyfile=args.key,
+            cafile=args.ca,
+            check_interval=args.check_interval,
+        )
+    except ssl.SSLError as exc:
+        raise ExitError(
+            ExitCode.USAGE, f"--cert {args.cert}: not a usable certificate and key ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ExitError(
+                ExitCode.USAGE,
+                f"--port {args.port}: {args.host}:{args.port} is already in use"
+                " (another dispatcher running? choose another --port, or 0 for any free port)",
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ExitError(ExitCode.USAGE, f"--host {args.host}: not an address of this machine") from None
+        raise
+    except sqlite3.Error as exc:
+        raise ExitError(ExitCode.USAGE, f"--db {args.db}: not a usable SQLite database ({exc})") from None
+    return dispatcher.start()
+
+
 def cmd_dispatcher(args: argparse.Namespace) -> int:
-    dispatcher = Dispatcher(
-        args.db,
-        args.host,
-        args.port,
-        sent_timeout=args.sent_timeout,
-        heartbeat_timeout=args.heartbeat_timeout,
-        certfile=args.cert,
-        keyfile=args.key,
-        cafile=args.ca,
-        check_interval=args.check_interval,
-    )
+    dispatcher = start_dispatcher(args)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    dispatcher.start()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     print(f"dispatcher serving on {dispatcher.url}/ (db {args.db})", flush=True)
     stop.wait()
     dispatcher.stop()
-    return 0
+    print(f"dispatcher on {dispatcher.url}/ stopped", flush=True)
+    return ExitCode.OK  # asked to stop is how a service ends: not a failure
 
 
 def add_submit_args(parser: argparse.ArgumentParser) -> None:
@@ -59,25 +109,37 @@ def add_submit_args(parser: argparse.ArgumentParser) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     try:
         task = yaml.safe_load(Path(args.task).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"{args.task}: cannot read task: {exc}")
-        return 2
+    except OSError as exc:
+        raise ExitError(ExitCode.USAGE, f"{args.task}: cannot read the task file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ExitError(ExitCode.USAGE, f"{args.task}: not valid YAML: {' '.join(str(exc).split())}") from None
     try:
         if args.db:
+            if not Path(args.db).is_file():
+                raise ExitError(ExitCode.USAGE, f"--db {args.db}: no such file (start the dispatcher with it first)")
             task_id = submit_task(args.db, task)
         else:
-            answer = requests.post(
-                f"{args.url.rstrip('/')}/admin/submit",
-                data=json.dumps(task),
-                headers={"Content-Type": "application/json"},
-                timeout=60,
-            )
-            if answer.status_code != 200:
-                print(f"{args.task}: {answer.json().get('error', answer.text)}")
-                return 2
-            task_id = answer.json()["task_id"]
+            task_id = _submit_over_http(args.url, args.task, task)
     except TaskError as exc:
-        print(f"{args.task}: {exc}")
-        return 2
+        raise ExitError(ExitCode.USAGE, f"{args.task}: {exc}") from None
     print(f"task {task_id} submitted")
-    return 0
+    return ExitCode.OK
+
+
+def _submit_over_http(url: str, name: str, task: object) -> int:
+    from compass_pilot.failures import short_reason
+
+    target = f"{url.rstrip('/')}/admin/submit"
+    try:
+        answer = requests.post(target, data=json.dumps(task), headers={"Content-Type": "application/json"}, timeout=60)
+    except requests.RequestException as exc:
+        raise ExitError(
+            ExitCode.SERVER_UNREACHABLE, f"--url {url}: dispatcher unreachable: {short_reason(exc)}"
+        ) from None
+    try:
+        body = answer.json()
+    except ValueError:
+        body = {}
+    if answer.status_code != 200:
+        raise ExitError(ExitCode.USAGE, f"{name}: {body.get('error') or answer.text[:200]}")
+    return int(body["task_id"])

@@ -42,6 +42,7 @@ _KNOWN = {
     "merge_target_bytes",
 }
 _SAFE = re.compile(r"^[A-Za-z0-9_.:+=@ -]*$")
+_WORD = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 class TaskError(ValueError):
@@ -80,6 +81,19 @@ def validate_task(task: Any) -> dict[str, Any]:
         raise TaskError("task: give exactly one of 'chunks' (raw paths) or 'runs' (run → chunk numbers)")
     if "max_attempts" in task and not 1 <= task["max_attempts"] <= 20:
         raise TaskError("task: 'max_attempts' must be between 1 and 20")
+    if "runs" in task and isinstance(task["runs"], dict):
+        for run in task["runs"]:
+            if isinstance(run, bool) or (not isinstance(run, int) and not str(run).isdigit()):
+                raise TaskError(f"task: runs: {run!r} is not a run number (write runs: {{275678: [1, 2]}})")
+    inject = task.get("inject")
+    # raw file name → failure the demo payload plays; it lands in jobPars, so only plain words pass
+    if inject is not None and (
+        not isinstance(inject, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) and _WORD.match(v) for k, v in inject.items())
+    ):
+        raise TaskError(
+            "task: 'inject' must map raw file names to a failure name (inject: {cdr11001-275678.raw: hang})"
+        )
     return task
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from compass_pilot.errors import ErrorCode
+from compass_pilot.exitcodes import ExitCode
 from tests.faults.conftest import Site, record, submit_reco, wait_for
 
 
@@ -50,7 +51,7 @@ def test_payload_killed(site: Site) -> None:
     wait_for(lambda: bool(_payloads(pilot.pid)), 10, "the payload")
     (payload,) = _payloads(pilot.pid)
     payload.kill()
-    assert pilot.wait(60) == 0
+    assert pilot.wait(60) == ExitCode.ALL_JOBS_FAILED  # the pilot ended cleanly; its one job failed
     (job,) = site.dispatcher.store.query("SELECT status, error_code FROM jobs")
     assert (job["status"], job["error_code"]) == ("failed", ErrorCode.SIGKILL)
     assert record("payload kill -9", site.dispatcher)[1:] == (0, 0)
@@ -62,7 +63,7 @@ def test_server_says_tobekilled(site: Site) -> None:
     wait_for(lambda: status(site).get("running") == 1, 30, "the hanging job")
     (row,) = site.dispatcher.store.query("SELECT panda_id FROM jobs WHERE status = 'running'")
     site.dispatcher.kill_job(row["panda_id"])
-    assert pilot.wait(60) == 0
+    assert pilot.wait(60) == ExitCode.SOME_JOBS_FAILED
     assert site.dispatcher.job(row["panda_id"])["error_code"] == ErrorCode.KILLED_BY_SERVER
     assert status(site) == {"failed": 1, "finished": 1}  # only that job was killed
     assert record("server command tobekilled", site.dispatcher)[1:] == (0, 0)
@@ -78,7 +79,7 @@ def test_full_disk_fails_the_job_not_the_pilot(site: Site, tmp_path: Path) -> No
         site.data["journal"] = str(tmp_path / "journal.sqlite")
         submit_reco(site.db, 2)
         pilot = site.pilot()
-        assert pilot.wait(60) == 0  # the pilot survived both jobs
+        assert pilot.wait(60) == ExitCode.ALL_JOBS_FAILED  # the pilot survived both jobs (both failed)
         codes = {r["error_code"] for r in site.dispatcher.store.query("SELECT error_code FROM jobs")}
         assert status(site) == {"failed": 2} and codes == {ErrorCode.NO_LOCAL_SPACE}
         assert record("full disk in the work dir", site.dispatcher)[1:] == (0, 0)
