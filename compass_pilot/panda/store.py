@@ -25,7 +25,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from compass_pilot.experiment.naming import ProcessingOptions
@@ -54,12 +55,16 @@ CREATE TABLE IF NOT EXISTS jobs(
     created REAL, modified REAL, heartbeat REAL, start_time TEXT, end_time TEXT, node TEXT,
     pilot_id TEXT, n_events INTEGER, error_code INTEGER, error_diag TEXT, command TEXT,
     output_report TEXT, ready_at REAL);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, priority);
+DROP INDEX IF EXISTS jobs_by_status;
+CREATE INDEX IF NOT EXISTS jobs_hand_out ON jobs(status, priority DESC, panda_id);
+CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs(run, task_id);
+CREATE INDEX IF NOT EXISTS jobs_sent ON jobs(modified) WHERE status = 'sent';
 CREATE TABLE IF NOT EXISTS updates(
     id INTEGER PRIMARY KEY AUTOINCREMENT, panda_id INTEGER, attempt_nr INTEGER, state TEXT, time REAL,
     error_code INTEGER, error_diag TEXT, accepted INTEGER, duplicate INTEGER, command TEXT,
     dialect TEXT, auth TEXT, node TEXT);
 CREATE INDEX IF NOT EXISTS updates_by_job ON updates(panda_id, attempt_nr);
+CREATE INDEX IF NOT EXISTS updates_duplicates ON updates(panda_id) WHERE duplicate = 1;
 CREATE TABLE IF NOT EXISTS errors(
     panda_id INTEGER, attempt_nr INTEGER, code INTEGER, diag TEXT, source TEXT, time REAL);
 CREATE TABLE IF NOT EXISTS workers(
@@ -69,6 +74,22 @@ CREATE TABLE IF NOT EXISTS worker_nodes(
     site TEXT, host_name TEXT, panda_queue TEXT, cpu_model TEXT, attributes TEXT, last_seen REAL,
     PRIMARY KEY (site, host_name));
 """
+# Job counts by status, kept by triggers so every writer (this store, ``submit_task``'s own
+# connection, the chain rules) keeps them true and the page / metrics read them in O(1).
+COUNTERS = (
+    "CREATE TABLE status_counts(status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
+    " INSERT INTO status_counts(status, n) VALUES (new.status, 1) ON CONFLICT(status) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs WHEN old.status IS NOT new.status BEGIN"
+    " UPDATE status_counts SET n = n - 1 WHERE status = old.status;"
+    " INSERT INTO status_counts(status, n) VALUES (new.status, 1) ON CONFLICT(status) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN"
+    " UPDATE status_counts SET n = n - 1 WHERE status = old.status; END",
+    "INSERT INTO status_counts(status, n) SELECT status, COUNT(*) FROM jobs GROUP BY status",
+)
+#: bulk updates are applied this many per write transaction: few commits, yet the write
+#: lock is never held so long that a pilot's single request waits behind a whole bulk
+GROUP_COMMIT = 128
 
 
 def connect(db_path: str) -> sqlite3.Connection:
@@ -77,11 +98,26 @@ def connect(db_path: str) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the hot indexes stay in memory at 1M jobs
     conn.executescript(SCHEMA)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     if "ready_at" not in columns:  # a database made before the retry back-off
         conn.execute("ALTER TABLE jobs ADD COLUMN ready_at REAL")
+    if not _has_counters(conn):
+        conn.execute("BEGIN IMMEDIATE")  # checked again under the write lock: one connection creates them
+        try:
+            if not _has_counters(conn):
+                for statement in COUNTERS:
+                    conn.execute(statement)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
     return conn
+
+
+def _has_counters(conn: sqlite3.Connection) -> bool:
+    return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'status_counts'").fetchone())
 
 
 class _Tx:
@@ -169,7 +205,14 @@ class JobStore:
         self.db_path = db_path
         self.retry_delay = retry_delay
         self.conn = connect(db_path)
-        self.lock = threading.Lock()  # one connection, many handler threads
+        # one writing connection, many handler threads; re-entrant so a bulk update's group
+        # transaction can run the single-update code inside it
+        self.lock = threading.RLock()
+        # reads for the operator (page, /api, metrics) use their own connection: WAL lets them
+        # run beside a write, so a summary never holds the hand-out and update paths
+        self.reader = connect(db_path)
+        self.read_lock = threading.Lock()
+        self._summary: tuple[float, dict[str, Any]] | None = None
         self.sent_timeout = sent_timeout
         self.heartbeat_timeout = heartbeat_timeout
         # hooks of the ProdSys workflow (chain of merge / cross-check jobs)
@@ -180,6 +223,35 @@ class JobStore:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+        with self.read_lock:
+            self.reader.close()
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Group commit: the updates made inside share one write transaction (a bulk request's)."""
+        with self._write():
+            yield
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """The write lock and an IMMEDIATE transaction; joins one already open on this thread."""
+        with self.lock:
+            if self.conn.in_transaction:  # only the lock holder opens transactions: it is ours
+                yield self.conn
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The reading connection (committed state; never blocks or is blocked by a write)."""
+        with self.read_lock:
+            yield self.reader
 
     # -- hand-out ------------------------------------------------------------------------
     def get_jobs(self, n: int, node: str = "") -> list[dict[str, Any]]:
@@ -191,23 +263,23 @@ class JobStore:
         """
         n = max(0, min(int(n), 10000))
         now = time.time()
-        with self.lock, _Tx(self.conn) as conn:
+        with self._write() as conn:
+            # served in order by the jobs_hand_out index: only the n rows handed out are read
             rows = conn.execute(
                 "SELECT * FROM jobs WHERE status = 'activated' AND (ready_at IS NULL OR ready_at <= ?)"
                 " ORDER BY priority DESC, panda_id LIMIT ?",
                 (now, n),
             ).fetchall()
-            n_sent = conn.execute(
+            n_sent = conn.execute(  # the partial index jobs_sent: only jobs in 'sent' are looked at
                 "SELECT COUNT(*) FROM jobs WHERE status = 'sent' AND modified > ?", (now - 60,)
             ).fetchone()[0]
-            for row in rows:
-                conn.execute(
-                    "UPDATE jobs SET status = 'sent', modified = ?, heartbeat = ?, node = ?, error_code = NULL,"
-                    " error_diag = NULL, n_events = NULL, start_time = NULL, end_time = NULL, pilot_id = NULL,"
-                    " output_report = NULL, ready_at = NULL WHERE panda_id = ?",
-                    (now, now, node[:128], row["panda_id"]),
-                )
-        return [_wire_job(row, n_sent) for row in rows]
+            conn.executemany(
+                "UPDATE jobs SET status = 'sent', modified = ?, heartbeat = ?, node = ?, error_code = NULL,"
+                " error_diag = NULL, n_events = NULL, start_time = NULL, end_time = NULL, pilot_id = NULL,"
+                " output_report = NULL, ready_at = NULL WHERE panda_id = ?",
+                [(now, now, node[:128], row["panda_id"]) for row in rows],
+            )
+        return [_wire_job(row, n_sent) for row in rows]  # parsed and shaped outside the lock
 
     # -- updates -------------------------------------------------------------------------
     def update(self, fields: dict[str, Any], dialect: str, auth: str) -> tuple[int, str | None, str]:
@@ -227,14 +299,18 @@ class JobStore:
         code = opt_int(fields.get("pilot_error_code"))
         diag = str(fields.get("pilot_error_diag") or "")[:500]
         now = time.time()
-        with self.lock, _Tx(self.conn) as conn:
+        is_final = state in FINAL_STATES
+        with self._write() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
             record_attempt = attempt if attempt is not None else (row["attempt_nr"] if row else 0)
-            final_before = conn.execute(
-                "SELECT COUNT(*) FROM updates WHERE panda_id = ? AND attempt_nr = ? AND accepted = 1"
-                " AND state IN ('finished', 'failed')",
-                (panda_id, record_attempt),
-            ).fetchone()[0]
+            final_before = (
+                is_final
+                and conn.execute(
+                    "SELECT COUNT(*) FROM updates WHERE panda_id = ? AND attempt_nr = ? AND accepted = 1"
+                    " AND state IN ('finished', 'failed')",
+                    (panda_id, record_attempt),
+                ).fetchone()[0]
+            )
 
             def record(accepted: int, duplicate: int, command: str | None) -> None:
                 conn.execute(
@@ -256,7 +332,6 @@ class JobStore:
                     ),
                 )
 
-            is_final = state in FINAL_STATES
             if row is None:
                 record(0, 0, "tobekilled")
                 return 0, "tobekilled", "unknown job"
@@ -300,6 +375,14 @@ class JobStore:
                 hook(conn, panda_id)
             return 0, None, ""
 
+    def update_many(self, items: list[dict[str, Any]], dialect: str, auth: str) -> list[tuple[int, str | None, str]]:
+        """A bulk update: each item as :meth:`update`, ``GROUP_COMMIT`` of them per transaction."""
+        out: list[tuple[int, str | None, str]] = []
+        for start in range(0, len(items), GROUP_COMMIT):
+            with self.group():
+                out.extend(self.update(fields, dialect, auth) for fields in items[start : start + GROUP_COMMIT])
+        return out
+
     def _fail(self, conn: sqlite3.Connection, row: sqlite3.Row, code: int, diag: str, source: str) -> None:
         """Record a failure; activate the next attempt while attempts remain."""
         now = time.time()
@@ -333,7 +416,7 @@ class JobStore:
         """Fail jobs that went silent (102 sent / 100 lost heartbeat); returns how many."""
         now = time.time()
         failed = 0
-        with self.lock, _Tx(self.conn) as conn:
+        with self._write() as conn:
             sent = conn.execute(
                 "SELECT * FROM jobs WHERE status = 'sent' AND modified < ?", (now - self.sent_timeout,)
             ).fetchall()
@@ -352,7 +435,7 @@ class JobStore:
 
     def kill_job(self, panda_id: int) -> bool:
         """Ask the job's pilot to kill it: the next update is answered ``tobekilled``."""
-        with self.lock, _Tx(self.conn) as conn:
+        with self._write() as conn:
             row = conn.execute("SELECT status FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
             if row is None or row["status"] in FINAL_STATES:
                 return False
@@ -389,12 +472,10 @@ class JobStore:
             )
 
     def job_status(self, ids: list[int]) -> list[dict[str, Any]]:
-        with self.lock:
+        with self.read() as conn:
             out = []
             for panda_id in ids:
-                row = self.conn.execute(
-                    "SELECT status, attempt_nr FROM jobs WHERE panda_id = ?", (panda_id,)
-                ).fetchone()
+                row = conn.execute("SELECT status, attempt_nr FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
                 if row is None:
                     out.append({"job_id": panda_id, "status": "not found", "attempt_number": 0})
                 else:
@@ -403,11 +484,29 @@ class JobStore:
 
     # -- reading -------------------------------------------------------------------------
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self.lock:
-            return [dict(row) for row in self.conn.execute(sql, args).fetchall()]
+        with self.read() as conn:
+            return [dict(row) for row in conn.execute(sql, args).fetchall()]
 
-    def summary(self) -> dict[str, Any]:
-        by_status = {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")}
+    def status_counts(self) -> dict[str, int]:
+        """Jobs by status, O(1): the trigger-kept counters (for ``/metrics`` and the page header)."""
+        return {r["status"]: r["n"] for r in self.query("SELECT status, n FROM status_counts WHERE n > 0")}
+
+    def summary(self, max_age: float = 0.0) -> dict[str, Any]:
+        """The operator's aggregate view; with ``max_age`` a copy at most that old is reused.
+
+        Its queries scan the jobs table (per run, per attempt), so a page or a metrics
+        scraper polled at scale should pass a ``max_age`` of a few seconds; they run on
+        the reading connection either way and never hold the hand-out or update paths.
+        """
+        cached = self._summary
+        if max_age > 0 and cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        result = self._compute_summary()
+        self._summary = (time.monotonic(), result)
+        return result
+
+    def _compute_summary(self) -> dict[str, Any]:
+        by_status = self.status_counts()
         attempts = {
             str(r["attempt_nr"]): r["n"]
             for r in self.query("SELECT attempt_nr, COUNT(*) AS n FROM jobs GROUP BY attempt_nr")

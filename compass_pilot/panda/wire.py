@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import socket
 import ssl
 import threading
 import zlib
@@ -38,7 +39,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.fields import wire_to_attr
 from compass_pilot.panda.page import render_html
-from compass_pilot.panda.store import VALID_STATES, JobStore, opt_int, submit_task
+from compass_pilot.panda.store import GROUP_COMMIT, VALID_STATES, JobStore, opt_int, submit_task
 
 log = logging.getLogger("compass_pilot.panda.dispatcher")
 
@@ -142,8 +143,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # headers and body in ONE write (what end_headers + write would send as two): a
+        # small second segment would wait for the client's delayed ACK (Nagle), ~40 ms
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def _accepts_json(self) -> bool:
         return "application/json" in (self.headers.get("Accept") or "")
@@ -251,11 +254,16 @@ class _Handler(BaseHTTPRequestHandler):
             except (ValueError, AssertionError, TypeError) as exc:
                 self._send(200, [False, f"updateJobsInBulk failed with {type(exc).__name__} {exc}"])
                 return
-            out: list[Any] = []
-            for item in job_list:
-                answer = self._legacy_update(item if isinstance(item, dict) else {})
-                # each item is what updateJob returns: {"type": "json", "content": "<json>"} or k=v text
-                out.append({"type": "json", "content": json.dumps(answer)} if self._accepts_json() else _text(answer))
+            answers: list[dict[str, Any]] = []
+            for start in range(0, len(job_list), GROUP_COMMIT):  # a few items per write transaction
+                with store.group():
+                    answers.extend(
+                        self._legacy_update(item if isinstance(item, dict) else {})
+                        for item in job_list[start : start + GROUP_COMMIT]
+                    )
+            # each item is what updateJob returns: {"type": "json", "content": "<json>"} or k=v text
+            as_json = self._accepts_json()
+            out = [{"type": "json", "content": json.dumps(a)} if as_json else _text(a) for a in answers]
             self._send(200, [True, out])
         elif method == "getStatus":
             # JobDispatcher.getStatus: ids split on whitespace, '+'-joined answers, always k=v text
@@ -334,7 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(job_list, list):
                 self._send(200, {"success": False, "message": "job_list must be a list", "data": []})
                 return
-            data = [self._v1_update(item if isinstance(item, dict) else {}) for item in job_list]
+            items = [_map(item if isinstance(item, dict) else {}, _V1) for item in job_list]
+            data = [_v1_answer(*answer) for answer in store.update_many(items, "v1", self._auth())]
             self._send(200, {"success": True, "message": "", "data": data})
         elif method == "get_job_status":
             raw = fields.get("job_ids", [])
@@ -368,12 +377,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"success": True, "message": "", "data": None})
 
     def _v1_update(self, fields: dict[str, Any]) -> dict[str, Any]:
-        code, command, message = self.server.store.update(_map(fields, _V1), "v1", self._auth())
-        return {
-            "success": code == 0,
-            "message": message if code else "",
-            "data": {"StatusCode": code, "command": command},
-        }
+        return _v1_answer(*self.server.store.update(_map(fields, _V1), "v1", self._auth()))
+
+
+def _v1_answer(code: int, command: str | None, message: str) -> dict[str, Any]:
+    return {"success": code == 0, "message": message if code else "", "data": {"StatusCode": code, "command": command}}
 
 
 def _required(fields: dict[str, Any], key: str) -> Any:
@@ -401,6 +409,10 @@ class _Server(ThreadingHTTPServer):
         self.sockets_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        try:  # answers go out at once, not held back for the client's ACK (Nagle)
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         with self.sockets_lock:
             self.open_sockets.add(request)
         super().process_request(request, client_address)
@@ -412,8 +424,6 @@ class _Server(ThreadingHTTPServer):
 
     def close_open_connections(self) -> None:
         """Cut kept-alive connections too: a stopped server must look dead to its clients."""
-        import socket
-
         with self.sockets_lock:
             for sock in list(self.open_sockets):
                 try:

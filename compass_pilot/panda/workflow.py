@@ -268,37 +268,43 @@ def _task(conn: sqlite3.Connection, task_id: int) -> dict[str, Any] | None:
 
 
 def install(store: Any) -> None:
-    """Run the chain rules in the dispatcher: after each final update, and on the summary page."""
+    """Run the chain rules in the dispatcher: after each final update, and on the summary page.
+
+    A task's spec never changes once defined, so it is parsed once and remembered — as
+    ``None`` for a task without ``chain``, whose final updates then cost one primary-key
+    lookup here instead of parsing a task spec that lists every chunk.
+    """
     from compass_pilot.panda.store import insert_jobs
+
+    chained: dict[int, dict[str, Any] | None] = {}  # task_id → parsed spec if the task has a chain
+
+    def chained_task(conn: sqlite3.Connection, task_id: int) -> dict[str, Any] | None:
+        if task_id not in chained:
+            task = _task(conn, task_id)
+            chained[task_id] = task if task and task.get("chain") else None
+        return chained[task_id]
 
     def on_final(conn: sqlite3.Connection, panda_id: int) -> None:
         row = conn.execute("SELECT task_id, run FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
         if row is None or row[0] is None or row[1] is None:
             return
-        task = _task(conn, row[0])
-        if not task or not task.get("chain"):
+        task = chained_task(conn, row[0])
+        if task is None:
             return
         new = next_jobs(_run_state(conn, row[0], row[1]), task)
         if new:
             insert_jobs(conn, new, int(task.get("max_attempts", 5)))
 
     def extend(store: Any, runs: list[dict[str, Any]]) -> None:
-        chained = {
-            r["task_id"] for r in store.query("SELECT task_id, spec FROM tasks") if json.loads(r["spec"]).get("chain")
-        }
-        if not chained:
-            return
-        with store.lock:
+        with store.read() as conn:
+            task_ids = [r[0] for r in conn.execute("SELECT task_id FROM tasks").fetchall()]
+            if not any(chained_task(conn, task_id) for task_id in task_ids):
+                return
             for row in runs:
-                task_ids = [
-                    r[0]
-                    for r in store.conn.execute(
-                        "SELECT DISTINCT task_id FROM jobs WHERE run = ?", (row["run"],)
-                    ).fetchall()
-                ]
-                for task_id in task_ids:
-                    if task_id in chained:
-                        row.update(chain_columns(_run_state(store.conn, task_id, row["run"])))
+                ids = conn.execute("SELECT DISTINCT task_id FROM jobs WHERE run = ?", (row["run"],)).fetchall()
+                for (task_id,) in ids:
+                    if task_id is not None and chained_task(conn, task_id):
+                        row.update(chain_columns(_run_state(conn, task_id, row["run"])))
 
     store.on_final.append(on_final)
     store.summary_extensions.append(extend)
