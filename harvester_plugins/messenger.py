@@ -27,19 +27,17 @@ import logging
 import os
 import shutil
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
+from harvester_plugins import jobfiles
 from harvester_plugins.compat import PluginBase, WorkSpec
 
 log = logging.getLogger(__name__)
 
 #: Harvester's [payload_interaction] defaults (panda_harvester.cfg template).
 DEFAULT_FILES = {
-    "workerAttributesFile": "worker_attributes.json",
-    "jobReportFile": "jobReport.json",
-    "eventStatusDumpJsonFile": "event_status.dump.json",
+    **jobfiles.DEFAULT_NAMES,  # the per-job outcome files the node agent writes
     "jobRequestFile": "worker_requestjob.json",
     "killWorkerFile": "kill_worker.json",
     "heartbeatFile": "worker_heartbeat.json",
@@ -59,14 +57,6 @@ def _atomic_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
-
-
-def _adler32(path: str) -> str:
-    value = 1
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            value = zlib.adler32(chunk, value)
-    return f"{value & 0xFFFFFFFF:08x}"
 
 
 class SharedFileMessenger(PluginBase):
@@ -160,7 +150,14 @@ class SharedFileMessenger(PluginBase):
             )
             workdirs = {j.panda_id: self.get_access_point(workspec, j.panda_id) for j in jobs}
             access_point = workspec.get_access_point()
-            write_jobset(Path(access_point) / JOBSET_FILE, sub, config_to_dict(site), workdirs, access_point)
+            write_jobset(
+                Path(access_point) / JOBSET_FILE,
+                sub,
+                config_to_dict(site),
+                workdirs,
+                access_point,
+                report_files=jobfiles.names_from(self),
+            )
             Path(access_point, "reports").mkdir(exist_ok=True)
             return True
         except Exception as exc:
@@ -217,7 +214,7 @@ class SharedFileMessenger(PluginBase):
                             "type": entry.get("type", "output"),
                             "fsize": entry.get("fsize", os.stat(pfn).st_size),
                             "guid": entry.get("guid") or str(uuid.uuid4()),
-                            "chksum": entry.get("chksum") or _adler32(pfn),
+                            "chksum": entry.get("chksum") or jobfiles.adler32_of(pfn),
                         }
                     except OSError as exc:
                         log.error("%s: output %s: %s", read_path, pfn, exc)

@@ -54,6 +54,7 @@ class JobSet:
     kill_check_interval: float
     payload: PayloadSection = field(default_factory=PayloadSection)  # what the node may run
     node_jobs: dict[int, list[NodeJob]] = field(default_factory=dict)  # node → jobs by slot
+    report_files: dict[str, str] = field(default_factory=dict)  # messenger's per-job file names ({} = defaults)
 
     def jobs_of(self, node: int) -> list[NodeJob]:
         return self.node_jobs.get(node, [])
@@ -65,8 +66,14 @@ def write_jobset(
     site_config_dict: dict[str, Any],
     workdirs: dict[int, str],
     shared_dir: str,
+    *,
+    report_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write the job set of ``submission`` atomically; every job needs a work dir."""
+    """Write the job set of ``submission`` atomically; every job needs a work dir.
+
+    ``report_files``: the per-job outcome file names a Harvester messenger section
+    configures (``harvester_plugins.jobfiles``); omitted = Harvester's defaults.
+    """
     missing = [j.panda_id for j in submission.jobs if j.panda_id not in workdirs]
     if missing:
         raise ValueError(f"workdirs: no work dir for PandaID(s) {missing}")
@@ -97,6 +104,7 @@ def write_jobset(
         "payload": site_config_dict.get("payload") or {},
         "kill_check_interval": float(hpc.get("poll_interval", 30.0)),
         "node_jobs": nodes,
+        "report_files": dict(report_files or {}),
     }
     target = Path(path)
     atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True))
@@ -133,6 +141,15 @@ def _need(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"{where}: key {key!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _report_files(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"{where}: key 'report_files' must map file roles to names")
+    for name in value.values():
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{where}: report file name {name!r} must be a plain file name")
+    return dict(value)
 
 
 def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -> JobSet:
@@ -172,6 +189,7 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
         grid=grid,
         payload=payload,
         kill_check_interval=float(_need(data, "kill_check_interval", (int, float), where)),
+        report_files=_report_files(data.get("report_files", {}), where),
     )
     seen: set[int] = set()
     for i, node_entry in enumerate(_need(data, "node_jobs", list, where)):

@@ -22,20 +22,26 @@ What the Blue Waters pilot did, and what this does instead:
   the walltime, forwarded by mpiexec / srun / aprun) kills every payload's process
   group and each job gets a failed result with code 1213 before the agent exits.
 
-Results go to ``<reports>/<PandaID>.json`` (temp + rename, so the daemon never reads a
-half-written file), with ``<reports>/<PandaID>.started`` written when the payload
-starts (the daemon turns it into a running heartbeat).  A result file is
-``{"panda_id", "attempt_nr", "node", "slot", "host", "result": PayloadResult fields,
-"verdict": [code, diag] | null, "n_events": int | null}``; the daemon finishes the job
-(stage-out, report) with :func:`compass_pilot.lifecycle.finish_job` and that verdict.
-A job whose result file already exists (a batch job requeued after a node failure) is
-not run again.
+Each job's outcome goes to its own directory (its work dir — under Harvester the
+per-job access point ``<accessPoint>/<PandaID>/``) in Harvester's shared-file format,
+through :mod:`harvester_plugins.jobfiles`: the outputs to stage out (with size and
+adler32, computed here where the data is), the job report, and last the job's
+attributes with ``jobStatus`` finished / failed and its error code.  A real Harvester
+and our daemon read the same files.  ``<reports>/<PandaID>.started`` is written when the
+payload starts (the daemon turns it into a running heartbeat).  A job that already has
+an outcome (a batch job requeued after a node failure) is not run again.
+
+Exit code (the worker wrapper records it; the monitor plugin turns it into the
+worker's status): 0 when every job of this node has its outcome — failed payloads
+included, their errors travel per job; 143 when the batch system ended us (SIGTERM or
+the walltime guard: every job then has a 1213 outcome, but the worker did not run to
+its end); 1 when a job is left without an outcome or nodes had no rank; 2 for an
+unreadable job set.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -50,9 +56,13 @@ from typing import Any
 
 from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, expand
 from compass_pilot.errors import ErrorCode, PilotError, error_message
+from compass_pilot.exitcodes import ExitCode
 from compass_pilot.experiment import compass
-from compass_pilot.job import JobSpec
+from compass_pilot.job import JobSpec, new_guid
+from compass_pilot.lifecycle import _pack_log
 from compass_pilot.payload import PayloadProcess, PayloadResult
+from harvester_plugins import jobfiles
+from harvester_plugins.jobfiles import JobOutcome, OutputFile
 from hpc.jobset import JobSet, NodeJob, atomic_write_text, read_jobset
 
 log = logging.getLogger("hpc.node_agent")
@@ -119,8 +129,10 @@ class NodeRun:
         calibdb_opener: CalibOpener | str | None = "auto",
         kill_check_interval: float = 30.0,
         term_grace: float = 5.0,
+        report_names: dict[str, str] | None = None,
     ) -> None:
         self.jobs = list(jobs)
+        self.report_names = jobfiles.names_from(report_names or {})
         self.reports_dir = Path(reports_dir)
         self.node = node
         self.calibdb_cfg = calibdb
@@ -134,11 +146,16 @@ class NodeRun:
         self.term_grace = term_grace
         self.host = socket.gethostname()
         self.procs: dict[int, PayloadProcess] = {}
-        self.results: dict[int, dict[str, Any]] = {}
+        self.results: dict[int, JobOutcome] = {}
         self._lock = threading.Lock()
         self._rfd, self._wfd = os.pipe()
         self._terminating = False
         self._finished = threading.Event()
+
+    @property
+    def terminated(self) -> bool:
+        """The batch system (or the walltime guard) ended the payloads before they were done."""
+        return self._terminating
 
     # -- called from anywhere ---------------------------------------------------------
     def terminate(self) -> None:
@@ -149,29 +166,69 @@ class NodeRun:
             pass
 
     # -- results ---------------------------------------------------------------------
-    def _result_path(self, panda_id: int) -> Path:
-        return self.reports_dir / f"{panda_id}.json"
+    def has_outcome(self, nj: NodeJob) -> bool:
+        return jobfiles.has_outcome(nj.workdir, self.report_names)
+
+    def _outputs(
+        self, nj: NodeJob, stdout: str, verdict: tuple[int, str] | None
+    ) -> tuple[list[OutputFile], tuple[int, str] | None]:
+        """The files to stage out (outputs only when the payload succeeded, the log always).
+
+        A declared output the payload did not produce fails the job here (1165), so
+        Harvester, which stages out only what is listed, cannot report it finished.
+        """
+        workdir = Path(nj.workdir)
+        files: list[OutputFile] = []
+        if verdict is None:
+            per_file = compass.output_events(nj.job, stdout)
+            for spec in nj.job.output_files:
+                local = workdir / spec.lfn
+                if not local.is_file():
+                    return self._outputs(nj, stdout, (ErrorCode.MISSING_OUTPUT, f"output {spec.lfn} was not produced"))
+                files.append(OutputFile.of(local, "output", spec.guid or new_guid(), per_file.get(spec.lfn)))
+        if nj.job.log_file is not None:
+            packed = _pack_log(nj.job, workdir)
+            if packed is not None:
+                files.append(OutputFile.of(packed, "log", nj.job.log_file.guid or new_guid()))
+        return files, verdict
 
     def _write_result(
-        self, nj: NodeJob, result: PayloadResult, verdict: tuple[int, str] | None, n_events: int | None
+        self,
+        nj: NodeJob,
+        result: PayloadResult,
+        verdict: tuple[int, str] | None,
+        n_events: int | None,
+        stdout: str = "",
     ) -> None:
-        data = {
-            "panda_id": nj.panda_id,
-            "attempt_nr": nj.job.attempt_nr,
-            "node": self.node,
-            "slot": nj.slot,
-            "host": self.host,
-            "result": result.to_dict(),
-            "verdict": list(verdict) if verdict else None,
-            "n_events": n_events,
-        }
         with self._lock:
             if nj.panda_id in self.results:  # exactly one result per job, whatever races
                 return
-            self.results[nj.panda_id] = data
-        atomic_write_text(self._result_path(nj.panda_id), json.dumps(data, sort_keys=True))
+            self.results[nj.panda_id] = None  # type: ignore[assignment]  # claimed
+        try:
+            outputs, verdict = self._outputs(nj, stdout, verdict)
+        except OSError as exc:  # an unreadable output: the job cannot be finished
+            outputs, verdict = [], (ErrorCode.STAGE_OUT_FAILED, f"cannot read the outputs: {exc}")
+        code, diag = verdict if verdict else (0, "")
+        outcome = JobOutcome(
+            panda_id=nj.panda_id,
+            attempt_nr=nj.job.attempt_nr,
+            status="failed" if verdict else "finished",
+            error_code=code,
+            error_diag=diag[:500],
+            trans_exit_code=result.exit_code,
+            n_events=n_events,
+            cpu_seconds=result.cpu_seconds,
+            max_rss_kb=result.max_rss // 1024 if result.max_rss else None,
+            start_time=result.start_time,
+            end_time=result.end_time,
+            core_count=nj.job.core_count,
+            node=self.host,
+            outputs=outputs,
+        )
+        jobfiles.write_outcome(nj.workdir, outcome, self.report_names)
+        self.results[nj.panda_id] = outcome
         if verdict:
-            log.warning("job %d slot %d: failed %d: %s", nj.panda_id, nj.slot, verdict[0], verdict[1])
+            log.warning("job %d slot %d: failed %d: %s", nj.panda_id, nj.slot, code, diag)
         else:
             log.info("job %d slot %d: payload ok (%s events)", nj.panda_id, nj.slot, n_events)
 
@@ -179,12 +236,12 @@ class NodeRun:
         self._write_result(nj, _empty_result(), (code, diag[:500]), None)
 
     # -- the run ---------------------------------------------------------------------
-    def run(self) -> dict[int, dict[str, Any]]:
+    def run(self) -> dict[int, JobOutcome]:
         """Start the DB, run every payload concurrently, write results, stop the DB."""
         self.reports_dir.mkdir(parents=True, exist_ok=True)
         todo = []
         for nj in self.jobs:
-            if self._result_path(nj.panda_id).exists():
+            if self.has_outcome(nj):
                 log.info("job %d already has a result (requeued batch job?): not run again", nj.panda_id)
             else:
                 todo.append(nj)
@@ -264,7 +321,7 @@ class NodeRun:
                 n_events = compass.count_events(nj.job, stdout)
             except Exception as exc:  # a checker bug must still leave a result behind
                 verdict, n_events = (ErrorCode.UNKNOWN_FAILURE, f"payload check failed: {exc}"), None
-            self._write_result(nj, result, verdict, n_events)
+            self._write_result(nj, result, verdict, n_events, stdout)
         except Exception:
             log.exception("job %d: could not write its result", nj.panda_id)
         finally:
@@ -314,7 +371,7 @@ class NodeRun:
             thread.join(timeout=10)
 
 
-def run_node(jobs: list[NodeJob], **kwargs: Any) -> dict[int, dict[str, Any]]:
+def run_node(jobs: list[NodeJob], **kwargs: Any) -> dict[int, JobOutcome]:
     """Run one node's jobs to the end (see :class:`NodeRun` for the keywords); no MPI."""
     return NodeRun(jobs, **kwargs).run()
 
@@ -322,11 +379,10 @@ def run_node(jobs: list[NodeJob], **kwargs: Any) -> dict[int, dict[str, Any]]:
 def orphan_results(jobset: JobSet, ranks: int) -> None:
     """Nodes without a rank (fewer ranks than nodes): fail their jobs now, not at batch end."""
     for node in range(ranks, jobset.nodes):
-        run = NodeRun(jobset.jobs_of(node), reports_dir=jobset.reports_dir, node=node)
+        run = NodeRun(jobset.jobs_of(node), reports_dir=jobset.reports_dir, node=node, report_names=jobset.report_files)
         try:
-            run.reports_dir.mkdir(parents=True, exist_ok=True)
             for nj in run.jobs:
-                if not run._result_path(nj.panda_id).exists():
+                if not run.has_outcome(nj):
                     run._fail_without_run(nj, ErrorCode.GENERAL, f"no MPI rank was started for node {node}")
         finally:
             run.close()
@@ -377,18 +433,20 @@ def main(argv: list[str] | None = None) -> int:
     handler = _OneWriteHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s node_agent[{rank}] %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    orphaned = False
     try:
         jobset = read_jobset(args.jobset, only_node=rank)  # this node's specs only
         if rank == 0 and size < jobset.nodes:
             log.error("%d rank(s) for %d nodes: failing the jobs of nodes %d..", size, jobset.nodes, size)
             orphan_results(read_jobset(args.jobset), size)
+            orphaned = True
     except ValueError as exc:
         log.error("%s", exc)
-        return 2
+        return ExitCode.USAGE
     node = rank
     if node >= jobset.nodes:
         log.info("rank %d has no node in this job set (%d nodes): nothing to do", rank, jobset.nodes)
-        return 0
+        return ExitCode.OK
     node_dir = None
     if args.fake_nodes:
         # several fake nodes share one host: give each its own "node-local" DB directory
@@ -405,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         node_dir=node_dir,
         kill_check_interval=jobset.kill_check_interval,
         term_grace=args.term_grace,
+        report_names=jobset.report_files,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: run.terminate())
     guard = None
@@ -428,9 +487,24 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(node_dir, ignore_errors=True)
-    failed = sum(1 for r in results.values() if r["verdict"])
+    return _exit_code(run, results, orphaned)
+
+
+def _exit_code(run: NodeRun, results: dict[int, JobOutcome], orphaned: bool) -> int:
+    """What the worker wrapper records for this rank: see the module docstring."""
+    node = run.node
+    failed = sum(1 for r in results.values() if r is not None and r.status == "failed")
+    missing = [nj.panda_id for nj in run.jobs if not run.has_outcome(nj)]
     log.info("node %d: done, %d result(s), %d failed", node, len(results), failed)
-    return 0
+    if missing:
+        log.error("node %d: %d job(s) without an outcome: %s", node, len(missing), missing[:10])
+        return ExitCode.FAILURE
+    if run.terminated:
+        log.error("node %d: ended by the batch system (time limit): every job has a 1213 outcome", node)
+        return ExitCode.INTERRUPTED_SIGTERM
+    if orphaned:
+        return ExitCode.FAILURE
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

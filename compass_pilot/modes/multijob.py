@@ -39,7 +39,8 @@ from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
 from compass_pilot.exitcodes import ExitCode
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
-from compass_pilot.payload import PayloadResult
+from harvester_plugins import jobfiles
+from harvester_plugins.jobfiles import JobOutcome
 
 log = logging.getLogger(__name__)
 
@@ -334,18 +335,15 @@ class MultiJobDaemon:
         except FileNotFoundError:
             return False
         changed = False
-        results: list[tuple[JobEntry, dict[str, Any]]] = []
+        results: list[tuple[JobEntry, JobOutcome]] = []
         for key, entry in state.jobs.items():
             if entry.final:
                 continue
-            if f"{key}.json" in names:
-                try:
-                    data = json.loads((reports / f"{key}.json").read_text())
-                except (OSError, ValueError) as exc:
-                    log.warning("job %s: unreadable result file: %s", key, exc)
-                    continue
+            # the node agent's per-job files in Harvester's format, in the job's work dir
+            outcome = jobfiles.read_outcome(entry.workdir, entry.panda_id)
+            if outcome is not None:
                 if entry.panda_id in self.specs:
-                    results.append((entry, data))
+                    results.append((entry, outcome))
             elif entry.state == "starting" and f"{key}.started" in names:
                 entry.state = "running"
                 entry.started_at = time.time()
@@ -360,13 +358,11 @@ class MultiJobDaemon:
             self._settle(state, entry, report)
         return changed or bool(results)
 
-    def _report_from_result(self, entry: JobEntry, data: dict[str, Any], copytool: Any) -> JobReport:
-        """Stage a job's outputs out and build its final report from its node agent's result (I/O only)."""
+    def _report_from_result(self, entry: JobEntry, outcome: JobOutcome, copytool: Any) -> JobReport:
+        """Stage a job's outputs out and build its final report from its node agent's outcome (I/O only)."""
         job = self.specs[entry.panda_id]
-        result = PayloadResult.from_dict(data.get("result", data))
-        check = data.get("verdict")
-        verdict = tuple(check) if check else None
-        return lifecycle.finish_job(job, Path(entry.workdir), result, self.site, copytool, verdict=verdict)  # type: ignore[arg-type]
+        result = outcome.payload_result()
+        return lifecycle.finish_job(job, Path(entry.workdir), result, self.site, copytool, verdict=outcome.verdict)
 
     def _finish_entry(self, state: SubmissionState, entry: JobEntry, verdict: tuple[int, str]) -> None:
         """A job that ends without a result of its own (its batch job ended first)."""

@@ -24,7 +24,10 @@ import pytest
 
 from compass_pilot.config import HPCSection, PayloadSection, SiteConfig, config_to_dict
 from compass_pilot.errors import CalibDBError, ErrorCode
+from compass_pilot.exitcodes import ExitCode
 from compass_pilot.job import JobSpec
+from harvester_plugins import jobfiles
+from harvester_plugins.jobfiles import JobOutcome
 from hpc.batch import render_script
 from hpc.jobset import NodeJob, write_jobset
 from hpc.node_agent import NodeRun, run_node
@@ -53,12 +56,19 @@ def _node_jobs(tmp_path: Path, scripts: dict[int, str]) -> list[NodeJob]:
     ]
 
 
-def _results(reports: Path) -> dict[int, dict[str, Any]]:
-    return {int(p.stem): json.loads(p.read_text()) for p in reports.glob("*.json")}
+def _results(root: Path) -> dict[int, JobOutcome]:
+    """Every job's outcome as Harvester would read it, from the work dirs under ``root``."""
+    found = {}
+    for workdir in root.glob("**/PandaJob_*_1"):
+        panda_id = int(workdir.name.split("_")[1])
+        outcome = jobfiles.read_outcome(workdir, panda_id)
+        if outcome is not None:
+            found[panda_id] = outcome
+    return found
 
 
-def _code(result: dict[str, Any]) -> int | None:
-    return result["verdict"][0] if result["verdict"] else None
+def _code(result: JobOutcome) -> int | None:
+    return result.verdict[0] if result.verdict else None
 
 
 # -- in-process --------------------------------------------------------------------------
@@ -66,27 +76,77 @@ def test_run_node_judges_each_payload(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     jobs = _node_jobs(tmp_path, {1: OK, 2: "echo oops; exit 3", 3: "echo no marker", 4: "echo A FATAL ERROR APPEARED"})
     results = run_node(jobs, reports_dir=reports, calibdb_opener=None, payload=SHELL)
-    on_disk = _results(reports)
-    assert on_disk == results and sorted(on_disk) == [1, 2, 3, 4]
-    assert _code(on_disk[1]) is None and on_disk[1]["n_events"] == 7 and on_disk[1]["result"]["exit_code"] == 0
-    assert _code(on_disk[2]) == ErrorCode.PAYLOAD_FAILED and on_disk[2]["result"]["exit_code"] == 3
+    on_disk = _results(tmp_path)
+    assert sorted(on_disk) == sorted(results) == [1, 2, 3, 4]
+    assert {i: (r.status, r.error_code) for i, r in on_disk.items()} == {
+        i: (r.status, r.error_code) for i, r in results.items()
+    }
+    assert _code(on_disk[1]) is None and on_disk[1].n_events == 7 and on_disk[1].trans_exit_code == 0
+    assert _code(on_disk[2]) == ErrorCode.PAYLOAD_FAILED and on_disk[2].trans_exit_code == 3
     assert _code(on_disk[3]) == ErrorCode.COMPASS_NO_END_MARKER
     assert _code(on_disk[4]) == ErrorCode.COMPASS_FATAL_ERROR
     assert all((reports / f"{i}.started").exists() for i in range(1, 5))
     assert (tmp_path / "PandaJob_2_1" / "payload.stdout").read_text() == "oops\n"
-    assert not list(reports.glob(".*"))  # no temp files left
+    assert not list(tmp_path.glob("PandaJob_*/.*"))  # no temp files left
 
 
 def test_existing_result_is_not_rerun(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
-    reports.mkdir()
-    (reports / "1.json").write_text('{"kept": true}')
+    kept = {"jobStatus": "failed", "pilotErrorCode": 1213, "pilotErrorDiag": "kept"}
+    (tmp_path / "PandaJob_1_1").mkdir()
+    (tmp_path / "PandaJob_1_1" / "worker_attributes.json").write_text(json.dumps(kept))
     results = run_node(
         _node_jobs(tmp_path, {1: "touch ran", 2: OK}), reports_dir=reports, calibdb_opener=None, payload=SHELL
     )
     assert sorted(results) == [2]
-    assert json.loads((reports / "1.json").read_text()) == {"kept": True}
+    assert json.loads((tmp_path / "PandaJob_1_1" / "worker_attributes.json").read_text()) == kept
     assert not (tmp_path / "PandaJob_1_1" / "ran").exists()
+
+
+def _job_with_files(panda_id: int, script: str) -> JobSpec:
+    from tests.hpc.conftest import shell_job_dict
+
+    data = shell_job_dict(panda_id, script)
+    data.update(
+        outFiles=f"out{panda_id}.root,log{panda_id}.tgz",
+        destinationDblock="mDST.chunks,logFiles",
+        fileDestinationSE="EOS,EOS",
+        dispatchDblockTokenForOut="NULL,NULL",
+        GUID="",
+        logFile=f"log{panda_id}.tgz",
+        logGUID=f"00000000-0000-0000-0000-00000000000{panda_id}",
+    )
+    return JobSpec.from_panda(data)
+
+
+def test_outcome_is_written_in_harvester_format(tmp_path: Path) -> None:
+    """worker_attributes.json / jobReport.json / event_status.dump.json, as Harvester's messenger reads them."""
+    produce = "printf abc > out1.root; echo 7 events had been written to miniDST; echo End of Job"
+    jobs = [
+        NodeJob(1, 0, str(tmp_path / "PandaJob_1_1"), _job_with_files(1, produce)),
+        NodeJob(2, 1, str(tmp_path / "PandaJob_2_1"), _job_with_files(2, "echo End of Job")),  # no output
+    ]
+    run_node(jobs, reports_dir=tmp_path / "reports", calibdb_opener=None, payload=SHELL)
+    ok_dir = tmp_path / "PandaJob_1_1"
+    attrs = json.loads((ok_dir / "worker_attributes.json").read_text())
+    assert attrs["jobStatus"] == "finished" and attrs["pilotErrorCode"] == 0 and attrs["nEvents"] == 7
+    assert attrs["transExitCode"] == 0 and "startTime" in attrs and attrs["coreCount"] == 1
+    dump = json.loads((ok_dir / "event_status.dump.json").read_text())
+    by_lfn = {Path(e["path"]).name: e for e in dump["1"]}
+    assert by_lfn["out1.root"] == {
+        "path": str(ok_dir / "out1.root"),
+        "type": "output",
+        "fsize": 3,
+        "chksum": "024d0127",  # adler32("abc")
+        "guid": by_lfn["out1.root"]["guid"],
+    }
+    assert by_lfn["log1.tgz"]["type"] == "log" and by_lfn["log1.tgz"]["guid"].endswith("0001")
+    report = json.loads((ok_dir / "jobReport.json").read_text())
+    assert report["files"]["output"][0]["subFiles"] == [{"name": "out1.root", "nentries": 7}]
+    bad = jobfiles.read_outcome(tmp_path / "PandaJob_2_1", 2)
+    assert bad is not None and bad.status == "failed" and bad.error_code == ErrorCode.MISSING_OUTPUT
+    bad_dump = json.loads((tmp_path / "PandaJob_2_1" / "event_status.dump.json").read_text())
+    assert [e["type"] for e in bad_dump["2"]] == ["log"]  # a failed job stages out its log only
 
 
 class _FailingCalibDB:
@@ -117,7 +177,7 @@ def test_calibdb_failure_fails_every_job_with_1244(tmp_path: Path) -> None:
         payload=SHELL,
     )
     assert {i: _code(r) for i, r in results.items()} == {1: 1244, 2: 1244}
-    assert "mariadbd exited with status 1" in results[1]["verdict"][1]
+    assert "mariadbd exited with status 1" in results[1].error_diag
     assert not list(reports.glob("*.started")) and not list(tmp_path.glob("PandaJob_*/ran"))
     assert _FailingCalibDB.stopped
 
@@ -164,16 +224,16 @@ def test_terminate_and_server_kill(tmp_path: Path) -> None:
     thread = threading.Thread(target=run.run)
     start = time.monotonic()
     thread.start()
-    _wait_for(lambda: (reports / "3.json").exists(), 10, "job 3's result")
+    _wait_for(lambda: 3 in _results(tmp_path), 10, "job 3's result")
     (reports / "2.kill").write_text("tobekilled")
-    _wait_for(lambda: (reports / "2.json").exists(), 5, "job 2 killed on the server's request")
+    _wait_for(lambda: 2 in _results(tmp_path), 5, "job 2 killed on the server's request")
     run.terminate()
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert time.monotonic() - start < 15
-    results = _results(reports)
+    results = _results(tmp_path)
     assert {i: _code(r) for i, r in results.items()} == {1: 1213, 2: 1144, 3: None}
-    assert results[1]["result"]["killed_by"] == "batch"
+    assert run.terminated
 
 
 def test_bad_command_fails_only_that_job(tmp_path: Path) -> None:
@@ -182,7 +242,7 @@ def test_bad_command_fails_only_that_job(tmp_path: Path) -> None:
     bad = NodeJob(2, 1, jobs[1].workdir, JobSpec.from_panda(hostile))
     results = run_node([jobs[0], bad], reports_dir=tmp_path / "r", calibdb_opener=None, payload=SHELL)
     assert _code(results[1]) is None
-    assert _code(results[2]) == ErrorCode.BAD_JOB_SPEC and "jobPars" in results[2]["verdict"][1]
+    assert _code(results[2]) == ErrorCode.BAD_JOB_SPEC and "jobPars" in results[2].error_diag
 
 
 # -- under the real mpiexec ---------------------------------------------------------------
@@ -237,20 +297,17 @@ def test_mpi_32_jobs_one_result_each_and_sigkill_fails_only_that_job(mpi_run, tm
     scripts = {100 + i: OK for i in range(NODES * SLOTS)}
     scripts[victim] = "echo $$ > payload.pid; sleep 30; echo End of Job"
     start = time.monotonic()
-    proc, reports, sub = mpi_run(scripts)
+    proc, reports, _sub = mpi_run(scripts)
     pidfile = tmp_path / "jobs" / f"PandaJob_{victim}_1" / "payload.pid"
     _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the victim payload to start")
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
     assert proc.wait(timeout=60) == 0, (tmp_path / "batch.log").read_text()
     elapsed = time.monotonic() - start
-    results = _results(reports)
-    assert sorted(results) == sorted(scripts)  # every job exactly one result file (one name per PandaID)
-    assert sorted(p.name for p in reports.iterdir() if p.suffix == ".json") == sorted(f"{i}.json" for i in scripts)
-    assert {i for i, r in results.items() if r["verdict"]} == {victim}
-    assert results[victim]["verdict"][0] == ErrorCode.SIGKILL and results[victim]["result"]["signal"] == 9
-    assert all(results[i]["n_events"] == 7 for i in scripts if i != victim)
-    placement = {p.panda_id: (p.node, p.slot) for p in sub.placements}
-    assert {i: (r["node"], r["slot"]) for i, r in results.items()} == placement  # rank → node mapping
+    results = _results(tmp_path)
+    assert sorted(results) == sorted(scripts)  # every job exactly one outcome
+    assert {i for i, r in results.items() if r.verdict} == {victim}
+    assert results[victim].error_code == ErrorCode.SIGKILL and results[victim].trans_exit_code is None
+    assert all(results[i].n_events == 7 for i in scripts if i != victim)
     assert len(list(reports.glob("*.started"))) == NODES * SLOTS
     log = (tmp_path / "batch.log").read_text()
     for rank in range(NODES):
@@ -267,10 +324,9 @@ def test_mpi_sigterm_gives_1213_for_killed_payloads(mpi_run, tmp_path: Path) -> 
     os.kill(proc.pid, signal.SIGTERM)  # the script exec'd mpiexec: this is what PBS / Slurm signal
     proc.wait(timeout=30)
     assert time.monotonic() - sent < 15
-    results = _results(reports)
+    results = _results(tmp_path)
     assert sorted(results) == sorted(scripts)
     assert {_code(r) for r in results.values()} == {ErrorCode.BATCH_TIME_LIMIT}
-    assert all(r["result"]["killed_by"] == "batch" for r in results.values())
     # the payloads' process groups are gone (SIGKILLed members may take a moment to die)
     groups = {int(p.read_text().split()[0]) for p in reports.glob("*.started")}
 
@@ -328,19 +384,19 @@ def _small_jobset(tmp_path: Path, scripts: dict[int, str], walltime: int | None 
 def test_mpi_fewer_ranks_than_nodes_fails_orphans_at_once(mpiexec: str, tmp_path: Path) -> None:
     jobset = _small_jobset(tmp_path, {1: OK, 2: OK, 3: OK, 4: OK})  # 4 nodes × 1 slot
     done = _agent_under_mpiexec(mpiexec, jobset, 2)
-    assert done.returncode == 0, done.stderr
-    results = _results(tmp_path / "reports")
+    assert done.returncode == ExitCode.FAILURE, done.stderr  # the worker did not run as planned
+    results = _results(tmp_path)
     assert {i: _code(r) for i, r in results.items()} == {1: None, 2: None, 3: ErrorCode.GENERAL, 4: ErrorCode.GENERAL}
-    assert "no MPI rank was started for node 2" in results[3]["verdict"][1]
+    assert "no MPI rank was started for node 2" in results[3].error_diag
 
 
 def test_mpi_walltime_guard_ends_payloads_before_the_batch_limit(mpiexec: str, tmp_path: Path) -> None:
     jobset = _small_jobset(tmp_path, {1: "sleep 60", 2: "sleep 60"}, walltime=3)
     start = time.monotonic()
     done = _agent_under_mpiexec(mpiexec, jobset, 2, "--walltime-guard", "1", "--term-grace", "1")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == ExitCode.INTERRUPTED_SIGTERM, done.stderr  # ended by the time limit: worker failed
     assert 2 <= time.monotonic() - start < 15
-    assert {i: _code(r) for i, r in _results(tmp_path / "reports").items()} == {1: 1213, 2: 1213}
+    assert {i: _code(r) for i, r in _results(tmp_path).items()} == {1: 1213, 2: 1213}
 
 
 def test_rank_from_the_launcher_matches_mpi(mpiexec: str, tmp_path: Path) -> None:
