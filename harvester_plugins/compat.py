@@ -22,6 +22,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 try:  # pragma: no cover - exercised only where Harvester is installed
+    from pandaharvester.harvestercore.file_spec import FileSpec as HarvesterFileSpec
     from pandaharvester.harvestercore.job_spec import JobSpec as HarvesterJobSpec
     from pandaharvester.harvestercore.plugin_base import PluginBase
     from pandaharvester.harvestercore.work_spec import WorkSpec
@@ -250,11 +251,185 @@ except Exception:  # ImportError, or Harvester present but unconfigured (its con
                 self.jobParamsExtForLog = {"lfn": self.jobParams["logFile"], "guid": self.jobParams.get("logGUID")}
             return self.jobParamsExtForLog
 
-        def set_pilot_error(self, error_code: int, error_dialog: str) -> None:
+        # -- attributes (job_spec.py set_attributes / set_one_attribute / set_pilot_error) --
+        def set_attributes(self, attrs: dict[Any, Any] | None) -> None:
+            """Worker attributes keyed by PandaID → this job's; worker-level error codes fill gaps only."""
+            if attrs is None:
+                return
+            attrs = copy.copy(attrs)
+            for name in ("pilotErrorCode", "pilotErrorDiag", "exeErrorCode", "exeErrorDiag"):
+                if name in attrs:
+                    attrs.setdefault(self.PandaID, {})
+                    if name not in attrs[self.PandaID]:
+                        attrs[self.PandaID][name] = attrs[name]
+            if self.PandaID not in attrs:
+                return
+            mine = copy.copy(attrs[self.PandaID])
+            if "metaData" in mine:
+                self.metaData = mine.pop("metaData")
+            if "xml" in mine:
+                self.outputFilesToReport = mine.pop("xml")
+            if self.jobAttributes is None:
+                self.jobAttributes = mine
+            else:
+                self.jobAttributes.update(mine)
+
+        def set_one_attribute(self, attr: str, value: Any) -> None:
             if self.jobAttributes is None:
                 self.jobAttributes = {}
-            self.jobAttributes["pilotErrorCode"] = error_code
-            self.jobAttributes["pilotErrorDiag"] = error_dialog
+            self.jobAttributes[attr] = value
+
+        def has_attribute(self, attr: str) -> bool:
+            return self.jobAttributes is not None and attr in self.jobAttributes
+
+        def get_one_attribute(self, attr: str) -> Any:
+            return (self.jobAttributes or {}).get(attr)
+
+        def set_pilot_error(self, error_code: int, error_dialog: str) -> None:
+            """Harvester keeps the first error: an existing code is not overwritten."""
+            if not self.has_attribute("pilotErrorCode"):
+                self.set_one_attribute("pilotErrorCode", error_code)
+            if not self.has_attribute("pilotErrorDiag"):
+                self.set_one_attribute("pilotErrorDiag", error_dialog)
+
+        def get_job_status_from_attributes(self) -> str | None:
+            status = (self.jobAttributes or {}).get("jobStatus")
+            return status if status in ("finished", "failed") else None
+
+        def get_job_attributes_for_panda(self) -> dict[str, Any]:
+            return {k: v for k, v in (self.jobAttributes or {}).items() if k in _PANDA_JOB_ATTRIBUTES}
+
+        # -- files (job_spec.py) -----------------------------------------------------------
+        def add_in_file(self, filespec: Any) -> None:
+            self.inFiles.add(filespec)
+
+        def add_out_file(self, filespec: Any) -> None:
+            self.outFiles.add(filespec)
+
+        def get_input_file_attributes(self, skip_ready: bool = False) -> dict[str, dict[str, Any]]:
+            skip = {f.lfn for f in self.inFiles if skip_ready and f.status == "ready"}
+            paths = {f.lfn: f.path for f in self.inFiles}
+            attempts = {f.lfn: f.attemptNr for f in self.inFiles}
+            params = self.jobParams
+            keys = ("inFiles", "GUID", "fsize", "checksum", "scopeIn", "realDatasetsIn", "ddmEndPointIn")
+            columns = [str(params.get(k) or "").split(",") for k in keys]
+            result: dict[str, dict[str, Any]] = {}
+            for lfn, guid, fsize, chksum, scope, dataset, endpoint in zip(*columns, strict=False):
+                if not lfn or lfn in skip:
+                    continue
+                result[lfn] = {"fsize": int(fsize) if fsize.isdigit() else None, "guid": guid, "checksum": chksum,
+                               "scope": scope, "dataset": dataset, "endpoint": endpoint,
+                               "attemptNr": attempts.get(lfn, 0), "path": paths.get(lfn)}  # fmt: skip
+            return result
+
+        def set_input_file_paths(self, in_files: dict[str, dict[str, Any]]) -> None:
+            lfns = self.get_input_file_attributes().keys()
+            self.jobParams["inFilePaths"] = ",".join(in_files[lfn]["path"] for lfn in lfns if lfn in in_files)
+            for f in self.inFiles:
+                if f.lfn in in_files:
+                    f.path = in_files[f.lfn]["path"]
+
+        def set_all_input_ready(self) -> None:
+            for f in self.inFiles:
+                f.status = "ready"
+
+        def get_output_file_specs(self, skip_done: bool = False) -> Any:
+            if not skip_done:
+                return self.outFiles
+            return [f for f in self.outFiles if f.status not in ("finished", "failed")]
+
+        def get_output_file_attributes(self) -> dict[str, dict[str, Any]]:
+            p = self.jobParams
+            lfns = str(p.get("outFiles") or "").split(",")
+            scopes = str(p.get("scopeOut") or "").split(",")
+            return {lfn: {"scope": scope} for lfn, scope in zip(lfns, scopes, strict=False) if lfn}
+
+        # -- agent bookkeeping (no DB here) -----------------------------------------------------
+        def trigger_propagation(self) -> None:
+            self.propagatorTime = _utcnow()
+
+        def trigger_preparation(self) -> None:
+            self.preparatorTime = _utcnow()
+
+        def trigger_stage_out(self) -> None:
+            self.stagerTime = _utcnow()
+
+        def set_start_time(self, force: bool = False) -> None:
+            if getattr(self, "startTime", None) is None or force:
+                self.startTime = _utcnow()
+
+        def set_end_time(self, force: bool = False) -> None:
+            if getattr(self, "endTime", None) is None or force:
+                self.endTime = _utcnow()
+
+        def force_update(self, name: str) -> None:
+            """Harvester marks a column dirty; nothing to persist here."""
+
+    class HarvesterFileSpec:  # type: ignore[no-redef]
+        """Mirror of harvestercore.file_spec.FileSpec: the columns plugins read and write."""
+
+        def __init__(self) -> None:
+            self.PandaID: int | None = None
+            self.taskID: int | None = None
+            self.lfn: str = ""
+            self.path: str | None = None
+            self.fsize: int | None = None
+            self.chksum: str | None = None
+            self.scope: str | None = None
+            self.fileType: str = ""
+            self.status: str | None = None
+            self.attemptNr = 0
+            self.endpoint: str | None = None
+            self.fileAttributes: dict[str, Any] | None = None
+            self.isZip: int | None = None
+            self.workerID: Any = None
+            self.groupID: str | None = None
+
+    # job_spec.py get_job_attributes_for_panda: the attributes forwarded to PanDA
+    _PANDA_JOB_ATTRIBUTES = frozenset(
+        [
+            "token",
+            "transExitCode",
+            "pilotErrorCode",
+            "pilotErrorDiag",
+            "node",
+            "cpuConsumptionTime",
+            "cpuConsumptionUnit",
+            "schedulerID",
+            "pilotID",
+            "siteName",
+            "pilotLog",
+            "cpuConversionFactor",
+            "exeErrorCode",
+            "exeErrorDiag",
+            "pilotTiming",
+            "startTime",
+            "endTime",
+            "nEvents",
+            "nInputFiles",
+            "batchID",
+            "attemptNr",
+            "jobMetrics",
+            "stdout",
+            "coreCount",
+            "maxRSS",
+            "maxVMEM",
+            "maxSWAP",
+            "maxPSS",
+            "avgRSS",
+            "avgVMEM",
+            "avgSWAP",
+            "avgPSS",
+            "totRCHAR",
+            "totWCHAR",
+            "totRBYTES",
+            "totWBYTES",
+            "rateRCHAR",
+            "rateWCHAR",
+            "rateRBYTES",
+            "rateWBYTES",
+        ]
+    )
 
 
 #: WorkSpec statuses a monitor may return (Harvester's ST_LIST).
@@ -317,6 +492,59 @@ def queue_config_from_dict(queue_name: str, queue_dict: dict[str, Any]) -> Queue
     for key, value in queue_dict.items():
         setattr(config, key, sections.get(key, copy.deepcopy(value)))
     return config
+
+
+def job_chunks_for_workers(waiting: list[Any], n_workers: int, n_ready: int, n_jobs_per_worker: int) -> list[list[Any]]:
+    """How Harvester's ``db_proxy.get_job_chunks_for_workers`` cuts waiting jobs into workers.
+
+    Only whole workers: ``maxJobs = int(min((n_workers + n_ready) * n, nAvailable) / n) * n``
+    (db_proxy.py l. 1848-1898 at d561b72), then chunks of ``n`` in priority order.  Used
+    where no Harvester DB runs (CI's replays) to show what a worker maker's sizing gets.
+    """
+    n = max(1, int(n_jobs_per_worker))
+    max_jobs = (n_workers + n_ready) * n
+    if n > 1:
+        max_jobs = int(min(max_jobs, len(waiting)) / n) * n
+    picked = waiting[:max_jobs]
+    return [picked[i : i + n] for i in range(0, len(picked), n)]
+
+
+def update_job_attributes_with_workers(
+    map_type: str, jobspec_list: list[Any], workspec_list: list[Any], files_to_stage_out: dict[Any, Any]
+) -> None:
+    """Harvester's ``core_utils.update_job_attributes_with_workers`` (ManyToOne / OneToOne branch).
+
+    With Harvester importable this calls the real function.  Otherwise it does what
+    core_utils.py l. 321-391 (d561b72) does for one worker: worker attributes → each job,
+    the outputs to stage out become the job's out files, and the job's status is
+    ``convert_to_job_status(jobStatus from its attributes)`` — the worker's status only
+    when the job has none of its own.
+    """
+    if HAVE_HARVESTER:  # pragma: no cover - exercised by scripts/harvester_conformance.py
+        from pandaharvester.harvestercore import core_utils
+
+        core_utils.update_job_attributes_with_workers(map_type, jobspec_list, workspec_list, files_to_stage_out, [])
+        return
+    workspec = workspec_list[0]
+    for job in jobspec_list:
+        job.set_attributes(workspec.workAttributes)
+        if workspec.nCore is not None and job.nCore is None:
+            job.nCore = max(1, int(workspec.nCore / len(jobspec_list)))
+        if not job.has_attribute("batchID") and workspec.batchID is not None:
+            job.set_one_attribute("batchID", workspec.batchID)
+        for worker_id, files in files_to_stage_out.items():
+            for lfn, entries in files.get(job.PandaID, {}).items():
+                for attrs in entries:
+                    spec = HarvesterFileSpec()
+                    spec.lfn, spec.PandaID, spec.taskID = lfn, job.PandaID, job.taskID
+                    spec.path, spec.fsize, spec.fileType = attrs["path"], attrs["fsize"], attrs["type"]
+                    spec.fileAttributes, spec.workerID = attrs, worker_id
+                    spec.isZip = attrs.get("isZip")
+                    spec.chksum = attrs.get("chksum")
+                    job.add_out_file(spec)
+        job.status, job.subStatus = workspec.convert_to_job_status(job.get_job_status_from_attributes())
+        if workspec.is_final_status():
+            job.set_end_time()
 
 
 def get_plugin(plugin_conf: dict[str, Any]) -> Any:

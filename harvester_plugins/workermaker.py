@@ -11,17 +11,31 @@ section is used; ``nJobsPerWorker`` — cap below ``hpc.max_jobs``; ``nReadyReso
 The worker's plan goes to ``WorkSpec.workParams`` (``queue``, ``nodes``,
 ``slotsPerNode``, ``walltime``, ``pandaIDs``): Harvester persists workParams, so the
 submitter — a different instance, maybe a different process — finds it there.
+
+``nJobs`` is left alone: Harvester's submitter calls ``set_num_jobs_with_list()`` after
+``make_worker`` (submitter.py l. 260), which *adds* the chunk's length to it.
+
+Sizing under Harvester (HSF/harvester at d561b72): the submitter asks the maker for
+``get_num_jobs_per_worker(n_workers)`` every cycle (submitter.py l. 160-175) and
+``db_proxy.get_job_chunks_for_workers`` hands out only whole workers of that size
+(``int(min(maxJobs, nAvailable)/n)*n``, db_proxy.py l. 1898).  A fixed 512 therefore
+means no worker at all until 512 jobs wait.  So the size is dynamic: the number of
+this queue's jobs waiting for a worker (subStatus ``prepared`` / ``queued``, the ones
+that query counts), read through the ``dbInterface`` Harvester's PluginFactory gives
+every plugin, capped by ``nJobsPerWorker`` and the site's 512 jobs / 16 nodes.  5
+waiting jobs → one 5-job worker; 600 → 512 now and 88 next cycle.  Without a
+Harvester DB (our daemon, CI) it is the cap.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
 from harvester_plugins.compat import PluginBase, WorkSpec
+from harvester_plugins.logs import plugin_logger
 
-log = logging.getLogger(__name__)
+log = plugin_logger(__name__)
 
 
 def params_from_submission(sub: Any, **extra: Any) -> dict[str, Any]:
@@ -87,7 +101,7 @@ class MultiJobWorkerMaker(PluginBase):
 
         try:
             hpc = hpc_section_of(self)
-            limit = self.get_num_jobs_per_worker(1)
+            limit = self.max_jobs_per_worker()
             if not jobspec_list:
                 log.error("make_worker: no jobs")
                 return None
@@ -103,7 +117,6 @@ class MultiJobWorkerMaker(PluginBase):
         workspec = WorkSpec()
         workspec.mapType = WorkSpec.MT_MultiJobs
         workspec.nCore = sub.nodes * sub.slots_per_node
-        workspec.nJobs = len(jobs)
         workspec.maxWalltime = sub.walltime
         workspec.minRamCount = max((job.min_ram_count for job in jobs), default=0)
         workspec.maxDiskCount = sum(job.max_disk_count for job in jobs)
@@ -121,11 +134,36 @@ class MultiJobWorkerMaker(PluginBase):
         return workspec
 
     # -- sizing hooks Harvester's submitter agent calls ----------------------------------
-    def get_num_jobs_per_worker(self, n_workers: int) -> int:
+    def max_jobs_per_worker(self) -> int:
+        """The cap: ``nJobsPerWorker`` below the site's 512 jobs / nodes × slots."""
         hpc = hpc_section_of(self)
         cap = min(hpc.max_jobs, hpc.max_nodes * hpc.slots_per_node)
         wanted = getattr(self, "nJobsPerWorker", None)
         return min(cap, int(wanted)) if wanted else cap
+
+    def get_num_jobs_per_worker(self, n_workers: int) -> int:
+        """Jobs per worker for this cycle: what waits, up to the cap (never 0: Harvester divides by it)."""
+        cap = self.max_jobs_per_worker()
+        waiting = self.waiting_jobs(cap)
+        if waiting is None:
+            return cap
+        return max(1, min(cap, waiting))
+
+    def waiting_jobs(self, limit: int) -> int | None:
+        """This queue's jobs waiting for a worker (up to ``limit``), or None without a Harvester DB."""
+        db = getattr(getattr(self, "dbInterface", None), "dbProxy", None)
+        queue = getattr(self, "queueName", None)
+        if db is None or not queue:
+            return None
+        waiting = 0
+        try:
+            for sub_status in ("prepared", "queued"):  # what get_job_chunks_for_workers takes
+                jobs = db.get_jobs_in_sub_status(sub_status, limit) or []
+                waiting += sum(1 for job in jobs if getattr(job, "computingSite", queue) == queue)
+        except Exception as exc:  # a DB hiccup must not stop submission: use the cap
+            log.warning("cannot count the jobs waiting for a worker: %s", exc)
+            return None
+        return waiting
 
     def get_num_workers_per_job(self, n_workers: int) -> int:
         return 1  # a COMPASS job runs in one slot of one worker
