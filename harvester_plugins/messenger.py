@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -32,8 +31,9 @@ from typing import Any
 
 from harvester_plugins import jobfiles
 from harvester_plugins.compat import PluginBase, WorkSpec
+from harvester_plugins.logs import plugin_logger
 
-log = logging.getLogger(__name__)
+log = plugin_logger(__name__)
 
 #: Harvester's [payload_interaction] defaults (panda_harvester.cfg template).
 DEFAULT_FILES = {

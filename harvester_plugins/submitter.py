@@ -21,7 +21,6 @@ exception leaves ``submit_workers``.
 from __future__ import annotations
 
 import datetime
-import logging
 import math
 import socket
 import sys
@@ -29,8 +28,9 @@ from typing import Any
 
 from harvester_plugins import saga_backend
 from harvester_plugins.compat import PluginBase
+from harvester_plugins.logs import plugin_logger
 
-log = logging.getLogger(__name__)
+log = plugin_logger(__name__)
 
 
 def plugin_batch_url(plugin: Any) -> str:

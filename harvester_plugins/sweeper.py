@@ -8,16 +8,16 @@ gone, which is what a kill wants: success.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from harvester_plugins import saga_backend
 from harvester_plugins.compat import PluginBase
+from harvester_plugins.logs import plugin_logger
 from harvester_plugins.submitter import plugin_batch_url
 
-log = logging.getLogger(__name__)
+log = plugin_logger(__name__)
 
 
 class SagaSweeper(PluginBase):
