@@ -1,0 +1,413 @@
+"""Blue Waters scale by simulation: one MOM-node daemon at 30 × 512 jobs, and 300 daemons' jobs at one dispatcher.
+
+Two parts, one table (issue 15's targets beside the figures, printed, never asserted):
+
+**one daemon** — the real daemon (``benchmarks/simbatch.py``: fetch, stage-in, packing,
+job sets, watching, stage-out, bulk reports, journal — only the batch system and the
+compute nodes are simulated, in another process) holds ``--submissions`` × 512 jobs
+(default 30 × 512 = 15,360, the queue depth of the seed's ``qstat`` listing) against the
+real embedded dispatcher.  The daemon fills at one submission per 1 s round, then runs
+at ``--poll`` seconds per round with ``--heartbeat`` seconds between heartbeats.
+Printed: the time to fill, the daemon's CPU per minute while it holds all of them
+running (% of one core), its peak RSS over the whole run, and the drain (every virtual
+payload ends after ``--runtime`` s ± 20 %: stage-out, finals) — seconds from the first
+result to all finals acknowledged and the daemon's CPU per 1,000 jobs finished.
+
+**one dispatcher** — ``--daemons`` (300) daemons' worth of jobs live at once (300 × 512
+= 153,600 running, plus a queued reserve) in the real dispatcher, driven over loopback
+by ``--clients`` processes that replay what each daemon sends: a heartbeat of its 512
+jobs every ``--heartbeat`` s, and when its submission ends (every ``--runtime`` s,
+staggered) 512 finals, getJob(512), 512 starting, 512 running — all bulk, as the daemon
+does.  ``--speed`` compresses time (5 = five times the traffic of those intervals).  A
+probe sends a single updateJob every 0.2 s, as a grid pilot would.  Printed: p50/p99
+latency per request kind and the dispatcher's CPU per minute.
+
+How a site reads it: the daemon's CPU per minute and its RSS at the queue depth you plan
+(``--submissions``) size the MOM node; the drain line says how fast a wave of endings
+reaches PanDA.  The dispatcher part says how many daemons one dispatcher host can serve
+at your payload runtime and heartbeat interval: raise ``--speed`` until p99 passes what
+your pilots tolerate.  This box is 2 shared cores: figures from a busy box are upper
+bounds for cost and lower bounds for speed.
+
+    python benchmarks/scale.py [--part daemon|dispatcher|both] [--submissions 30] [--daemons 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+# benchmarks/dispatcher.py: the shared DB builder and client (benchmarks/ is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dispatcher as dispatcher_bench
+
+from compass_pilot.job import JobReport
+from compass_pilot.panda.dispatcher import Dispatcher
+
+HERE = Path(__file__).resolve().parent
+SLOTS, NODES = 32, 16
+PER_SUB = SLOTS * NODES
+
+
+# -- part 1: one daemon on the simulated batch system -------------------------------------
+def _inputs(db: Path, root: Path) -> None:
+    """The raw chunk files the jobs stage in: hard links of one small file (content is not read)."""
+    template = root / ".raw-template"
+    root.mkdir(parents=True, exist_ok=True)
+    template.write_bytes(b"\0" * 4096)
+    conn = sqlite3.connect(db)
+    try:
+        for (spec,) in conn.execute("SELECT spec FROM jobs"):
+            job = json.loads(spec)
+            directory = root / job["realDatasetsIn"]
+            directory.mkdir(parents=True, exist_ok=True)
+            target = directory / job["inFiles"]
+            if not target.exists():
+                os.link(template, target)
+    finally:
+        conn.close()
+
+
+def run_daemon_part(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    n_jobs = args.submissions * PER_SUB
+    base.mkdir(parents=True, exist_ok=True)
+    db = dispatcher_bench.prepared(Path(args.cache), n_jobs, base)
+    _inputs(db, base / "castor")
+    dispatcher = Dispatcher(str(db), port=0, check_interval=3600).start()
+    site = {
+        "site": {"name": "SIM", "workdir": str(base / "work")},
+        "panda": {"url": dispatcher.url, "timeout": 120},
+        "storage": {"input_root": str(base / "castor"), "output_root": str(base / "eos")},
+        "hpc": {
+            "max_jobs": PER_SUB,
+            "max_nodes": NODES,
+            "slots_per_node": SLOTS,
+            "fake_nodes": True,
+            "shared_dir": str(base / "hpc"),
+            "max_submissions": args.submissions,
+            "poll_interval": args.poll,
+            "heartbeat_interval": args.heartbeat,
+        },
+    }
+    (base / "site.yaml").write_text(yaml.safe_dump(site))
+    status = base / "phases.jsonl"
+    env = dict(os.environ, HOME=str(base))
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "simbatch.py"),
+            "--site",
+            str(base / "site.yaml"),
+            "--runtime",
+            str(args.runtime),
+            "--hold-poll",
+            str(args.poll),
+            "--fill",
+            str(args.submissions),
+            "--status",
+            str(status),
+        ],
+        env=env,
+    )
+    daemon = psutil.Process(proc.pid)
+    peak = 0
+    out: dict[str, Any] = {"jobs": n_jobs}
+
+    def counts() -> dict[str, int]:
+        return dispatcher.store.status_counts()
+
+    def sample() -> None:
+        nonlocal peak
+        try:
+            peak = max(peak, daemon.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    try:
+        limit = start + args.runtime * 2 + 240
+        # fill: until every job is running at the dispatcher
+        while counts().get("running", 0) < n_jobs and time.monotonic() < limit and proc.poll() is None:
+            sample()
+            time.sleep(0.5)
+        out["fill_s"] = time.monotonic() - start
+        # hold: everything running, nothing ended yet
+        cpu0, t0 = sum(daemon.cpu_times()[:2]), time.monotonic()
+        while (
+            time.monotonic() - t0 < args.window
+            and counts().get("finished", 0) == 0
+            and not list((base / "hpc").glob("sub-*/reports/*.json"))
+        ):
+            sample()
+            time.sleep(1)
+        hold = time.monotonic() - t0
+        out["hold_s"] = hold
+        out["hold_cpu_min"] = (sum(daemon.cpu_times()[:2]) - cpu0) / max(hold, 1e-9) * 60
+        # drain: from the first result to all finals acknowledged
+        while not list((base / "hpc").glob("sub-*/reports/*.json")) and time.monotonic() < limit:
+            sample()
+            time.sleep(0.5)
+        cpu1, t1 = sum(daemon.cpu_times()[:2]), time.monotonic()
+        while counts().get("finished", 0) + counts().get("failed", 0) < n_jobs and time.monotonic() < limit:
+            sample()
+            time.sleep(0.5)
+        out["drain_s"] = time.monotonic() - t1
+        out["drain_cpu"] = sum(daemon.cpu_times()[:2]) - cpu1
+        out["final"] = counts()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        dispatcher.stop()
+    out["peak_rss"] = peak
+    return out
+
+
+# -- part 2: many daemons' jobs at one dispatcher -----------------------------------------
+def live_db(cache: Path, work: Path, live: int, reserve: int) -> Path:
+    """A DB with ``live`` jobs running (PandaIDs 1..live) and ``reserve`` queued behind them."""
+    template = cache / f"live-{live}-{reserve}.sqlite"
+    if not template.exists():
+        partial = dispatcher_bench.prepared(cache, live + reserve, work)
+        conn = sqlite3.connect(partial)
+        now = time.time()
+        conn.execute(
+            "UPDATE jobs SET status = 'running', modified = ?, heartbeat = ?, node = 'sim' WHERE panda_id <= ?",
+            (now, now, live),
+        )
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        shutil.move(partial, template)
+    target = work / f"live-{time.monotonic_ns()}.sqlite"
+    shutil.copyfile(template, target)
+    return target
+
+
+def _daemons(
+    url: str, first: int, count: int, args: dict[str, Any], start_at: float, out: Any
+) -> None:  # pragma: no cover - a client process
+    """Play ``count`` daemons, each owning 512 consecutive live PandaIDs, until the window closes."""
+    import heapq
+    import random
+
+    client = dispatcher_bench._client(url)
+    rng = random.Random(first)
+    hb, runtime = args["heartbeat"] / args["speed"], args["runtime"] / args["speed"]
+    owned: dict[int, list[tuple[int, int]]] = {
+        d: [(pid, 1) for pid in range(d * PER_SUB + 1, (d + 1) * PER_SUB + 1)] for d in range(first, first + count)
+    }
+    events: list[tuple[float, int, str]] = []
+    while time.time() < start_at:
+        time.sleep(0.01)
+    now = time.monotonic()
+    for d in owned:
+        heapq.heappush(events, (now + rng.uniform(0, hb), d, "heartbeat"))
+        heapq.heappush(events, (now + rng.uniform(0, runtime), d, "cycle"))
+    end = now + args["warmup"] + args["window"]
+    measure_from = now + args["warmup"]
+    lat: dict[str, list[float]] = {}
+    lag: list[float] = []
+
+    def timed(kind: str, call: Any, *a: Any) -> Any:
+        t0 = time.perf_counter()
+        value = call(*a)
+        if time.monotonic() >= measure_from:
+            lat.setdefault(kind, []).append(time.perf_counter() - t0)
+        return value
+
+    while events:
+        when, d, kind = heapq.heappop(events)
+        if when >= end:
+            break
+        wait = when - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        elif time.monotonic() >= measure_from:
+            lag.append(-wait)
+        jobs = owned[d]
+        if kind == "heartbeat":
+            timed("heartbeat 512", client.update_jobs, [JobReport(p, "running", a) for p, a in jobs])
+            heapq.heappush(events, (when + hb, d, "heartbeat"))
+            continue
+        finals = [JobReport(p, "finished", a, n_events=100) for p, a in jobs]
+        timed("finals 512", client.update_jobs, finals)
+        got = timed("getJob 512", client.get_jobs, PER_SUB)
+        owned[d] = jobs = [(int(j["PandaID"]), int(j["attemptNr"])) for j in got]
+        if jobs:
+            timed("starting 512", client.update_jobs, [JobReport(p, "starting", a) for p, a in jobs])
+            timed("running 512", client.update_jobs, [JobReport(p, "running", a) for p, a in jobs])
+            heapq.heappush(events, (when + runtime, d, "cycle"))
+    client.close()
+    out.put((lat, lag))
+
+
+def _probe(url: str, live: int, args: dict[str, Any], start_at: float, out: Any) -> None:  # pragma: no cover
+    """A grid pilot's single heartbeat every 0.2 s on a job outside the daemons' blocks."""
+    client = dispatcher_bench._client(url)
+    while time.time() < start_at:
+        time.sleep(0.01)
+    t_end = time.monotonic() + args["warmup"] + args["window"]
+    measure_from = time.monotonic() + args["warmup"]
+    lat: list[float] = []
+    while time.monotonic() < t_end:
+        t0 = time.perf_counter()
+        client.update_job(JobReport(live, "running", 1))
+        if time.monotonic() >= measure_from:
+            lat.append(time.perf_counter() - t0)
+        time.sleep(0.2)
+    client.close()
+    out.put(({"single updateJob": lat}, []))
+
+
+def run_dispatcher_part(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    live = args.daemons * PER_SUB
+    base.mkdir(parents=True, exist_ok=True)
+    reserve = max(PER_SUB * 40, int(live * args.window / args.runtime * args.speed * 1.5))
+    reserve = ((reserve + PER_SUB - 1) // PER_SUB) * PER_SUB
+    db = live_db(Path(args.cache), base, live + 1, reserve)  # +1: the probe's own job
+    dispatcher = Dispatcher(str(db), port=0, check_interval=3600).start()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    plan = {
+        "heartbeat": args.heartbeat,
+        "runtime": args.runtime,
+        "speed": args.speed,
+        "warmup": 10.0,
+        "window": args.window,
+    }
+    start_at = time.time() + 4.0
+    per = -(-args.daemons // args.clients)
+    procs = [
+        ctx.Process(target=_daemons, args=(dispatcher.url, i, min(per, args.daemons - i), plan, start_at, out))
+        for i in range(0, args.daemons, per)
+    ]
+    procs.append(ctx.Process(target=_probe, args=(dispatcher.url, live + 1, plan, start_at, out)))
+    for proc in procs:
+        proc.start()
+    while time.time() < start_at + plan["warmup"]:
+        time.sleep(0.05)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    results = [out.get(timeout=plan["window"] + 600) for _ in procs]
+    wall = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    for proc in procs:
+        proc.join()
+    counts = dispatcher.store.status_counts()
+    dispatcher.stop()
+    lat: dict[str, list[float]] = {}
+    lags: list[float] = []
+    for kinds, lag in results:
+        for kind, values in kinds.items():
+            lat.setdefault(kind, []).extend(values)
+        lags.extend(lag)
+    every = [v for values in lat.values() for v in values]
+    return {
+        "live": live,
+        "lat": lat,
+        "all": every,
+        "cpu_min": cpu / wall * 60,
+        "lag_p99": dispatcher_bench.pct(lags, 0.99) if lags else 0.0,
+        "counts": counts,
+        "rate": live / args.runtime * args.speed * 60,
+    }
+
+
+def _p50_p99(values: list[float]) -> str:
+    return f"{dispatcher_bench.pct(values, 0.5) * 1000:.0f} / {dispatcher_bench.pct(values, 0.99) * 1000:.0f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("daemon", "dispatcher", "both"), default="both")
+    parser.add_argument("--submissions", type=int, default=30, help="one daemon: submissions of 512 to hold")
+    parser.add_argument("--runtime", type=float, default=150.0, help="virtual payload seconds (daemon part)")
+    parser.add_argument("--poll", type=float, default=30.0, help="daemon poll interval once filled (site default)")
+    parser.add_argument("--heartbeat", type=float, default=1800.0, help="heartbeat interval (pilot3/site default)")
+    parser.add_argument("--window", type=float, default=60.0, help="measuring window, seconds")
+    parser.add_argument("--daemons", type=int, default=300, help="dispatcher part: daemons of 512 live jobs")
+    parser.add_argument("--job-runtime", type=float, default=3600.0, help="dispatcher part: payload seconds")
+    parser.add_argument("--speed", type=float, default=5.0, help="dispatcher part: time compression")
+    parser.add_argument("--clients", type=int, default=4, help="dispatcher part: client processes")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "compass-bench-dispatcher"))
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="compass-bench-scale-"))
+    rows: list[tuple[str, str, str]] = []
+    try:
+        if args.part in ("daemon", "both"):
+            print(f"one daemon, {args.submissions} × {PER_SUB} jobs …", file=sys.stderr)
+            d = run_daemon_part(args, base / "daemon")
+            pct_core = d["hold_cpu_min"] / 60 * 100
+            finished = d["final"].get("finished", 0)
+            rows += [
+                ("one daemon: jobs", f"{d['jobs']} ({finished} finished, {d['final'].get('failed', 0)} failed)", ""),
+                ("  start → all running at the dispatcher", f"{d['fill_s']:.0f} s", ""),
+                (
+                    f"  CPU while holding them (poll {args.poll:.0f} s, {d['hold_s']:.0f} s window)",
+                    f"{d['hold_cpu_min']:.2f} s/min = {pct_core:.2f} % of a core",
+                    "< 5 % of a core",
+                ),
+                ("  peak RSS (whole run)", f"{d['peak_rss'] / 2**20:.0f} MiB", "< 150 MiB"),
+                (
+                    "  drain: first result → all finals acknowledged",
+                    f"{d['drain_s']:.0f} s, CPU {d['drain_cpu'] / max(1, finished) * 1000:.1f} s per 1,000 jobs",
+                    "",
+                ),
+            ]
+        if args.part in ("dispatcher", "both"):
+            print(f"one dispatcher, {args.daemons} daemons × {PER_SUB} live jobs …", file=sys.stderr)
+            args.runtime = args.job_runtime
+            r = run_dispatcher_part(args, base / "dispatcher")
+            rows.append(
+                (
+                    f"one dispatcher: {r['live']} live jobs, {args.daemons} daemons",
+                    f"{r['rate']:.0f} jobs/min ending, heartbeat every {args.heartbeat / args.speed:.0f} s",
+                    "",
+                )
+            )
+            for kind, values in sorted(r["lat"].items()):
+                rows.append(
+                    (
+                        f"  {kind}: p50 / p99 ({len(values)} requests)",
+                        _p50_p99(values),
+                        "",
+                    )
+                )
+            rows.append(
+                (
+                    "  every request: p50 / p99",
+                    _p50_p99(r["all"]),
+                    "p99 < 100 ms",
+                )
+            )
+            rows.append(
+                ("  dispatcher CPU", f"{r['cpu_min']:.1f} s/min = {r['cpu_min'] / 60 * 100:.0f} % of a core", "")
+            )
+            rows.append(("  client schedule lag p99 (server too slow if large)", f"{r['lag_p99']:.1f} s", ""))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    print(f"{'figure':<{width}} | {'measured':<{vwidth}} | target")
+    for name, value, target in rows:
+        print(f"{name:<{width}} | {value:<{vwidth}} | {target}")
+    print("(2-core box shared with other work: cost figures are upper bounds, speed figures lower bounds)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

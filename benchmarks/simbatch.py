@@ -1,0 +1,291 @@
+"""A simulated batch system: the daemon's ``BatchBackend`` with virtual payloads.
+
+It is how a site sizes its MOM node before it has one: the real daemon (fetch, stage-in,
+packing, job set, watching, stage-out, bulk reports, journal) runs unchanged against the
+real dispatcher, while the batch system and the compute nodes are played by a separate
+process — so the daemon's own CPU and memory are what the figures show, not the
+simulator's.  For each submission the simulated side plays what a PBS/Slurm job with 16
+node agents would leave on the shared file system:
+
+queued (``queue_delay`` seconds) → running: every job's ``<PandaID>.started`` marker →
+each payload "ends" after ``runtime`` × U(1 − spread, 1 + spread): its output files in its
+work dir, then its result file ``<PandaID>.json`` (the node agent's format, written
+atomically with ``hpc.jobset.atomic_write_text``) → the wrapper's exit marker
+(``harvester_plugins.saga_backend.EXIT_MARKER``) once all results are out.
+
+No payload process is started.  ``status`` answers from the submission's schedule, as a
+batch system's ``qstat`` would; ``kill`` ends the submission's jobs at once (cancelled).
+The simulated side is event-driven: it sleeps until its next scheduled event or a new
+request, never polls.
+
+Use: ``SimBatchBackend(runtime=600)`` wherever a ``BatchBackend`` goes, or run a whole
+daemon on it with :func:`run_daemon` (``benchmarks/scale.py`` does).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class SimBatchBackend:
+    """``BatchBackend`` (submit / status / kill, optional ended / preflight) on simulated nodes."""
+
+    def __init__(
+        self, *, queue_delay: float = 2.0, runtime: float = 600.0, spread: float = 0.2, seed: int = 15
+    ) -> None:
+        self.queue_delay = queue_delay
+        self.runtime = runtime
+        self.spread = spread
+        self.seed = seed
+        self._schedule: dict[str, tuple[float, float]] = {}  # batch id → (start, latest end)
+        self._killed: set[str] = set()
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._proc: Any = None
+        self._n = 0
+
+    # -- the simulated nodes live in their own process ----------------------------------
+    def _nodes(self) -> Any:
+        if self._proc is None:
+            ctx = mp.get_context("spawn")
+            self._conn, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_node_side, args=(child,), name="simbatch-nodes", daemon=True)
+            self._proc.start()
+            child.close()
+        return self._conn
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._conn.send(("stop",))
+            except OSError:
+                pass
+            self._proc.join(10)
+            self._proc = None
+
+    def preflight(self) -> None:
+        """Nothing to check: the simulated batch system is always there."""
+
+    def submit(self, submission: Any, subdir: Path, jobset: Path) -> str:
+        with self._lock:
+            self._n += 1
+            batch_id = f"{self._n}.sim"
+            start = time.time() + self.queue_delay
+            self._schedule[batch_id] = (start, start + self.runtime * (1 + self.spread) + 1.0)
+            self._nodes().send(
+                ("submit", str(jobset), str(subdir), start, self.runtime, self.spread, self.seed + self._n)
+            )
+        return batch_id
+
+    def status(self, batch_id: str, subdir: Path) -> str:
+        if batch_id in self._killed:
+            return "cancelled"
+        start, end = self._schedule.get(batch_id, (0.0, 0.0))
+        now = time.time()
+        if not start:
+            return "missed"
+        if now < start:
+            return "submitted"
+        if now < end and not self.ended(subdir):
+            return "running"
+        return "finished"
+
+    def ended(self, subdir: Path) -> bool:
+        from harvester_plugins.saga_backend import read_exit_marker
+
+        return read_exit_marker(str(subdir)) is not None
+
+    def kill(self, batch_id: str, subdir: Path) -> None:
+        with self._lock:
+            self._killed.add(batch_id)
+            self._nodes().send(("kill", str(subdir)))
+
+
+# -- the simulated batch system and compute nodes (a separate process) -------------------
+def _node_side(conn: Any) -> None:
+    """Play every submission's schedule; sleep until the next event or a request."""
+    events: list[tuple[float, int, str, Any]] = []
+    seq = 0
+    killed: set[str] = set()
+    host = socket.gethostname()
+    pending: dict[str, int] = {}  # subdir → results still to write
+
+    def at(when: float, kind: str, data: Any) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (when, seq, kind, data))
+
+    while True:
+        timeout = max(0.0, events[0][0] - time.time()) if events else None
+        if conn.poll(timeout):
+            try:
+                message = conn.recv()
+            except EOFError:
+                return
+            if message[0] == "stop":
+                return
+            if message[0] == "submit":
+                _, jobset, subdir, start, runtime, spread, seed = message
+                at(start, "start", (jobset, subdir, runtime, spread, seed))
+            elif message[0] == "kill":
+                killed.add(message[1])
+                _exit_marker(Path(message[1]), 143)
+            continue
+        now = time.time()
+        due = []
+        while events and events[0][0] <= now + 0.05:  # one pass for everything due in the next 50 ms
+            due.append(heapq.heappop(events))
+        for _, _, kind, data in due:
+            if kind == "start":
+                jobset, subdir, runtime, spread, seed = data
+                if subdir in killed:
+                    continue
+                jobs = _start(Path(jobset), Path(subdir))
+                pending[subdir] = len(jobs)
+                rng = random.Random(seed)
+                for job in jobs:
+                    at(now + runtime * rng.uniform(1 - spread, 1 + spread), "end", (subdir, job, host))
+            elif kind == "end":
+                subdir, job, node_host = data
+                if subdir in killed:
+                    continue
+                _finish(Path(subdir), job, node_host)
+                pending[subdir] -= 1
+                if not pending[subdir]:
+                    _exit_marker(Path(subdir), 0)
+
+
+def _start(jobset: Path, subdir: Path) -> list[dict[str, Any]]:
+    """The batch job starts: every payload is 'running' (its started marker)."""
+    from hpc.jobset import atomic_write_text, read_jobset
+
+    parsed = read_jobset(jobset)
+    reports = Path(parsed.reports_dir)
+    reports.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    jobs = []
+    for node, node_jobs in parsed.node_jobs.items():
+        for nj in node_jobs:
+            atomic_write_text(reports / f"{nj.panda_id}.started", f"0 {now:.3f}\n", durable=False)
+            jobs.append(
+                {
+                    "panda_id": nj.panda_id,
+                    "attempt_nr": nj.job.attempt_nr,
+                    "node": node,
+                    "slot": nj.slot,
+                    "workdir": nj.workdir,
+                    "outputs": [f.lfn for f in nj.job.output_files],
+                    "reports": str(reports),
+                    "started": now,
+                }
+            )
+    return jobs
+
+
+def _finish(subdir: Path, job: dict[str, Any], host: str) -> None:
+    """One virtual payload ends well: its outputs, then its result file (as a node agent writes it)."""
+    from compass_pilot.payload import PayloadResult
+    from hpc.jobset import atomic_write_text
+
+    workdir = Path(job["workdir"])
+    for lfn in job["outputs"]:
+        try:
+            (workdir / lfn).write_bytes(b"simulated output\n")
+        except OSError as exc:
+            log.warning("job %s: cannot write output %s: %s", job["panda_id"], lfn, exc)
+    now = time.time()
+    result = PayloadResult(0, None, 1.0, 50 * 2**20, now - job["started"], start_time=job["started"], end_time=now)
+    data = {
+        "panda_id": job["panda_id"],
+        "attempt_nr": job["attempt_nr"],
+        "node": job["node"],
+        "slot": job["slot"],
+        "host": host,
+        "result": result.to_dict(),
+        "verdict": None,
+        "n_events": 100,
+    }
+    atomic_write_text(Path(job["reports"]) / f"{job['panda_id']}.json", json.dumps(data, sort_keys=True))
+
+
+def _exit_marker(subdir: Path, code: int) -> None:
+    from harvester_plugins.saga_backend import EXIT_MARKER
+    from hpc.jobset import atomic_write_text
+
+    try:
+        atomic_write_text(subdir / EXIT_MARKER, f"{code}\n", durable=False)
+    except OSError:
+        pass
+
+
+# -- a whole daemon on the simulator ----------------------------------------------------
+def run_daemon(site_path: str, *, runtime: float, hold_poll: float, fill_to: int, status_path: str) -> int:
+    """The real daemon (as ``compass-pilot daemon`` builds it) on a :class:`SimBatchBackend`.
+
+    It fills quickly (one submission per round, rounds 1 s apart) until ``fill_to``
+    submissions are in flight, then runs at ``hold_poll`` seconds per round as a site
+    would; ``status_path`` gets one JSON line per phase for the benchmark to read.
+    """
+    from compass_pilot.config import load_site_config
+    from compass_pilot.modes.multijob import MultiJobDaemon
+    from compass_pilot.panda.client import PandaClient
+
+    site = load_site_config(site_path)
+    site.hpc.poll_interval = 1.0
+    client = PandaClient(site.panda, site.site)
+    backend = SimBatchBackend(runtime=runtime)
+    daemon = MultiJobDaemon(site, client, backend)
+
+    def phases() -> None:
+        while not daemon.stop_event.is_set():
+            try:
+                filled = sum(1 for s in list(daemon.submissions.values()) if not s.done) >= fill_to
+            except RuntimeError:  # the dict changed under us: look again
+                filled = False
+            if filled:
+                site.hpc.poll_interval = hold_poll
+                with open(status_path, "a", encoding="utf-8") as out:
+                    out.write(json.dumps({"phase": "filled", "time": time.time()}) + "\n")
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=phases, daemon=True).start()
+    try:
+        code = daemon.run(max_cycles=fill_to)
+    finally:
+        client.close()
+        backend.close()
+    with open(status_path, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"phase": "done", "time": time.time(), "final": len(daemon.final_states)}) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="run the daemon on the simulated batch system")
+    parser.add_argument("--site", required=True)
+    parser.add_argument("--runtime", type=float, default=600.0, help="virtual payload seconds")
+    parser.add_argument("--hold-poll", type=float, default=30.0, help="poll interval once filled")
+    parser.add_argument("--fill", type=int, default=30, help="submissions to fill up to")
+    parser.add_argument("--status", required=True, help="phase log (JSON lines)")
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("SIMBATCH_LOG", "WARNING"))
+    sys.exit(
+        run_daemon(
+            args.site, runtime=args.runtime, hold_poll=args.hold_poll, fill_to=args.fill, status_path=args.status
+        )
+    )
