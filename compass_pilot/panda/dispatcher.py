@@ -12,11 +12,14 @@ are re-exported so callers need not know the split.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import ssl
 import threading
 from typing import Any
 
+from compass_pilot.errors import ConfigError
+from compass_pilot.panda.auth import Authenticator, is_loopback, load_key
 from compass_pilot.panda.store import (  # noqa: F401  (re-exported)
     ACTIVE_STATES,
     FINAL_STATES,
@@ -32,7 +35,7 @@ from compass_pilot.panda.store import (  # noqa: F401  (re-exported)
     insert_jobs,
     submit_task,
 )
-from compass_pilot.panda.wire import _Handler, _Server
+from compass_pilot.panda.wire import REQUEST_TIMEOUT, _Handler, _Server
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,24 @@ class Dispatcher:
         cafile: str | None = None,
         check_interval: float = 60,
         retry_delay: float = RETRY_DELAY,
+        token_key_file: str | None = None,
+        pilot_dns: tuple[str, ...] | list[str] = (),
+        admin_dns: tuple[str, ...] | list[str] = (),
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
+        auth = Authenticator(
+            token_key=load_key(token_key_file) if token_key_file else None,
+            x509=bool(cafile),
+            pilot_dns=pilot_dns,
+            admin_dns=admin_dns,
+        )
+        if cafile and not certfile:
+            raise ConfigError("dispatcher: a client CA (--ca) needs a server certificate (--cert) to serve HTTPS")
+        if not auth.required and not is_loopback(host):
+            raise ConfigError(
+                f"dispatcher: refusing to serve {host or 'every interface'} without authentication "
+                "(give --token-key and/or --cert with --ca, or bind 127.0.0.1)"
+            )
         self.store = JobStore(
             db_path, sent_timeout=sent_timeout, heartbeat_timeout=heartbeat_timeout, retry_delay=retry_delay
         )
@@ -62,14 +82,21 @@ class Dispatcher:
         workflow.install(self.store)  # the ProdSys chain for tasks with `chain: true`
         self.server = _Server((host, port), _Handler)
         self.server.store = self.store
+        self.server.auth = auth
+        self.server.request_timeout = request_timeout
         scheme = "http"
         if certfile:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(certfile, keyfile)
             if cafile:
-                context.load_verify_locations(cafile)
-                context.verify_mode = ssl.CERT_OPTIONAL
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+                if os.path.isdir(cafile):  # a grid CA dir (/etc/grid-security/certificates): hashed names
+                    context.load_verify_locations(capath=cafile)
+                else:
+                    context.load_verify_locations(cafile=cafile)
+                # a certificate presented is always verified; it is required unless tokens are accepted too
+                context.verify_mode = ssl.CERT_OPTIONAL if auth.token_key else ssl.CERT_REQUIRED
+                context.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS  # RFC 3820 proxies, as pilots carry
+            self.server.tls = context
             scheme = "https"
         bound_host, bound_port = self.server.server_address[:2]
         self.url = f"{scheme}://{'localhost' if certfile else bound_host}:{bound_port}"

@@ -31,6 +31,7 @@ from typing import Any
 
 from compass_pilot.experiment.naming import ProcessingOptions
 from compass_pilot.experiment.naming import job_name as prodsys_job_name
+from compass_pilot.filemodes import private_file
 from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.jobdict import complete as complete_job
 
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     max_attempts INTEGER, priority INTEGER, spec TEXT, run INTEGER, chunk INTEGER, job_type TEXT,
     created REAL, modified REAL, heartbeat REAL, start_time TEXT, end_time TEXT, node TEXT,
     pilot_id TEXT, n_events INTEGER, error_code INTEGER, error_diag TEXT, command TEXT,
-    output_report TEXT, ready_at REAL);
+    output_report TEXT, ready_at REAL, owner TEXT);
 DROP INDEX IF EXISTS jobs_by_status;
 CREATE INDEX IF NOT EXISTS jobs_hand_out ON jobs(status, priority DESC, panda_id);
 CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs(run, task_id);
@@ -94,6 +95,8 @@ GROUP_COMMIT = 128
 
 def connect(db_path: str) -> sqlite3.Connection:
     """A connection in WAL mode; every writer takes ``BEGIN IMMEDIATE`` itself."""
+    if db_path != ":memory:":
+        private_file(db_path)  # jobs and pilot identities: 0600 (-wal / -shm follow its mode)
     conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -103,6 +106,8 @@ def connect(db_path: str) -> sqlite3.Connection:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     if "ready_at" not in columns:  # a database made before the retry back-off
         conn.execute("ALTER TABLE jobs ADD COLUMN ready_at REAL")
+    if "owner" not in columns:  # a database made before authentication (owner: the identity a job went to)
+        conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
     if not _has_counters(conn):
         conn.execute("BEGIN IMMEDIATE")  # checked again under the write lock: one connection creates them
         try:
@@ -254,12 +259,13 @@ class JobStore:
             yield self.reader
 
     # -- hand-out ------------------------------------------------------------------------
-    def get_jobs(self, n: int, node: str = "") -> list[dict[str, Any]]:
+    def get_jobs(self, n: int, node: str = "", owner: str = "") -> list[dict[str, Any]]:
         """Hand out up to n activated jobs whose retry back-off has passed.
 
         A new attempt starts clean: the previous attempt's error, events, times and
         pilot are cleared (the real server gives each attempt a fresh job record).
         ``nSent`` is, as on the real server, how many jobs went out in the last minute.
+        ``owner`` is the authenticated identity the jobs go to: only it may update them.
         """
         n = max(0, min(int(n), 10000))
         now = time.time()
@@ -276,14 +282,20 @@ class JobStore:
             conn.executemany(
                 "UPDATE jobs SET status = 'sent', modified = ?, heartbeat = ?, node = ?, error_code = NULL,"
                 " error_diag = NULL, n_events = NULL, start_time = NULL, end_time = NULL, pilot_id = NULL,"
-                " output_report = NULL, ready_at = NULL WHERE panda_id = ?",
-                [(now, now, node[:128], row["panda_id"]) for row in rows],
+                " output_report = NULL, ready_at = NULL, owner = ? WHERE panda_id = ?",
+                [(now, now, node[:128], owner or None, row["panda_id"]) for row in rows],
             )
         return [_wire_job(row, n_sent) for row in rows]  # parsed and shaped outside the lock
 
     # -- updates -------------------------------------------------------------------------
-    def update(self, fields: dict[str, Any], dialect: str, auth: str) -> tuple[int, str | None, str]:
-        """Apply one pilot update; returns (StatusCode, command, message)."""
+    def update(
+        self, fields: dict[str, Any], dialect: str, auth: str, identity: str = ""
+    ) -> tuple[int, str | None, str]:
+        """Apply one pilot update; returns (StatusCode, command, message).
+
+        A job handed to an authenticated identity takes updates from that identity only
+        (StatusCode 70, permission): another pilot cannot finish or fail it.
+        """
         try:
             panda_id = int(fields.get("panda_id"))  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -335,6 +347,9 @@ class JobStore:
             if row is None:
                 record(0, 0, "tobekilled")
                 return 0, "tobekilled", "unknown job"
+            if row["owner"] and identity != row["owner"]:
+                record(0, 0, None)
+                return 70, None, "permission denied: the job was dispatched to another pilot identity"
             if final_before and is_final:
                 record(0, 1, None)  # a repeated final report: acknowledged, not re-applied
                 return 0, None, "already done"
@@ -375,12 +390,16 @@ class JobStore:
                 hook(conn, panda_id)
             return 0, None, ""
 
-    def update_many(self, items: list[dict[str, Any]], dialect: str, auth: str) -> list[tuple[int, str | None, str]]:
+    def update_many(
+        self, items: list[dict[str, Any]], dialect: str, auth: str, identity: str = ""
+    ) -> list[tuple[int, str | None, str]]:
         """A bulk update: each item as :meth:`update`, ``GROUP_COMMIT`` of them per transaction."""
         out: list[tuple[int, str | None, str]] = []
         for start in range(0, len(items), GROUP_COMMIT):
             with self.group():
-                out.extend(self.update(fields, dialect, auth) for fields in items[start : start + GROUP_COMMIT])
+                out.extend(
+                    self.update(fields, dialect, auth, identity) for fields in items[start : start + GROUP_COMMIT]
+                )
         return out
 
     def _fail(self, conn: sqlite3.Connection, row: sqlite3.Row, code: int, diag: str, source: str) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 from compass_pilot.panda import tasks as task_rules
+from compass_pilot.panda.auth import Authenticator, Identity, Refusal
 from compass_pilot.panda.fields import wire_to_attr
 from compass_pilot.panda.page import render_html
 from compass_pilot.panda.store import GROUP_COMMIT, VALID_STATES, JobStore, opt_int, submit_task
@@ -44,6 +45,7 @@ from compass_pilot.panda.store import GROUP_COMMIT, VALID_STATES, JobStore, opt_
 log = logging.getLogger("compass_pilot.panda.dispatcher")
 
 MAX_BODY = 32 * 1024 * 1024  # the largest request body read
+REQUEST_TIMEOUT = 30.0  # seconds a connection may stall (TLS handshake, headers, body): slowloris bound
 
 # the store reads these attributes of an update; names per dialect come from panda/fields.py
 _STORED = {
@@ -89,6 +91,14 @@ class _BadBody(ValueError):
     """A body the real server could not parse either (it answers 500 with the reason)."""
 
 
+class _BadLength(ValueError):
+    """A Content-Length we will not read by: the HTTP status says which (400, 411, 413)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 def _map(fields: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return {names[k]: v for k, v in fields.items() if k in names}
 
@@ -102,16 +112,59 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
+        super().setup()
+
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), fmt % args)
+
+    # -- who is asking -------------------------------------------------------------------
+    def _identity(self, need: str, legacy: bool) -> Identity | None:
+        """The caller if it may do what ``need`` ("pilot" / "admin") asks; else answers the refusal."""
+        sock = self.connection
+        cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+        auth: Authenticator = self.server.auth
+        found = auth.identify(self.headers, cert)
+        refusal = found if isinstance(found, Refusal) else auth.allows(found, need)
+        if refusal is None:
+            return found  # type: ignore[return-value]
+        log.warning("refused %s %s from %s: %s", self.command, self.path[:200], self.client_address[0], refusal.reason)
+        self.close_connection = True
+        self._drain()
+        if legacy:
+            self._send(refusal.http_status, {"StatusCode": refusal.status_code, "errorDialog": refusal.reason})
+        else:
+            self._send(refusal.http_status, {"success": False, "message": refusal.reason, "data": None})
+        return None
+
+    def _drain(self, limit: int = 64 * 1024) -> None:
+        """Read a small refused body so the client sees our answer (closing on unread data resets)."""
+        raw = (self.headers.get("Content-Length") or "").strip()
+        if raw.isdigit() and int(raw) <= limit:
+            try:
+                self.rfile.read(int(raw))
+            except OSError:
+                pass
+
+    def _content_length(self) -> int:
+        """The body's length, refused before any read: missing 411, not a count 400, too big 413."""
+        if self.headers.get("Transfer-Encoding"):
+            raise _BadLength(411, "chunked bodies are not accepted: send Content-Length")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise _BadLength(411, "Content-Length required")
+        if not raw.strip().isdigit():
+            raise _BadLength(400, f"bad Content-Length {raw[:40]!r}")
+        length = int(raw)
+        if length > MAX_BODY:
+            raise _BadLength(413, f"request body larger than {MAX_BODY} bytes")
+        return length
 
     # -- I/O -----------------------------------------------------------------------------
     def _body(self, legacy: bool) -> dict[str, Any]:
         """The request's parameters, decoded the way panda-server's ``parse_parameters`` does."""
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise ValueError("request too large")
-        raw = self.rfile.read(length) if length else b""
+        raw = self.rfile.read(self._content_length())
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         if kind != "application/json":
             return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
@@ -157,18 +210,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, _text(data), "text/plain")
 
-    def _auth(self) -> str:
-        if self.headers.get("Authorization", "").startswith("Bearer "):
-            return "token"
-        sock = self.connection
-        if isinstance(sock, ssl.SSLSocket) and sock.getpeercert():
-            return "x509"
-        return "none"
-
     # -- routes --------------------------------------------------------------------------
     def do_GET(self) -> None:
         path = urlparse(self.path).path
         store = self.server.store
+        identity = self._identity("pilot", path.startswith("/server/panda/"))
+        if identity is None:
+            return
+        self.identity = identity
         if path == "/":
             self._send(200, render_html(store.summary()), "text/html; charset=utf-8")
         elif path == "/api/summary":
@@ -201,8 +250,16 @@ class _Handler(BaseHTTPRequestHandler):
         if (legacy and method not in LEGACY_METHODS) or (path.startswith("/api/v1/") and method not in V1_METHODS):
             self._forbidden(method)  # checked before the body is read, as the server does
             return
+        identity = self._identity("admin" if path.startswith("/admin/") else "pilot", legacy)
+        if identity is None:
+            return
+        self.identity = identity
         try:
             fields = self._body(legacy)
+        except _BadLength as exc:
+            self.close_connection = True
+            self._send(exc.status, {"StatusCode": 30, "errorDialog": str(exc)})
+            return
         except _BadBody as exc:
             self._send(500, f"ERROR : {exc}", "text/plain")
             return
@@ -227,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, {"error": f"no such path {path}"})
         except task_rules.TaskError as exc:
             self._send(400, {"error": str(exc)})
+        except ValueError as exc:  # a parameter that is not what it should be (an integer, …): the caller's fault
+            self._send(400, {"StatusCode": 30, "errorDialog": f"bad parameter: {str(exc)[:200]}"})
         except TypeError as exc:  # a missing required parameter: the server's method call fails the same way
             self._send(500, str(exc), "text/plain")
         except Exception as exc:  # a server bug must answer 500, not drop the connection
@@ -238,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "getJob":
             bulk = "nJobs" in fields
             n = opt_int(fields.get("nJobs")) or 1
-            jobs = store.get_jobs(n, str(fields.get("node", "")))
+            jobs = store.get_jobs(n, str(fields.get("node", "")), owner=self.identity.name)
             if not jobs:
                 self._legacy_reply({"StatusCode": 20, "errorDialog": "no jobs in PanDA"})
             elif bulk:
@@ -305,7 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
             return {"StatusCode": 0}
         if fields.get("state") not in VALID_STATES:
             return {"StatusCode": 0}  # an invalid state is logged and acknowledged, nothing else
-        code, command, message = self.server.store.update(_map(fields, _LEGACY), "legacy", self._auth())
+        code, command, message = self.server.store.update(
+            _map(fields, _LEGACY), "legacy", self.identity.label, identity=self.identity.name
+        )
         answer: dict[str, Any] = {"StatusCode": code, "command": command or "NULL"}
         if message and code:
             answer["errorDialog"] = message
@@ -325,7 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not fields.get("site_name"):
                 self._send(200, {"success": False, "message": "site_name is required", "data": None})
                 return
-            jobs = store.get_jobs(opt_int(fields.get("n_jobs")) or 1, str(fields.get("node", "")))
+            jobs = store.get_jobs(
+                opt_int(fields.get("n_jobs")) or 1, str(fields.get("node", "")), owner=self.identity.name
+            )
             if not jobs:
                 self._send(200, {"success": False, "message": "No jobs in PanDA", "data": None})
             else:
@@ -343,7 +406,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, {"success": False, "message": "job_list must be a list", "data": []})
                 return
             items = [_map(item if isinstance(item, dict) else {}, _V1) for item in job_list]
-            data = [_v1_answer(*answer) for answer in store.update_many(items, "v1", self._auth())]
+            data = [
+                _v1_answer(*answer)
+                for answer in store.update_many(items, "v1", self.identity.label, self.identity.name)
+            ]
             self._send(200, {"success": True, "message": "", "data": data})
         elif method == "get_job_status":
             raw = fields.get("job_ids", [])
@@ -377,7 +443,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"success": True, "message": "", "data": None})
 
     def _v1_update(self, fields: dict[str, Any]) -> dict[str, Any]:
-        return _v1_answer(*self.server.store.update(_map(fields, _V1), "v1", self._auth()))
+        return _v1_answer(
+            *self.server.store.update(_map(fields, _V1), "v1", self.identity.label, identity=self.identity.name)
+        )
 
 
 def _v1_answer(code: int, command: str | None, message: str) -> dict[str, Any]:
@@ -402,11 +470,40 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     store: JobStore
+    auth: Authenticator = Authenticator()
+    request_timeout: float = REQUEST_TIMEOUT
+    tls: ssl.SSLContext | None = None  # set: each connection's handshake runs in its own thread
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_sockets: set[Any] = set()
         self.sockets_lock = threading.Lock()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """TLS handshake here, in the connection's thread and under its timeout.
+
+        Wrapping the listening socket would handshake inside ``accept()``, on the one
+        thread that serves every client: a peer that opens a connection and says nothing
+        would stop the dispatcher for everyone.
+        """
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(self.request_timeout)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        with self.sockets_lock:  # the raw socket is detached now: track the TLS one instead
+            self.open_sockets.discard(request)
+            self.open_sockets.add(wrapped)
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            with self.sockets_lock:
+                self.open_sockets.discard(wrapped)
+            wrapped.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:  # answers go out at once, not held back for the client's ACK (Nagle)

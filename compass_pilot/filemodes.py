@@ -1,0 +1,43 @@
+"""Files that hold job state or secrets are created 0600, whatever the umask.
+
+Journals and the dispatcher DB hold every job's state and the pilots' identities;
+token keys and proxies are credentials.  SQLite creates its file with the process
+umask (usually 0644) and gives its ``-wal`` / ``-shm`` files the main file's mode, so
+creating the main file 0600 first covers all three.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+def private_file(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` empty with mode 0600, or tighten an existing file of ours to 0600."""
+    target = Path(path)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return target
+
+
+def write_private_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a secret (a key, a token) to a new 0600 file, atomically, never through a wider mode."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
