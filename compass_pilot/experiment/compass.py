@@ -168,6 +168,8 @@ def payload_command(
     transformations run.
     """
     policy = policy or PayloadSection()
+    for spec in job.output_files:  # a hostile destination fails the job now, not after the payload ran
+        output_dest_path(job, spec)
     env = payload_env(job, workdir, calib_env, policy)
     module = DEMO_TRANSFORMATIONS.get(job.transformation)
     if module is None or not policy.allow_demo:
