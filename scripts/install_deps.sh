@@ -15,3 +15,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 python3 -m pip install -q -e '.[mpi,saga,mysql,test]'
+# the real PanDA pilot 3.7.0.36 (PyPI sdist) that tests/pilot3 runs against our dispatcher
+pilot_cache="${COMPASS_PILOT_CACHE:-$HOME/.cache/compass-pilot}"
+if [ ! -f "$pilot_cache/panda-pilot-3.7.0.36.tar.gz" ]; then
+  mkdir -p "$pilot_cache"
+  python3 -m pip download -q --no-deps --no-binary :all: panda-pilot==3.7.0.36 -d "$pilot_cache"
+fi
