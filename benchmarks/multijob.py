@@ -76,6 +76,69 @@ def _phases(shared: Path, start_wall: float) -> tuple[float, float, int, float] 
     return jobset - start_wall, starts[0] - jobset, len(starts), starts[-1] - starts[0]
 
 
+def sleeper(base: Path, seconds: int) -> str:
+    """A site wrapper that sleeps, then leaves the outputs a reco job declares (listed in payload.commands)."""
+    path = base / "bin" / "compass-bench-sleep"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'#!/bin/sh\nsleep {seconds}\ntouch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"\n'
+        'echo "0 events had been written to miniDST"\necho "End of Job"\n'
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def prepare_run(base: Path, sleep: int, poll: float) -> tuple[Dispatcher, Path, dict[str, str]]:
+    """A dispatcher holding 512 × ``sleep`` jobs, the daemon's site file and environment (shared with e2e.py)."""
+    dispatcher = Dispatcher(str(base / "panda.sqlite"), port=0, check_interval=600).start()
+    chunks = make_production_input(base / "castor", 2016, "W14", {275678: NODES * SLOTS}, n_events=5)
+    command = sleeper(base, sleep)
+    task = reco_task([c.raw_path for c in chunks], name="bench", max_walltime=3600, transformation=command)
+    submit_task(str(base / "panda.sqlite"), task)
+    site = {
+        "site": {"name": "BENCH", "workdir": str(base / "work")},
+        "panda": {"url": dispatcher.url, "timeout": 60},
+        "storage": {"input_root": str(base / "castor"), "output_root": str(base / "eos")},
+        "calibdb": {
+            "backend": "sqlite",
+            "snapshot": str(calibdb.demo_snapshot("sqlite", base / "calib")),
+            "scratch_dir": str(base / "scratch"),
+        },
+        "payload": {"commands": [command]},
+        "hpc": {
+            "max_jobs": NODES * SLOTS,
+            "max_nodes": NODES,
+            "slots_per_node": SLOTS,
+            "fake_nodes": True,
+            "batch_url": "fork://localhost",
+            "poll_interval": poll,
+            "heartbeat_interval": poll,
+            "shared_dir": str(base / "hpc"),
+            "max_submissions": 1,
+        },
+    }
+    site_yaml = base / "site.yaml"
+    site_yaml.write_text(yaml.safe_dump(site))
+    env = dict(os.environ, HOME=str(base / "home"), RADICAL_BASE=str(base / "radical"))
+    (base / "home").mkdir(exist_ok=True)
+    return dispatcher, site_yaml, env
+
+
+def daemon_argv(site_yaml: Path) -> list[str]:
+    """``compass-pilot daemon --once`` on that site file."""
+    return [
+        sys.executable,
+        "-m",
+        "compass_pilot.cli",
+        "--log-level",
+        "WARNING",
+        "daemon",
+        "--site",
+        str(site_yaml),
+        "--once",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sleep", type=int, default=90, help="payload seconds")
@@ -83,54 +146,13 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=10, help="daemon poll interval (site default 30)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="compass-bench-"))
-    dispatcher = Dispatcher(str(base / "panda.sqlite"), port=0, check_interval=600).start()
+    dispatcher, site_yaml, env = prepare_run(base, args.sleep, args.poll)
     daemon_proc = None
     try:
-        chunks = make_production_input(base / "castor", 2016, "W14", {275678: NODES * SLOTS}, n_events=5)
-        payload = (
-            f'sleep {args.sleep}; touch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"; '
-            'echo "0 events had been written to miniDST"; echo "End of Job"; true'
-        )
-        task = reco_task([c.raw_path for c in chunks], name="bench", max_walltime=3600, transformation=payload)
-        submit_task(str(base / "panda.sqlite"), task)
-        site = {
-            "site": {"name": "BENCH", "workdir": str(base / "work")},
-            "panda": {"url": dispatcher.url, "timeout": 60},
-            "storage": {"input_root": str(base / "castor"), "output_root": str(base / "eos")},
-            "calibdb": {
-                "backend": "sqlite",
-                "snapshot": str(calibdb.demo_snapshot("sqlite", base / "calib")),
-                "scratch_dir": str(base / "scratch"),
-            },
-            "hpc": {
-                "max_jobs": NODES * SLOTS,
-                "max_nodes": NODES,
-                "slots_per_node": SLOTS,
-                "fake_nodes": True,
-                "batch_url": "fork://localhost",
-                "poll_interval": args.poll,
-                "heartbeat_interval": args.poll,
-                "shared_dir": str(base / "hpc"),
-                "max_submissions": 1,
-            },
-        }
-        (base / "site.yaml").write_text(yaml.safe_dump(site))
-        env = dict(os.environ, HOME=str(base / "home"), RADICAL_BASE=str(base / "radical"))
-        (base / "home").mkdir()
         start = time.monotonic()
         start_wall = time.time()
         daemon_proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "compass_pilot.cli",
-                "--log-level",
-                "WARNING",
-                "daemon",
-                "--site",
-                str(base / "site.yaml"),
-                "--once",
-            ],
+            daemon_argv(site_yaml),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
