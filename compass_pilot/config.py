@@ -152,8 +152,9 @@ class HPCSection:
     batch_timeout: float = 120.0  # seconds any one batch-system call (open, qsub, qstat, qdel) may take
     submit_backoff: float = 60.0  # first wait after a temporary submission failure (doubles, capped)
     submit_backoff_max: float = 1800.0
+    submit_deadline: float = 6 * 3600.0  # jobs whose submission is not accepted this long after fetching fail
     breaker_threshold: int = 3  # consecutive failed submissions that open the circuit breaker (stop fetching)
-    agent_timeout: float = 600.0  # a node agent silent this long is lost: its jobs fail (1317)
+    agent_timeout: float = 600.0  # a node agent silent this long is lost: its jobs fail (1390)
     failed_dir_keep_hours: float = 72.0  # failed jobs' work dirs kept this long for debugging
     queues: list[QueueSection] = field(
         default_factory=lambda: [

@@ -40,6 +40,11 @@ class ErrorCode:
     UNKNOWN_FAILURE = 1220
     PAYLOAD_FAILED = 1305
     LOST_CONTACT = 1317
+    # the batch system refused or never took a submission (permanent error, or its jobs' submit
+    # deadline passed while it kept failing): pilot3's SERVICENOTAVAILABLE, the closest it has
+    BATCH_SYSTEM_FAILED = 1324
+    # a node agent stopped beating (node died, agent killed): ours, outside pilot3's table (≤ 1386)
+    NODE_LOST = 1390
     MISSING_INPUT = 1331
     TRANSFORM_NOT_ALLOWED = 1346
     STAGE_OUT_PERMISSION = 1176
@@ -90,6 +95,8 @@ ERROR_MESSAGES: dict[int, str] = {
     1229: "File checksum or size mismatch",
     1305: "Payload execution failed",
     1317: "Lost contact with the pilot",
+    1324: "Batch system failed: submission refused or not accepted in time",
+    1390: "Compute node lost: its node agent stopped reporting",
     1331: "Input file missing from storage",
     1346: "Transform not found or not allowed by the site config",
     1235: "COMPASS: a fatal error appeared (CORAL)",

@@ -10,6 +10,7 @@ The submission's directory is the worker's access point.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,37 @@ class PluginBatchBackend:
         workspec.batchID = batch_id or None
         return workspec
 
+    def _bounded(self, what: str, call: Any, *args: Any) -> Any:
+        """``call(*args)`` given up after ``hpc.batch_timeout`` s: a hung qsub / qstat must not stall the daemon.
+
+        The call runs on its own thread; when it does not answer in time the job service
+        is dropped (its shell may be wedged, and its lock held by the stuck thread), so
+        the next call opens a fresh one, and a temporary BatchError is raised.
+        """
+        timeout = self.site.hpc.batch_timeout
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = call(*args)
+            except BaseException as exc:  # handed back to the daemon's thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"batch-{what}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            saga_backend.drop_service(self.site.hpc.batch_url)
+            raise saga_backend.BatchError(f"batch {what}: no answer within {timeout:.0f} s", temporary=True)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
     def submit(self, submission: Any, subdir: Path, jobset: Path) -> str:
-        """Submit one submission; returns the batch id. Raises RuntimeError with the batch system's message."""
+        """Submit one submission; returns the batch id. Raises BatchError (``temporary`` says whether to retry)."""
+        return str(self._bounded("submit", self._submit, submission, subdir, jobset))
+
+    def _submit(self, submission: Any, subdir: Path, jobset: Path) -> str:
         plugins = plugins_for_site(self.site, access_point=str(subdir))
         workspec = self._workspec(Path(subdir))
         workspec.nCore = submission.nodes * submission.slots_per_node
@@ -57,13 +87,21 @@ class PluginBatchBackend:
             submission, jobset=str(jobset), jobName=Path(subdir).name, fakeNodes=self.site.hpc.fake_nodes or None
         )
         ((ok, diag),) = plugins.submitter.submit_workers([workspec])
-        if not ok:
-            kind = "temporary" if ok is None else "permanent"
-            raise RuntimeError(f"{diag} ({kind})")
+        if not ok:  # Harvester's contract: None = temporary, False = permanent
+            raise saga_backend.BatchError(str(diag), temporary=ok is None)
         return str(workspec.batchID)
+
+    def find(self, job_name: str, subdir: Path) -> str | None:
+        """The batch id of this submission's batch job, looked up by its unique name (recovery)."""
+        url = self.site.hpc.batch_url
+        timeout = self.site.hpc.batch_timeout
+        return saga_backend.find_job(url, job_name, str(subdir), timeout=timeout)  # type: ignore[no-any-return]
 
     def status(self, batch_id: str, subdir: Path) -> str:
         """A WorkSpec status (submitted, running, finished, failed, cancelled, idle, missed)."""
+        return str(self._bounded("status", self._status, batch_id, subdir))
+
+    def _status(self, batch_id: str, subdir: Path) -> str:
         workspec = self._workspec(Path(subdir), batch_id)
         _, ((status, diag),) = plugins_for_site(self.site, access_point=str(subdir)).monitor.check_workers([workspec])
         if diag:
@@ -75,6 +113,9 @@ class PluginBatchBackend:
         return saga_backend.read_exit_marker(str(subdir)) is not None
 
     def kill(self, batch_id: str, subdir: Path) -> None:
+        self._bounded("kill", self._kill, batch_id, subdir)
+
+    def _kill(self, batch_id: str, subdir: Path) -> None:
         workspec = self._workspec(Path(subdir), batch_id)
         ((ok, diag),) = plugins_for_site(self.site, access_point=str(subdir)).sweeper.kill_workers([workspec])
         if not ok:

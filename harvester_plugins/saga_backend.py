@@ -400,6 +400,67 @@ def cancel(url: str, saga_id: str) -> None:
         raise BatchError(f"cannot cancel {saga_id}: {message}", temporary=True) from exc
 
 
+# -- recovery: a batch job found by its unique name ----------------------------------------
+def find_job(url: str, name: str, workdir: str, *, timeout: float = 60.0) -> str | None:
+    """The native id of the batch job called ``name`` (running ``<workdir>/worker_wrapper.sh``), or None.
+
+    A daemon killed between qsub's answer and persisting the id left a batch job nobody
+    watches; its name (unique per submission, persisted *before* qsub) finds it again.
+    radical.saga cannot do it — a reconnected job has no ``name`` — so the batch system's
+    own query tool is asked: ``squeue --name`` (Slurm), ``qstat -f`` (PBS / Torque, and
+    the slurm-wlm-torque wrappers), the process table (fork).  Tunnelled URLs
+    (``+ssh``) would need the query run remotely: None, with a warning.
+    """
+    import shutil
+    import subprocess
+
+    parts = urlsplit(url)
+    scheme, _, tunnel = parts.scheme.partition("+")
+    if tunnel:
+        log.warning("cannot look a batch job up by name through %s (remote): treating %s as not submitted", url, name)
+        return None
+    if scheme == "fork":
+        return _find_forked(str(Path(workdir) / WRAPPER_FILE))
+    kind = batch_kind(url)
+    argv = ["squeue", "-h", "--name", name, "-o", "%i"] if kind == "slurm" else ["qstat", "-f"]
+    if shutil.which(argv[0]) is None:
+        raise BatchError(f"cannot look up {name}: {argv[0]} not found", temporary=True)
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise BatchError(f"{argv[0]} gave no answer within {timeout:.0f} s", temporary=True) from None
+    if res.returncode != 0:
+        raise BatchError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()[:200]}", temporary=True)
+    if kind == "slurm":
+        ids = res.stdout.split()
+        return ids[0] if ids else None
+    return parse_qstat_f_by_name(res.stdout).get(name)
+
+
+def parse_qstat_f_by_name(text: str) -> dict[str, str]:
+    """Job name → job id from ``qstat -f`` (``Job Id: <id>`` blocks with ``Job_Name = <name>``)."""
+    found: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("Job Id:"):
+            current = stripped.split(":", 1)[1].strip()
+        elif stripped.startswith("Job_Name =") and current:
+            found.setdefault(stripped.split("=", 1)[1].strip(), current)
+    return found
+
+
+def _find_forked(wrapper: str) -> str | None:
+    """fork:// runs each job under a monitor shell whose command line holds the job's command."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if wrapper in cmd and "shell_job/monitor." in cmd:
+            return f"{proc.info['pid']}.0"
+    return None
+
+
 def saga_env_for_tests(base: str) -> dict[str, str]:
     """HOME and RADICAL_BASE under ``base``: radical.saga writes ~/.radical and ~/.bash_history."""
     os.makedirs(base, exist_ok=True)

@@ -37,6 +37,7 @@ from compass_pilot.bulk import JobSource, StatusUpdater
 from compass_pilot.config import SiteConfig, config_to_dict, expand
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
 from compass_pilot.exitcodes import ExitCode
+from compass_pilot.faults import crash_point
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
 from harvester_plugins import jobfiles
@@ -82,9 +83,12 @@ class SubmissionState:
     batch_id: str = ""
     created: float = field(default_factory=time.time)
     batch_status: str = "submitted"
-    checked_at: float = field(default_factory=time.time)  # last time the batch system was asked
+    checked_at: float = field(default_factory=time.monotonic)  # last time the batch system was asked (monotonic)
     jobs: dict[str, JobEntry] = field(default_factory=dict)  # str(PandaID) → entry
     done: bool = False
+    job_name: str = ""  # the batch job's unique name, persisted before it is submitted (recovery finds it)
+    submit_attempts: int = 0  # failed submission attempts so far
+    submit_error: str = ""  # the batch system's last refusal
 
     @property
     def reports_dir(self) -> Path:
@@ -120,13 +124,20 @@ class MultiJobDaemon:
         self.recent_errors: list[tuple[float, int, int, str]] = []
         self.final_states: dict[int, str] = {}
         self._copytool = copytool
-        self._last_heartbeat = 0.0
+        self._last_heartbeat = float("-inf")  # monotonic; the first round beats
         self._seq = 0
         self.rounds = 0
+        self.job_sets = 0  # job sets taken from PanDA
         self._wake = threading.Event()  # set to cut a round's sleep short (stop, terminate)
         self._stopping_hard = False
         self._to_clean: list[Path] = []  # finished jobs' work dirs, removed after the round's commit
         self.unhealthy = ""  # why the daemon cannot take jobs now ("" = healthy); in the state file
+        self.breaker_open = False  # consecutive submission failures stopped fetching
+        self._submit_failures = 0  # consecutive failed submission attempts
+        self._breaker_retry = 0.0  # monotonic time the open breaker lets one job set through again
+        self._abandon = False  # fail the jobs of unsubmitted submissions (breaker open under --once)
+        self._plans: dict[str, Any] = {}  # sub_id → packed Submission, until the batch system took it
+        self._retry_at: dict[str, float] = {}  # sub_id → monotonic time of the next submission attempt
         self.exit_code: ExitCode | None = None  # set when the daemon stops for a reason of its own
         self._may_fetch = True
         self._preflight_ok = False
@@ -161,6 +172,9 @@ class MultiJobDaemon:
     def in_flight(self) -> int:
         return sum(1 for s in self.submissions.values() if not s.done)
 
+    def _active(self) -> list[SubmissionState]:
+        return [s for s in self.submissions.values() if not s.done]
+
     # -- fetch, pack, stage in, submit ---------------------------------------------------
     def fetch_and_submit(self) -> int:
         """One bulk fetch; returns the number of jobs submitted to the batch system."""
@@ -172,20 +186,41 @@ class MultiJobDaemon:
         raw_jobs = self.source.fetch(hpc.max_jobs)
         if not raw_jobs:
             return 0
+        self.job_sets += 1  # --once / --max-cycles count job sets taken, whatever became of them
         jobs: list[JobSpec] = []
+        seen: set[int] = set()
         for data in raw_jobs:
             try:
-                jobs.append(JobSpec.from_panda(data))
+                job = JobSpec.from_panda(data)
             except BadJobSpec as exc:
                 panda_id = exc.panda_id or panda_id_of(data)
                 log.error("bad job spec: %s", exc.diag)
                 if panda_id is not None:
                     attempt = _int_or_zero(data.get("attemptNr")) if isinstance(data, dict) else 0
                     self._final(failed_report(panda_id, attempt, exc.code, exc.pilot_error_diag()))
-        submitted = 0
-        for submission in plan_submissions(jobs, hpc) if jobs else []:
-            submitted += self._submit(submission)
-        return submitted
+                continue
+            if job.panda_id in seen or self._in_flight_job(job.panda_id):
+                # the same job twice: it runs once; failing the copy would fail the one that runs
+                log.error("job %d handed out twice: the copy is dropped, the job runs once", job.panda_id)
+                continue
+            seen.add(job.panda_id)
+            jobs.append(job)
+        if not jobs:
+            return 0
+        try:
+            plan = plan_submissions(jobs, hpc)
+        except ValueError as exc:  # a plan the config cannot make: these jobs fail, the daemon goes on
+            diag = f"cannot place the job set: {exc}"
+            log.error("%s", diag)
+            for job in jobs:
+                self.journal.job_started(job, "", mode="multijob")
+                self._final(failed_report(job.panda_id, job.attempt_nr, ErrorCode.GENERAL, diag))
+            return 0
+        return sum(self._submit(submission) for submission in plan)
+
+    def _in_flight_job(self, panda_id: int) -> bool:
+        key = str(panda_id)
+        return any(key in s.jobs and not s.jobs[key].final for s in self.submissions.values() if not s.done)
 
     def _submit(self, submission: Any) -> int:
         from hpc.jobset import write_jobset
@@ -229,31 +264,114 @@ class MultiJobDaemon:
             submission = plan_submissions(runnable, self.site.hpc)[0]
         jobset = subdir / "jobset.json"
         write_jobset(jobset, submission, config_to_dict(self.site), workdirs, str(subdir))
+        # the intent, with the batch job's unique name, is durable before the batch job exists:
+        # a daemon killed right after qsub finds that job by name instead of leaving it orphaned
+        state.job_name = sub_id
+        self.submissions[sub_id] = state
+        self._plans[sub_id] = submission
+        self._persist(state)
         self.journal.checkpoint()  # the jobs and their work dirs are on disk before the batch job exists
-        try:
-            state.batch_id = self.backend.submit(submission, subdir, jobset)
-        except Exception as exc:  # a batch error fails this submission's jobs, never the daemon
-            diag = f"batch submission failed: {exc}"
-            log.error("%s: %s", sub_id, diag)
-            for job in runnable:
-                self._final(failed_report(job.panda_id, job.attempt_nr, ErrorCode.GENERAL, diag))
-            state.done = True
-            self.submissions[sub_id] = state
+        return self._try_submit(state)
+
+    def _try_submit(self, state: SubmissionState) -> int:
+        """Hand a prepared submission to the batch system; on failure keep its jobs or fail them."""
+        self._retry_at.pop(state.sub_id, None)
+        submission = self._plans.get(state.sub_id) or self._replan(state)
+        if submission is None:
             return 0
+        subdir = Path(state.subdir)
+        try:
+            batch_id = self.backend.submit(submission, subdir, subdir / "jobset.json")
+        except Exception as exc:  # a batch error is this submission's, never the daemon's
+            self._submit_failed(state, exc)
+            return 0
+        crash_point("daemon-after-submit")
+        state.batch_id = batch_id
+        state.submit_error = ""
+        state.checked_at = time.monotonic()
+        self._submit_failures = 0
+        self._plans.pop(state.sub_id, None)
         log.info(
             "%s: %d jobs on %d nodes, queue %s, walltime %d s, batch id %s",
-            sub_id,
-            len(runnable),
+            state.sub_id,
+            len(submission.jobs),
             submission.nodes,
             submission.queue,
             submission.walltime,
             state.batch_id,
         )
-        self.submissions[sub_id] = state
         self._persist(state)
-        for job in runnable:
-            self.journal.set_state(job.panda_id, job.attempt_nr, "submitted", batch_id=state.batch_id)
-        return len(runnable)
+        for entry in state.jobs.values():
+            self.journal.set_state(entry.panda_id, entry.attempt_nr, "submitted", batch_id=state.batch_id)
+        return len(submission.jobs)
+
+    def _replan(self, state: SubmissionState) -> Any:
+        """The submission of a restarted daemon's unsubmitted state (same jobs, same packing)."""
+        from hpc.packing import plan_submissions
+
+        jobs = [self.specs[e.panda_id] for e in state.jobs.values() if not e.final and e.panda_id in self.specs]
+        if not jobs:
+            state.done = True
+            self._persist(state)
+            return None
+        plan = plan_submissions(jobs, self.site.hpc)
+        self._plans[state.sub_id] = plan[0]
+        return plan[0]
+
+    def _submit_failed(self, state: SubmissionState, exc: Exception) -> None:
+        """A temporary error keeps the jobs (retried with backoff, heartbeats go on); a permanent
+        one, or the submit deadline, fails them with the batch system's code.  Consecutive
+        failures count towards the circuit breaker either way."""
+        hpc = self.site.hpc
+        temporary = bool(getattr(exc, "temporary", False))
+        state.submit_attempts += 1
+        state.submit_error = " ".join(str(exc).split())[:400]
+        self._submit_failures += 1
+        waited = time.time() - state.created  # wall clock: the deadline must survive a restart
+        if temporary and waited < hpc.submit_deadline:
+            delay = min(hpc.submit_backoff * 2 ** (state.submit_attempts - 1), hpc.submit_backoff_max)
+            self._retry_at[state.sub_id] = time.monotonic() + delay
+            log.warning(
+                "%s: submission failed (temporary, attempt %d), retrying in %.0f s; its %d jobs are kept: %s",
+                state.sub_id,
+                state.submit_attempts,
+                delay,
+                len(state.jobs),
+                state.submit_error,
+            )
+        else:
+            why = "refused" if not temporary else f"not accepted within {hpc.submit_deadline:.0f} s"
+            self._fail_unsubmitted(state, f"batch submission {why}: {state.submit_error}")
+        if self._submit_failures >= hpc.breaker_threshold and not self.breaker_open:
+            self.breaker_open = True
+            self.unhealthy = (
+                f"circuit breaker open: {self._submit_failures} consecutive submission failures "
+                f"(last: {state.submit_error[:200]})"
+            )
+            log.error("%s; fetching stopped", self.unhealthy)
+            self._breaker_retry = time.monotonic() + hpc.submit_backoff_max
+        self._persist(state)
+
+    def _fail_unsubmitted(self, state: SubmissionState, diag: str) -> None:
+        log.error("%s: %s", state.sub_id, diag)
+        for entry in state.jobs.values():
+            if not entry.final:
+                self._finish_entry(state, entry, (ErrorCode.BATCH_SYSTEM_FAILED, diag))
+        state.done = True
+        self._plans.pop(state.sub_id, None)
+        self._retry_at.pop(state.sub_id, None)
+
+    def _retry_submissions(self) -> None:
+        """Unsubmitted submissions whose backoff has passed go to the batch system again."""
+        now = time.monotonic()
+        for state in list(self.submissions.values()):
+            if state.done or state.batch_id:
+                continue
+            if self._abandon:
+                self._fail_unsubmitted(state, f"daemon gives up: {self.unhealthy or 'stopping'}")
+                self._persist(state)
+            elif self._retry_at.get(state.sub_id, 0.0) <= now:
+                self._try_submit(state)
 
     # -- recovery after a restart --------------------------------------------------------
     def recover(self) -> int:
@@ -283,9 +401,38 @@ class MultiJobDaemon:
                     entry.final = "unknown"  # not ours any more (e.g. a final report is pending)
             self.submissions[state.sub_id] = state
             adopted += 1
+            if not state.batch_id:
+                self._recover_unsubmitted(state)
             log.warning("adopted submission %s (batch id %s) left by a previous daemon", state.sub_id, state.batch_id)
         self._seq = max(self._seq, len(self.submissions))
         return adopted
+
+    def _recover_unsubmitted(self, state: SubmissionState) -> None:
+        """A state without batch id: the daemon died around qsub.  Find the batch job by its
+        unique name; when there is none (and no trace of one having run), submit again."""
+        find = getattr(self.backend, "find", None)
+        found = None
+        if find is not None:
+            try:
+                found = find(state.job_name or state.sub_id, Path(state.subdir))
+            except Exception as exc:
+                log.warning("%s: cannot look the batch job up by name: %s", state.sub_id, exc)
+        ended = getattr(self.backend, "ended", None)
+        ran = ended is not None and ended(Path(state.subdir))
+        if found:
+            state.batch_id = str(found)
+            log.warning("%s: found its batch job %s by name %s", state.sub_id, found, state.job_name)
+        elif ran or any(state.reports_dir.glob("*.started")):
+            state.batch_id = f"unknown-{state.job_name or state.sub_id}"  # it ran: its results say the rest
+            state.checked_at = 0.0
+            log.warning("%s: its batch job ran but is gone; collecting what it left", state.sub_id)
+        else:
+            log.warning("%s: never reached the batch system: submitting it again", state.sub_id)
+            return
+        self._persist(state)
+        for entry in state.jobs.values():
+            if not entry.final:
+                self.journal.set_state(entry.panda_id, entry.attempt_nr, "submitted", batch_id=state.batch_id)
 
     # -- watch ---------------------------------------------------------------------------
     def watch(self) -> None:
@@ -296,8 +443,9 @@ class MultiJobDaemon:
         everything else, and each question to qstat / squeue costs the MOM node and the
         batch server more than reading a directory.
         """
+        self._retry_submissions()
         for state in self.submissions.values():
-            if state.done:
+            if state.done or not state.batch_id:
                 continue
             changed = self._collect(state)
             if all(entry.final for entry in state.jobs.values()):
@@ -308,8 +456,10 @@ class MultiJobDaemon:
                 if changed:
                     self._persist(state)
                 continue
-            status = self.backend.status(state.batch_id, Path(state.subdir))
-            state.checked_at = time.time()
+            status = self._batch_status(state)
+            state.checked_at = time.monotonic()
+            if not status:
+                continue
             state.batch_status = status
             if status in ("finished", "failed", "cancelled", "missed"):
                 self._collect(state)  # results written just before the batch job ended
@@ -321,8 +471,19 @@ class MultiJobDaemon:
                 state.done = True
             self._persist(state)
 
+    def _batch_status(self, state: SubmissionState) -> str:
+        """The WorkSpec status of a submission's batch job; "" when the batch system did not answer."""
+        if state.batch_id.startswith("unknown-"):  # ran, but lost to a crash around qsub: its marker settles it
+            ended = getattr(self.backend, "ended", None)
+            return "finished" if ended is not None and ended(Path(state.subdir)) else ""
+        try:
+            return str(self.backend.status(state.batch_id, Path(state.subdir)))
+        except Exception as exc:  # a hung or failing qstat: ask again next interval, heartbeats go on
+            log.warning("%s: batch status of %s unknown: %s", state.sub_id, state.batch_id, exc)
+            return ""
+
     def _batch_check_due(self, state: SubmissionState) -> bool:
-        if time.time() - state.checked_at >= self.site.hpc.batch_check_interval:
+        if time.monotonic() - state.checked_at >= self.site.hpc.batch_check_interval:
             return True
         ended = getattr(self.backend, "ended", None)  # optional: the wrapper's exit marker
         return bool(ended is not None and ended(Path(state.subdir)))
@@ -404,17 +565,19 @@ class MultiJobDaemon:
 
     # -- heartbeats and reporting --------------------------------------------------------
     def heartbeat_due(self) -> bool:
-        return time.time() - self._last_heartbeat >= self.site.hpc.heartbeat_interval
+        return time.monotonic() - self._last_heartbeat >= self.site.hpc.heartbeat_interval
 
     def queue_heartbeats(self) -> None:
+        # jobs waiting for the batch system (queued, or a submission being retried) beat as
+        # "starting": without it PanDA fails a job that waits longer than its heartbeat timeout
         beats = [
-            JobReport(entry.panda_id, "running", entry.attempt_nr, batch_id=state.batch_id)
+            JobReport(entry.panda_id, entry.state, entry.attempt_nr, batch_id=state.batch_id)
             for state in self.submissions.values()
             for entry in state.jobs.values()
-            if entry.state == "running" and not entry.final
+            if entry.state in ("starting", "running") and not entry.final
         ]
         self.updater.queue_heartbeats(beats)
-        self._last_heartbeat = time.time()
+        self._last_heartbeat = time.monotonic()
 
     def act_on_commands(self, commands: dict[int, str | None]) -> None:
         """Server kill commands: the Blue Waters pilot ignored them; we record them for the agent."""
@@ -470,8 +633,20 @@ class MultiJobDaemon:
 
     def _fetch_allowed(self, once: bool) -> bool:
         """Whether this round may ask PanDA for jobs: preflight passed (re-checked on a backoff)."""
+        if self.breaker_open and once:
+            self.exit_code = ExitCode.BLACK_HOLE
+            self._abandon = True  # held jobs go back to PanDA with the batch code, not lost
+            self.stop_event.set()
+            return False
         if self.stop_event.is_set():
             return False
+        if self.breaker_open:
+            if time.monotonic() < self._breaker_retry or any(not s.batch_id for s in self._active()):
+                return False
+            self._preflight_ok = False  # half-open: one job set after a passing preflight
+            self._preflight_next = 0.0
+            self.breaker_open = False
+            self.unhealthy = ""
         if self._preflight_ok:
             return True
         if time.monotonic() < self._preflight_next:
@@ -491,10 +666,10 @@ class MultiJobDaemon:
         """
         submitted_cycles = 1 if self.recover() and once else 0
         while True:
-            before = self._seq
+            before = self.job_sets
             self._may_fetch = self._fetch_allowed(once)
             self.round()
-            if self._seq > before:
+            if self.job_sets > before:
                 submitted_cycles += 1
             draining = (
                 self.stop_event.is_set()
@@ -549,6 +724,8 @@ class MultiJobDaemon:
             "updated": time.time(),
             "healthy": not self.unhealthy,
             "unhealthy_reason": self.unhealthy,
+            "circuit_breaker": "open" if self.breaker_open else "closed",
+            "consecutive_submit_failures": self._submit_failures,
             "last_server_contact": max(self.source.stats.last_contact, self.updater.stats.last_contact),
             "fetch_requests": self.source.stats.requests,
             "update_requests": self.updater.stats.requests,
