@@ -17,7 +17,15 @@ setup(
         "mysql": ["pymysql>=1.0"],
         # the tests launch node agents with a real MPI: the mpich wheel's hydra mpiexec and libmpi
         # (a site uses its own MPI — Cray MPICH under aprun — through the `mpi` extra alone)
-        "test": ["pytest>=7", "pytest-mock>=3", "hypothesis>=6", "ruff", "cryptography>=41", "mpich>=4"],
+        "test": [
+            "pytest>=7",
+            "pytest-mock>=3",
+            "hypothesis>=6",
+            "ruff",
+            "cryptography>=41",
+            "mpich>=4",
+            "prometheus-client>=0.17",
+        ],
     },
     entry_points={"console_scripts": ["compass-pilot=compass_pilot.cli:main"]},
 )

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(mariadb-server-core mariadb-client slurmctld slurmd slurm-client munge xrootd-server xrootd-client
-      iproute2 util-linux openssl procps)
+      iproute2 util-linux openssl procps
+      chromium fonts-dejavu-core)  # chromium: the monitor page rendered headless in CI (tests/operator)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -31,15 +31,16 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
+from compass_pilot.panda import page
 from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.auth import Authenticator, Identity, Refusal
 from compass_pilot.panda.fields import wire_to_attr
-from compass_pilot.panda.page import render_html
 from compass_pilot.panda.store import GROUP_COMMIT, VALID_STATES, JobStore, opt_int, submit_task
 
 log = logging.getLogger("compass_pilot.panda.dispatcher")
@@ -212,36 +213,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes --------------------------------------------------------------------------
     def do_GET(self) -> None:
-        path = urlparse(self.path).path
+        parsed = urlparse(self.path)
+        path = parsed.path
         store = self.server.store
         identity = self._identity("pilot", path.startswith("/server/panda/"))
         if identity is None:
             return
         self.identity = identity
-        if path == "/":
-            self._send(200, render_html(store.summary()), "text/html; charset=utf-8")
-        elif path == "/api/summary":
+        if path == "/api/summary":
             self._send(200, store.summary())
         elif path == "/api/v1/pilot/get_job_status":
-            query = parse_qs(urlparse(self.path).query, keep_blank_values=True)
+            query = parse_qs(parsed.query, keep_blank_values=True)
             self._v1("get_job_status", {k: v if len(v) > 1 else v[0] for k, v in query.items()})
         elif path.startswith("/api/v1/") or path.startswith("/server/panda/"):
             self._forbidden(path.rsplit("/", 1)[-1])
-        elif path.startswith("/api/jobs/"):
-            try:
-                panda_id = int(path.rsplit("/", 1)[1])
-            except ValueError:
-                self._send(400, {"error": "bad job id"})
-                return
-            jobs = store.query("SELECT * FROM jobs WHERE panda_id = ?", (panda_id,))
-            if not jobs:
-                self._send(404, {"error": "no such job"})
-                return
-            job = jobs[0]
-            job["updates"] = store.query("SELECT * FROM updates WHERE panda_id = ? ORDER BY id", (panda_id,))
-            self._send(200, job)
         else:
-            self._send(404, {"error": f"no such path {path}"})
+            answer = page.handle_get(store, path, parsed.query)  # the operator's pages, /metrics, /api/jobs/N
+            if answer is None:
+                self._send(404, {"error": f"no such path {path}"})
+            else:
+                status, content_type, body = answer
+                self._send(status, body, content_type)
 
     def do_POST(self) -> None:
         path = urlparse(self.path).path
@@ -267,6 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"StatusCode": 30, "errorDialog": f"bad request body: {exc}"})
             return
         self.server.store.request_counts[method] += 1
+        started = time.perf_counter()
         try:
             if legacy:
                 self._legacy(method, fields)
@@ -291,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a server bug must answer 500, not drop the connection
             log.exception("error serving %s", path)
             self._send(500, {"StatusCode": 30, "errorDialog": f"internal error: {type(exc).__name__}"})
+        finally:
+            page.request_stats(self.server.store).observe(method, time.perf_counter() - started)  # for /metrics
 
     def _legacy(self, method: str, fields: dict[str, Any]) -> None:
         store = self.server.store

@@ -19,7 +19,6 @@ from compass_pilot.errors import ServerError
 from compass_pilot.job import JobReport, JobSpec
 from compass_pilot.panda.client import PandaClient
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
-from compass_pilot.panda.page import render_html
 from compass_pilot.panda.tasks import TaskError, build_jobs
 from tests.tasks import chunk_paths, reco_task
 
@@ -285,7 +284,7 @@ def test_summary_page_escapes_hostile_diagnostics(served) -> None:
     page = requests.get(f"{dispatcher.url}/", timeout=10).text
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "1305" in page and "275678" in page
-    assert render_html(dispatcher.summary()) == page
+    assert "PAYLOAD_FAILED" in page  # the error by its pilot3 name, not only its number
 
 
 @pytest.mark.parametrize(
