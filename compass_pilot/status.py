@@ -78,13 +78,37 @@ def assess(data: dict[str, Any], *, now: float, stale_after: float) -> Health:
         health.problems.append(f"state is stale: written {_ago(health.age)} (limit {stale_after:.0f} s)")
     if data.get("healthy") is False:
         health.problems.append(f"daemon reports unhealthy: {data.get('unhealthy_reason') or 'no reason given'}")
-    breaker = data.get("circuit_breaker") or {}
-    if isinstance(breaker, dict) and breaker.get("open"):
+    breaker = breaker_state(data)
+    if breaker["open"]:
+        since = breaker.get("since")
         health.problems.append(
-            f"circuit breaker open after {breaker.get('consecutive_failures', '?')} failed submissions"
-            f"{' since ' + _ago(now - breaker['since']) if isinstance(breaker.get('since'), int | float) else ''}"
+            f"circuit breaker open after {breaker['consecutive_failures']} failed submissions"
+            f"{' since ' + _ago(now - since) if isinstance(since, int | float) else ''}"
         )
     return health
+
+
+def breaker_state(data: dict[str, Any]) -> dict[str, Any]:
+    """The circuit breaker as {open, consecutive_failures, since}, from either form the daemon writes.
+
+    The daemon writes ``"circuit_breaker": "open" | "closed"`` beside
+    ``"consecutive_submit_failures"``; a mapping ``{"open": bool, "consecutive_failures": n,
+    "since": t}`` is read as well.
+    """
+    raw = data.get("circuit_breaker")
+    if isinstance(raw, dict):
+        return {
+            "open": bool(raw.get("open")),
+            "consecutive_failures": raw.get("consecutive_failures", 0),
+            "since": raw.get("since"),
+            "known": True,
+        }
+    return {
+        "open": raw == "open",
+        "consecutive_failures": data.get("consecutive_submit_failures", 0),
+        "since": None,
+        "known": raw is not None,
+    }
 
 
 def journal_states(path: Path) -> dict[str, int] | None:
@@ -160,10 +184,10 @@ def format_status(
         f"   requests: {data.get('fetch_requests', 0)} fetch, {data.get('update_requests', 0)} update"
         f"   pending updates: {data.get('pending_updates', 0)}"
     )
-    breaker = data.get("circuit_breaker")
-    if isinstance(breaker, dict):
-        state = "OPEN" if breaker.get("open") else "closed"
-        lines.append(f"circuit breaker: {state} ({breaker.get('consecutive_failures', 0)} consecutive failures)")
+    breaker = breaker_state(data)
+    if breaker["known"]:
+        state = "OPEN" if breaker["open"] else "closed"
+        lines.append(f"circuit breaker: {state} ({breaker['consecutive_failures']} consecutive submission failures)")
     subs = data.get("submissions", [])
     lines.append(f"submissions in flight: {len(subs)}")
     if subs:

@@ -55,8 +55,7 @@ def daemon_exit_code(daemon: Any, code: int, signum: int | None) -> int:
         return code
     if signum is not None:
         return 128 + signum
-    breaker = getattr(daemon, "circuit_breaker", None)
-    if breaker is not None and getattr(breaker, "open", False):
+    if getattr(daemon, "breaker_open", False):
         print("circuit breaker open: submissions kept failing, the daemon stopped fetching", file=sys.stderr)
         return ExitCode.BLACK_HOLE
     states = Counter(daemon.final_states.values())

@@ -49,7 +49,8 @@ def _write(tmp_path: Path, **fields: object) -> str:
                 "batch_status": "running",
             }
         ],
-        "circuit_breaker": {"open": False, "consecutive_failures": 0, "since": None},
+        "circuit_breaker": "closed",  # as the daemon writes it
+        "consecutive_submit_failures": 0,
         **fields,
     }
     (shared / "daemon_state.json").write_text(json.dumps(state))
@@ -110,3 +111,10 @@ def test_journal_truth_and_json(tmp_path: Path, fake_daemon: subprocess.Popen[by
     assert doc["healthy"] is True and doc["pid_ours"] is True
     assert doc["journal_jobs_by_state"] == {"failed (not acknowledged)": 1}
     assert doc["daemon"]["site"] == "MOM1"
+
+
+def test_breaker_open_as_the_daemon_writes_it(tmp_path: Path, fake_daemon: subprocess.Popen[bytes]) -> None:
+    site = _write(tmp_path, pid=fake_daemon.pid, circuit_breaker="open", consecutive_submit_failures=5)
+    out = run_cli("status", "--site", site, cwd=tmp_path)
+    assert out.rc == ExitCode.UNHEALTHY and "circuit breaker open after 5 failed submissions" in out.stdout
+    assert "circuit breaker: OPEN (5 consecutive submission failures)" in out.stdout

@@ -35,7 +35,13 @@ def test_default_demo_finishes_every_job(tmp_path: Path) -> None:
     done = _demo(tmp_path, "--chunks", "20")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "jobs by status: finished 20" in done.stdout and "DEMO OK" in done.stdout
-    assert "summary page: http://127.0.0.1:" in done.stdout
+    out = done.stdout
+    # the page's URL while the dispatcher is up, progress as it goes, where the files are left
+    assert (
+        out.index("monitor page http://127.0.0.1:") < out.index("finished, 0 failed") < out.index("dispatcher stopped")
+    )
+    assert "20/20 finished, 0 failed, 0 running, 0 waiting" in out
+    assert f"files left in {tmp_path / 'demo'}" in out and "http://" not in out[out.index("dispatcher stopped") :]
     assert len(list((tmp_path / "demo/eos/P09/mDST.chunks").iterdir())) == 20
 
 
