@@ -85,3 +85,10 @@ def for_job_outcomes(finished: int, failed: int) -> ExitCode:
 def table_text() -> str:
     """The table as ``--help`` epilog and README show it."""
     return "\n".join(f"  {int(code):>3}  {code.meaning}" for code in ExitCode)
+
+
+def markdown_table() -> str:
+    """The table as the README shows it (a test keeps the README's copy equal to this)."""
+    rows = ["| exit code | meaning |", "| ---: | --- |"]
+    rows += [f"| {int(code)} | {code.meaning} |" for code in ExitCode]
+    return "\n".join(rows)

@@ -67,3 +67,12 @@ def test_exit_code_numbers_are_distinct_and_in_the_table() -> None:
     text = table_text()
     for code in ExitCode:
         assert f"{int(code):>3}  " in text
+
+
+def test_readme_has_the_exit_code_table() -> None:
+    from pathlib import Path
+
+    from compass_pilot.exitcodes import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme  # regenerate the README's table from exitcodes.py when this fails
