@@ -19,8 +19,10 @@ The ProdSys chain rules (``workflow``) register hooks here (``on_final``,
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -373,18 +375,17 @@ class JobStore:
                 return 0, command, ""
             n_events = opt_int(fields.get("n_events"))
             end_time = server_time(fields.get("end_time")) or row["end_time"]
+            finished = (
+                ", status = 'finished', command = NULL, error_code = NULL, error_diag = NULL"
+                if state == "finished"
+                else ""
+            )  # one write of the row for a finished job
             conn.execute(
                 "UPDATE jobs SET modified = ?, heartbeat = ?, start_time = ?, end_time = ?, n_events = ?,"
-                " output_report = ?, node = ?, pilot_id = ? WHERE panda_id = ?",
+                f" output_report = ?, node = ?, pilot_id = ?{finished} WHERE panda_id = ?",
                 (now, now, start_time, end_time, n_events, fields.get("output_report"), node, pilot_id, panda_id),
             )
-            if state == "finished":
-                conn.execute(
-                    "UPDATE jobs SET status = 'finished', command = NULL, error_code = NULL, error_diag = NULL"
-                    " WHERE panda_id = ?",
-                    (panda_id,),
-                )
-            else:
+            if state != "finished":
                 self._fail(conn, row, code or 1220, diag or "failed without a diagnostic", "pilot")
             for hook in self.on_final:
                 hook(conn, panda_id)
@@ -575,10 +576,20 @@ def server_time(value: Any) -> str | None:
     """
     if not isinstance(value, str):
         return None
+    if _CANONICAL_TIME.fullmatch(value):  # the usual form: checked by datetime (C), ~50× faster than strptime
+        try:
+            datetime.datetime(*map(int, _TIME_PARTS.split(value)))  # type: ignore[misc]
+            return value
+        except ValueError:
+            pass  # out of range for datetime (a leap second, …): strptime decides
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(value, "%Y-%m-%d %H:%M:%S"))
     except ValueError:
         return None
+
+
+_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+_TIME_PARTS = re.compile(r"[- :]")
 
 
 def opt_int(value: Any) -> int | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -35,7 +36,7 @@ import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, unquote_plus, urlencode, urlparse
 
 from compass_pilot.panda import page
 from compass_pilot.panda import tasks as task_rules
@@ -168,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(self._content_length())
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         if kind != "application/json":
-            return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
+            return form_fields(raw)
         if legacy or (self.headers.get("Content-Encoding") or "").lower() == "gzip":
             # legacy: "decompress the body, this was done without checking the content encoding"
             try:
@@ -445,6 +446,36 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _v1_answer(code: int, command: str | None, message: str) -> dict[str, Any]:
     return {"success": code == 0, "message": message if code else "", "data": {"StatusCode": code, "command": command}}
+
+
+_ESCAPE = re.compile(rb"%[0-9A-Fa-f]{2}")
+
+
+def _unquote_plus(raw: bytes) -> str:
+    """``urllib.parse.unquote_plus``, done by C string replaces instead of a Python loop per escape.
+
+    A bulk update's ``jobList`` is a form-encoded JSON text where every quote, colon and
+    comma is an escape: urllib decodes 512 jobs' worth in ~170 ms, this in a few.  Each
+    distinct escape is replaced at once; ``%25`` goes last, so a ``%`` it yields is never
+    read as the start of another escape (and a body with a stray ``%`` goes to urllib).
+    """
+    data = raw.replace(b"+", b" ")
+    escapes = _ESCAPE.findall(data)
+    if len(escapes) != data.count(b"%"):  # a stray "%": urllib's reading of it, whatever it is
+        return unquote_plus(raw.decode("utf-8", "replace"))
+    for escape in sorted(set(escapes), key=lambda e: e.upper() == b"%25"):
+        data = data.replace(escape, bytes([int(escape[1:], 16)]))
+    return data.decode("utf-8", "replace")
+
+
+def form_fields(raw: bytes) -> dict[str, str]:
+    """A form body as ``{name: last value}`` — what ``parse_qs(…, keep_blank_values=True)`` gives."""
+    fields = {}
+    for pair in raw.split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            fields[_unquote_plus(name)] = _unquote_plus(value)
+    return fields
 
 
 def _required(fields: dict[str, Any], key: str) -> Any:

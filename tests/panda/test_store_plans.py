@@ -131,3 +131,54 @@ def test_answers_leave_without_nagle_delay(tmp_path: Path) -> None:
         client.close()
     finally:
         dispatcher.stop()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_form_bodies_decode_as_urllib_does(seed: int) -> None:
+    import json
+    import random
+    from urllib.parse import parse_qs, urlencode
+
+    from compass_pilot.panda.wire import form_fields
+
+    rng = random.Random(seed)
+    alphabet = 'abc%+=&;: "{}[],\\/é\u20ac\x00\n25AF'
+    raw_values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(20)]
+    bodies = [
+        urlencode({"jobList": json.dumps([{"jobId": i, "diag": v} for i, v in enumerate(raw_values)])}).encode(),
+        urlencode({f"k{i}": v for i, v in enumerate(raw_values)}).encode(),
+        "&".join(raw_values).encode(),  # not encoded at all: stray %, +, = and &
+        b"a=%zz&b=%4&c=%%41&d=%2541&e=%41%42&a=last&flag&=x",
+    ]
+    for body in bodies:
+        expected = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        assert form_fields(body) == expected
+
+
+def test_update_times_read_as_strptime_reads_them() -> None:
+    import time
+
+    from compass_pilot.panda.store import server_time
+
+    def slow(value: object) -> str | None:
+        try:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(value, "%Y-%m-%d %H:%M:%S"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+
+    values = [
+        "2026-01-01 00:10:00",
+        "2026-1-1 0:0:0",
+        "2026-02-30 00:00:00",
+        "2024-02-29 12:00:00",
+        "2026-12-31 23:59:60",
+    ]
+    values += [
+        "0000-01-01 00:00:00",
+        "2026-01-01T00:00:00",
+        "2026-01-01 00:00:00 ",
+        "",
+        "1700000000",
+        "2026-13-01 00:00:00",
+    ]
+    assert [server_time(v) for v in values] == [slow(v) for v in values]
