@@ -21,10 +21,9 @@ PLUGIN_MODULES = {
     "sweeper": ("harvester_plugins.sweeper", "SagaSweeper"),
     "workerMaker": ("harvester_plugins.workermaker", "MultiJobWorkerMaker"),
     "messenger": ("harvester_plugins.messenger", "SharedFileMessenger"),
-    # Harvester insists on all seven sections; COMPASS stage-in/out is done by our own
-    # copytools, so Harvester's dummy preparator / stager fill these two.
-    "preparator": ("pandaharvester.harvesterpreparator.dummy_preparator", "DummyPreparator"),
-    "stager": ("pandaharvester.harvesterstager.dummy_stager", "DummyStager"),
+    # stage-in / stage-out on our copytools (local, xrootd): size + adler32 checked
+    "preparator": ("harvester_plugins.preparator", "CopytoolPreparator"),
+    "stager": ("harvester_plugins.stager", "CopytoolStager"),
 }
 
 
@@ -56,7 +55,11 @@ def queue_config_for_site(site: Any, *, access_point: str | None = None) -> dict
     section["workerMaker"]["hpc"] = dataclasses.asdict(hpc)
     section["messenger"]["accessPoint"] = access_point or expand(hpc.shared_dir) + "/${workerID}"
     if site.source not in ("", "<defaults>"):
-        section["messenger"]["siteConfig"] = site.source
+        for role in ("messenger", "preparator", "stager"):
+            section[role]["siteConfig"] = site.source
+    else:
+        for role in ("preparator", "stager"):
+            section[role]["storage"] = dataclasses.asdict(site.storage)
     return {
         "prodSourceLabel": site.site.job_label,
         "mapType": "ManyToOne",

@@ -446,6 +446,16 @@ def job_spec_from_panda(data: dict[str, Any]) -> Any:
     return spec
 
 
+def add_input_files(jobspec: Any) -> Any:
+    """The job's input FileSpecs, as Harvester's job fetcher makes them (job_fetcher.py l. 126-154)."""
+    for lfn, attrs in jobspec.get_input_file_attributes().items():
+        spec = HarvesterFileSpec()
+        spec.PandaID, spec.taskID, spec.lfn = jobspec.PandaID, jobspec.taskID, lfn
+        spec.scope, spec.fileType, spec.status = attrs["scope"], "input", "to_prepare"
+        jobspec.add_in_file(spec)
+    return jobspec
+
+
 class QueueConfig:
     """What Harvester's QueueConfig gives a worker maker: the queue's keys as attributes.
 

@@ -113,6 +113,7 @@ class SharedFileMessenger(PluginBase):
                 target = Path(self.get_access_point(workspec, job.PandaID))
                 target.mkdir(parents=True, exist_ok=True)
                 _atomic_json(target / name, {str(job.PandaID): job.get_job_params(False)})
+                self._link_inputs(target, job)
                 panda_ids.append(job.PandaID)
             except (OSError, TypeError, ValueError) as exc:
                 log.error("feed_jobs: PandaID %s: %s", getattr(job, "PandaID", "?"), exc)
@@ -127,6 +128,20 @@ class SharedFileMessenger(PluginBase):
         if self.siteConfig and isinstance(workspec.workParams, dict) and "nodes" in workspec.workParams:
             ok = self._write_jobset(workspec, jobspec_list) and ok
         return ok
+
+    @staticmethod
+    def _link_inputs(target: Path, job: Any) -> None:
+        """Each staged-in input (``FileSpec.path``, set by the preparator) linked into the job's dir,
+        as Harvester's shared_file_messenger does: the payload finds it in its work dir."""
+        for spec in getattr(job, "inFiles", None) or ():
+            if not spec.path:
+                continue
+            link = target / os.path.basename(spec.lfn)
+            if str(link) == spec.path:
+                continue
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            os.symlink(spec.path, link)
 
     def _write_jobset(self, workspec: Any, jobspec_list: list[Any]) -> bool:
         """Our node agents' job set, so a Harvester-submitted worker runs the same agents."""

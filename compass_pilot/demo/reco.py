@@ -22,7 +22,7 @@ from pathlib import Path
 
 from compass_pilot.demo.rawdata import HEADER_PREFIX
 
-INJECTIONS = ("fatal", "segv", "noend", "exit3", "hang", "nocalib", "oom", "slow", "truncate")
+INJECTIONS = ("fatal", "segv", "noend", "exit3", "hang", "nocalib", "oom", "slow", "truncate", "crash")
 
 
 def _constants(run: int) -> dict[str, float]:
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.inject == "exit3":
         print("CORAL exiting with return code -3", flush=True)
         return 253
+    if args.inject == "crash":  # no known pattern: the bare exit code (1305 with transExitCode 1)
+        return 1
     print(f"{dumped} events written to the event dump", flush=True)
     print(f"{n_events} events had been written to miniDST", flush=True)
     if args.inject != "noend":

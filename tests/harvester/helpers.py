@@ -18,8 +18,8 @@ def queue_dict(url: str, **submitter: Any) -> dict[str, Any]:
         "sweeper": {"module": "harvester_plugins.sweeper", "name": "SagaSweeper"},
         "workerMaker": {"module": "harvester_plugins.workermaker", "name": "MultiJobWorkerMaker"},
         "messenger": {"module": "harvester_plugins.messenger", "name": "SharedFileMessenger"},
-        "preparator": {"module": "pandaharvester.harvesterpreparator.dummy_preparator", "name": "DummyPreparator"},
-        "stager": {"module": "pandaharvester.harvesterstager.dummy_stager", "name": "DummyStager"},
+        "preparator": {"module": "harvester_plugins.preparator", "name": "CopytoolPreparator"},
+        "stager": {"module": "harvester_plugins.stager", "name": "CopytoolStager"},
     }
 
 

@@ -59,7 +59,7 @@ def test_example_queue_config_builds_our_plugins_like_plugin_factory() -> None:
     assert queue["mapType"] == "ManyToOne"
     sections = compat.plugin_sections(name, queue)
     assert set(compat.PLUGIN_SECTIONS) <= set(sections)
-    for section in ("submitter", "monitor", "sweeper", "workerMaker", "messenger"):
+    for section in ("submitter", "monitor", "sweeper", "workerMaker", "messenger", "preparator", "stager"):
         conf = sections[section]
         assert conf["module"].startswith("harvester_plugins.")
         first, second = compat.get_plugin(conf), compat.get_plugin(conf)
@@ -69,8 +69,8 @@ def test_example_queue_config_builds_our_plugins_like_plugin_factory() -> None:
     maker = compat.get_plugin(sections["workerMaker"])
     assert maker.get_num_jobs_per_worker(1) == 512
     assert compat.get_plugin(sections["submitter"]).launcher == "aprun"
-    for section in ("preparator", "stager"):
-        assert sections[section]["module"].startswith("pandaharvester.")
+    for section in ("preparator", "stager"):  # our copytools, not Harvester's dummies
+        assert sections[section]["siteConfig"].endswith("bluewaters.yaml")
     broken = dict(queue)
     del broken["sweeper"]
     with pytest.raises(ValueError, match="sweeper"):
