@@ -228,7 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = add("status", help="what the MOM-node daemon is doing (exit 0 healthy, 29 not)")
     status.add_argument("--site", required=True)
-    status.add_argument("--json", action="store_true", help="the status as one JSON document")
+    shape = status.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the status as one JSON document")
+    shape.add_argument(
+        "--prometheus", action="store_true", help="the daemon's figures for a node_exporter textfile collector"
+    )
     status.add_argument(
         "--stale-after", type=_seconds, help="state older than this is stale (default: 3 × hpc.poll_interval)"
     )

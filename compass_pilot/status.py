@@ -188,6 +188,13 @@ def format_status(
     if breaker["known"]:
         state = "OPEN" if breaker["open"] else "closed"
         lines.append(f"circuit breaker: {state} ({breaker['consecutive_failures']} consecutive submission failures)")
+    if "rounds" in data:
+        started = data.get("started")
+        up = f"up {_ago(now - started).removesuffix(' ago')} · " if isinstance(started, int | float) else ""
+        lines.append(
+            f"{up}{data['rounds']} rounds · {data.get('in_flight_jobs', 0)} jobs in flight · "
+            f"{data.get('jobs_finished', 0)} finished, {data.get('jobs_failed', 0)} failed since start"
+        )
     subs = data.get("submissions", [])
     lines.append(f"submissions in flight: {len(subs)}")
     if subs:
@@ -236,7 +243,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     stale_after = args.stale_after or max(3 * site.hpc.poll_interval, 60.0)
     health = assess(data, now=now, stale_after=stale_after)
     journal = journal_states(shared / JOURNAL_FILE)
-    if getattr(args, "json", False):
+    if getattr(args, "prometheus", False):
+        print(prometheus_text(data, health, now), end="")
+    elif getattr(args, "json", False):
         doc = {
             "healthy": health.healthy,
             **asdict(health),
@@ -248,3 +257,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(data, now, health, journal))
     return ExitCode.OK if health.healthy else ExitCode.UNHEALTHY
+
+
+def prometheus_text(data: dict[str, Any], health: Health, now: float) -> str:
+    """The daemon's figures for node_exporter's textfile collector (``status --prometheus > x.prom``)."""
+    from compass_pilot.panda.metrics import MetricWriter
+
+    out = MetricWriter()
+    labels = {"site": str(data.get("site", ""))}
+
+    def gauge(name: str, help_text: str, value: float, extra: dict[str, str] | None = None) -> None:
+        out.family(name, "gauge", help_text).sample(name, value, {**labels, **(extra or {})})
+
+    gauge("compass_daemon_healthy", "1 when status finds the daemon healthy, else 0.", int(health.healthy))
+    gauge("compass_daemon_state_age_seconds", "Seconds since the daemon wrote its state.", round(health.age or 0.0, 1))
+    gauge("compass_daemon_rounds", "Rounds since the daemon started.", data.get("rounds", 0))
+    gauge("compass_daemon_in_flight_jobs", "Jobs in submissions not yet final.", data.get("in_flight_jobs", 0))
+    contact = data.get("last_server_contact") or 0
+    gauge(
+        "compass_daemon_server_contact_age_seconds",
+        "Seconds since the last answer from PanDA.",
+        round(now - contact, 1) if contact else float("inf"),
+    )
+    gauge("compass_daemon_pending_updates", "Reports queued for PanDA.", data.get("pending_updates", 0))
+    gauge("compass_daemon_circuit_breaker_open", "1 when the circuit breaker stopped fetching.",
+          int(breaker_state(data)["open"]))  # fmt: skip
+    out.family("compass_daemon_jobs_final", "gauge", "Final states reached since the daemon started.")
+    for state in ("finished", "failed"):
+        out.sample("compass_daemon_jobs_final", data.get(f"jobs_{state}", 0), {**labels, "state": state})
+    return out.text()

@@ -40,6 +40,7 @@ from compass_pilot.exitcodes import ExitCode
 from compass_pilot.faults import crash_point
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
+from compass_pilot.progress import DaemonProgress
 from harvester_plugins import jobfiles
 from harvester_plugins.jobfiles import JobOutcome
 
@@ -123,6 +124,7 @@ class MultiJobDaemon:
         self.errors: Counter[int] = Counter()
         self.recent_errors: list[tuple[float, int, int, str]] = []
         self.final_states: dict[int, str] = {}
+        self.progress = DaemonProgress()  # the periodic progress line and the state file's figures
         self._copytool = copytool
         self._last_heartbeat = float("-inf")  # monotonic; the first round beats
         self._seq = 0
@@ -688,6 +690,7 @@ class MultiJobDaemon:
                 if not self._preflight_ok:
                     until = self._preflight_next - time.monotonic()
                 wait = max(wait, min(until, self.site.hpc.no_jobs_backoff_max))
+            self.progress.tick(self, wait)
             self._wake.wait(wait)
             self._wake.clear()
         self._write_daemon_state()
@@ -731,6 +734,7 @@ class MultiJobDaemon:
             "update_requests": self.updater.stats.requests,
             "jobs_fetched": self.source.stats.jobs,
             "jobs_by_state": dict(states),
+            **self.progress.figures(self),
             "pending_updates": self.updater.pending(),
             "errors_by_code": {str(k): v for k, v in self.errors.items()},
             "recent_errors": [

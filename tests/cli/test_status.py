@@ -118,3 +118,21 @@ def test_breaker_open_as_the_daemon_writes_it(tmp_path: Path, fake_daemon: subpr
     out = run_cli("status", "--site", site, cwd=tmp_path)
     assert out.rc == ExitCode.UNHEALTHY and "circuit breaker open after 5 failed submissions" in out.stdout
     assert "circuit breaker: OPEN (5 consecutive submission failures)" in out.stdout
+
+
+def test_prometheus_textfile(tmp_path: Path, fake_daemon: subprocess.Popen[bytes]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    site = _write(tmp_path, pid=fake_daemon.pid, rounds=12, in_flight_jobs=97, jobs_finished=412, jobs_failed=3)
+    out = run_cli("status", "--prometheus", "--site", site, cwd=tmp_path)
+    assert out.rc == ExitCode.OK
+    values = {(s.name, s.labels.get("state")): s.value for f in text_string_to_metric_families(out.stdout)
+              for s in f.samples}  # fmt: skip
+    assert values[("compass_daemon_healthy", None)] == 1 and values[("compass_daemon_rounds", None)] == 12
+    assert (
+        values[("compass_daemon_jobs_final", "failed")] == 3 and values[("compass_daemon_in_flight_jobs", None)] == 97
+    )
+    assert (
+        "12 rounds · 97 jobs in flight · 412 finished, 3 failed"
+        in run_cli("status", "--site", site, cwd=tmp_path).stdout
+    )
