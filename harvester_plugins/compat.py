@@ -22,6 +22,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 try:  # pragma: no cover - exercised only where Harvester is installed
+    from pandaharvester.harvestercore import core_utils as _core_utils  # noqa: F401 - first: breaks Harvester's import cycle
     from pandaharvester.harvestercore.file_spec import FileSpec as HarvesterFileSpec
     from pandaharvester.harvestercore.job_spec import JobSpec as HarvesterJobSpec
     from pandaharvester.harvestercore.plugin_base import PluginBase
@@ -44,7 +45,10 @@ except Exception:  # ImportError, or Harvester present but unconfigured (its con
         def make_logger(
             self, base_log: logging.Logger, token: str | None = None, method_name: str | None = None, **_: Any
         ) -> logging.LoggerAdapter[logging.Logger]:
-            """A logger prefixing token and method, as Harvester's core_utils.make_logger does."""
+            """A logger prefixing token and method, as Harvester's core_utils.make_logger does.
+
+            Harvester's LogWrapper methods take ONE message (no %-arguments): callers format first.
+            """
             parts = (f"<{token}>" if token else "", f"<{method_name}>" if method_name else "")
             prefix = " ".join(p for p in parts if p)
             return _PrefixAdapter(base_log, {"prefix": prefix})

@@ -62,12 +62,12 @@ class CopytoolPreparator(PluginBase):
                 copytool.stage_in(spec, compass.input_src_path(job, spec), target)
         except PilotError as exc:
             status, diag = transfer.fail(jobspec, exc)
-            logger.error("stage-in %s: %s", "failed" if status is False else "to retry", diag)
+            logger.error(f"stage-in {'failed' if status is False else 'to retry'}: {diag}")
             return status, diag
         except OSError as exc:
-            logger.warning("stage-in to retry: %s", exc)
+            logger.warning(f"stage-in to retry: {exc}")
             return None, f"stage-in: {exc}"
-        logger.info("%d input(s) staged in to %s", len(job.input_files), target)
+        logger.info(f"{len(job.input_files)} input(s) staged in to {target}")
         return True, ""
 
     def check_stage_in_status(self, jobspec: Any) -> tuple[bool | None, str]:

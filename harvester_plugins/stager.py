@@ -62,13 +62,13 @@ class CopytoolStager(PluginBase):
                     raise
                 file_spec.fsize, file_spec.chksum, file_spec.status = report.fsize, report.adler32, "finished"
                 file_spec.fileAttributes = {**attrs, "guid": report.guid, "surl": report.surl}
-                logger.info("%s → %s (%d bytes, adler32 %s)", file_spec.lfn, report.surl, report.fsize, report.adler32)
+                logger.info(f"{file_spec.lfn} → {report.surl} ({report.fsize} bytes, adler32 {report.adler32})")
         except PilotError as exc:
             status, diag = transfer.fail(jobspec, exc, overwrite=True)
-            logger.error("stage-out %s: %s", "failed" if status is False else "to retry", diag)
+            logger.error(f"stage-out {'failed' if status is False else 'to retry'}: {diag}")
             return status, diag
         except OSError as exc:
-            logger.warning("stage-out to retry: %s", exc)
+            logger.warning(f"stage-out to retry: {exc}")
             return None, f"stage-out: {exc}"
         return True, ""
 

@@ -87,7 +87,10 @@ def use_harvester(src: Path, home: Path) -> None:
             """
         )
     )
-    (etc / "panda_common.cfg").write_text(f"[common]\nlogdir = {home}/log\nlog_level = DEBUG\n")
+    (etc / "panda_common.cfg").write_text(
+        f"[logger]\nlogdir = {home}/log\nlog_level = DEBUG\nloghost = localhost\nmonport-apache = 9\n"
+        "monurlprefix = /nowhere\nmethod = POST\nencoding = utf-8\n"
+    )
     os.environ["PANDA_HOME"] = str(home)
     sys.path[:0] = [str(src), str(Path(pandacommon.__file__).parent)]  # Harvester imports pandalogger & co top-level
 
