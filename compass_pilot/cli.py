@@ -16,7 +16,7 @@ import logging.handlers
 import signal
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 from compass_pilot.config import SiteConfig, load_site_config, panda_url_problem
 from compass_pilot.exitcodes import ExitCode, ExitError, for_job_outcomes, table_text
@@ -142,7 +142,11 @@ def cmd_grid(args: argparse.Namespace) -> int:
     finally:
         client.close()
     if summary.preflight_error:
-        print(f"preflight failed: {summary.preflight_error}", file=sys.stderr)
+        fix = " (create one with voms-proxy-init, or set panda.x509_proxy / X509_USER_PROXY)"
+        print(
+            f"preflight failed: {summary.preflight_error}{fix if summary.exit_code == ExitCode.NO_VALID_PROXY else ''}",
+            file=sys.stderr,
+        )
         return summary.exit_code
     for panda_id, state in sorted(summary.jobs.items()):
         print(f"job {panda_id}: {state} (pilotErrorCode {summary.codes.get(panda_id, 0)})")
@@ -175,6 +179,13 @@ def grid_exit_code(summary: Any, signum: int | None, url: str) -> int:
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (the usage block is what --help is for)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _delegate(module: str, func: str) -> Any:
     mod = __import__(module, fromlist=[func])
     return getattr(mod, func)
@@ -192,7 +203,7 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     epilog = "exit codes:\n" + table_text()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="compass-pilot",
         description="COMPASS pilot and edge services for PanDA",
         epilog=epilog,
