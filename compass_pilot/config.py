@@ -38,7 +38,8 @@ class PandaSection:
     """How to reach the PanDA server (or the embedded dispatcher)."""
 
     url: str = "http://127.0.0.1:25080"
-    dialect: str = "legacy"  # "legacy" (/server/panda/<method>) or "v1" (/api/v1/pilot/<method>)
+    # "v1" (/api/v1/pilot/<method>, what today's server answers) or "legacy" (/server/panda/<method>, 403 there)
+    dialect: str = "v1"
     timeout: float = 60.0  # seconds per request
     retries: int = 5  # attempts on connection errors and 5xx
     backoff: float = 1.0  # first backoff in seconds, doubled each retry, with jitter

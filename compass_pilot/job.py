@@ -396,6 +396,22 @@ class JobReport:
             report[f.lfn] = entry
         return report
 
+    def job_report(self) -> dict[str, Any] | None:
+        """The ``meta_data`` job report with per-file event counts, or None when no file has one.
+
+        The real server ignores a ``nevents`` key in the file report: its Adder takes each
+        output's event count only from ``files.output[].subFiles[].{name, nentries}`` here
+        (without it every output gets the job's nEvents).
+        """
+        sub_files = [
+            {"name": f.lfn, "file_guid": f.guid, "nentries": f.n_events}
+            for f in self.output_files
+            if f.n_events is not None
+        ]
+        if not sub_files:
+            return None
+        return {"files": {"output": [{"subFiles": sub_files}]}}
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form, for the journal and the per-job report files of multi-job mode."""
         data = {k: v for k, v in self.__dict__.items() if k != "output_files"}

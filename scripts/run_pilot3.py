@@ -19,6 +19,8 @@ it is copied into a temp dir, never changed in place.  Why each piece is here:
   its own whitelist of base URLs.  We name the transformation under one of them and point
   curl at a local HTTP server through ``http_proxy`` (``no_proxy`` keeps the pilot's own
   calls to the dispatcher direct), so the pilot code runs unchanged;
+- pilot3 ≥ 3.10 loads ``X509_USER_PROXY`` even for plain HTTP: a throw-away self-signed
+  cert stands in for it;
 - pilot3 heartbeats every 1800 s; only the temp copy's ``default.cfg`` is set to 5 s so a
   server kill arrives within the test's time.
 
@@ -128,6 +130,38 @@ def queuedata() -> dict[str, Any]:
     }
 
 
+def make_test_proxy(home: Path) -> str:
+    """A throw-away self-signed cert + key in one PEM, where pilot3 looks for its X509 proxy.
+
+    pilot3 ≥ 3.10 loads the proxy as its client certificate before every server call,
+    even over plain HTTP (where it is never sent); without a file it raises and gets no job.
+    """
+    key, cert, proxy = home / "key.pem", home / "cert.pem", home / "x509up"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=pilot3-test",
+            "-days",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proxy.write_bytes(cert.read_bytes() + key.read_bytes())
+    proxy.chmod(0o600)
+    return str(proxy)
+
+
 def job_spec(pars: str, n: int) -> dict[str, Any]:
     return {
         "taskID": 1,
@@ -193,6 +227,7 @@ def run_scenario(name: str, pilot: Path, base: Path, timeout: float) -> dict[str
         env = {
             **os.environ,
             "PILOT_NOKILL": "1",
+            "PANDA_BASE_URLS": TRF_BASE,  # pilot3 ≥ 3.10's whitelist override (3.7 has TRF_BASE built in)
             "PILOT_HOME": str(home),
             "http_proxy": f"http://127.0.0.1:{trf.server_address[1]}",
             "QUEUEDATA_SERVER_URL": f"http://127.0.0.1:{trf.server_address[1]}/cache/schedconfig/{{pandaqueue}}.all.json",
@@ -202,7 +237,7 @@ def run_scenario(name: str, pilot: Path, base: Path, timeout: float) -> dict[str
             "PYTHONPATH": str(pilot),
             "HOME": str(home),
         }
-        env.pop("X509_USER_PROXY", None)
+        env["X509_USER_PROXY"] = make_test_proxy(home)
         cmd = [
             sys.executable,
             str(pilot / "pilot.py"),

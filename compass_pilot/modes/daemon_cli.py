@@ -18,10 +18,10 @@ from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from compass_pilot.panda.client import PandaClient
+    from compass_pilot.panda.client import PandaClient, make_pilot_id
 
     site = load_site_config(args.site)
-    client = PandaClient(site.panda, site.site)
+    client = PandaClient(site.panda, site.site, pilot_id=make_pilot_id("daemon"))
     daemon = MultiJobDaemon(site, client, make_backend(site))
     received: list[int] = []
 

@@ -9,7 +9,6 @@ up to ``grid.max_jobs`` or until the server has none.  The pilot sleeps in
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -25,6 +24,7 @@ from compass_pilot.experiment import compass
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal, journal_path
 from compass_pilot.looping import LoopingWatchdog
+from compass_pilot.panda.client import make_pilot_id
 from compass_pilot.payload import PayloadProcess, PayloadResult
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class GridPilot:
         self.updater = StatusUpdater(client, self.journal)
         self.stop_event = stop_event or threading.Event()
         self.node = socket.gethostname()
-        self.pilot_id = f"compass-grid-{os.getpid()}"
+        self.pilot_id = make_pilot_id("grid", getattr(site.site, "version_tag", "") or "PR")
         self.summary = GridSummary()
         self._calibdb: Any = None
         self._calib_env: dict[str, str] | None = None

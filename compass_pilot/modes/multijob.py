@@ -525,7 +525,9 @@ class MultiJobDaemon:
         """Stage a job's outputs out and build its final report from its node agent's outcome (I/O only)."""
         job = self.specs[entry.panda_id]
         result = outcome.payload_result()
-        return lifecycle.finish_job(job, Path(entry.workdir), result, self.site, copytool, verdict=outcome.verdict)
+        report = lifecycle.finish_job(job, Path(entry.workdir), result, self.site, copytool, verdict=outcome.verdict)
+        report.node = report.node or outcome.node or ""  # the compute node it ran on, not this MOM node
+        return report
 
     def _finish_entry(self, state: SubmissionState, entry: JobEntry, verdict: tuple[int, str]) -> None:
         """A job that ends without a result of its own (its batch job ended first)."""

@@ -47,7 +47,7 @@ from compass_pilot.config import PandaSection, SiteSection, expand
 from compass_pilot.errors import ServerError
 from compass_pilot.failures import ordinal, short_reason
 from compass_pilot.job import JobReport
-from compass_pilot.panda.fields import CPU_UNIT, DIALECT_COLUMN, FILE_REPORT, UPDATE_FIELDS
+from compass_pilot.panda.fields import CPU_UNIT, DIALECT_COLUMN, FILE_REPORT, META_DATA, UPDATE_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,27 @@ def update_fields(report: JobReport, dialect: str) -> dict[str, Any]:
         fields["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.timestamp))
     if report.output_files:
         fields[FILE_REPORT[column]] = json.dumps(report.file_report())
+        job_report = report.job_report()
+        if job_report is not None:  # per-file event counts: the server reads them only here
+            fields[META_DATA[column]] = json.dumps(job_report)
     return {k: v for k, v in fields.items() if v not in (None, "")}
+
+
+def make_pilot_id(kind: str, version_tag: str = "PR") -> str:
+    """The ``pilotID`` of every update, in pilot3's shape ``<id>|<version tag>|<pilot version>``.
+
+    ``<id>`` is the factory's ``GTAG`` (the pilot log's URL, what pilot3 reports) when set,
+    else ``compass-<kind>-<host>-<pid>``, so an operator can find the pilot behind a job.
+    """
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        version = dist_version("compass-pilot")
+    except PackageNotFoundError:
+        version = "unknown"
+    ident = os.environ.get("GTAG") or f"compass-{kind}-{socket.gethostname()}-{os.getpid()}"
+    return f"{ident}|{version_tag}|compass-pilot {version}"
 
 
 def _read_token(config: PandaSection) -> str | None:

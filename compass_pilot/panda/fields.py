@@ -34,6 +34,9 @@ UPDATE_FIELDS: tuple[tuple[str, str, str], ...] = (
 #: the JSON file report {lfn: {guid, fsize, adler32, surl}}: "xml" in legacy despite its name
 FILE_REPORT = ("output_report", "xml", "job_output_report")
 CPU_UNIT = ("cpu_consumption_unit", "cpuConsumptionUnit", "cpu_consumption_unit")
+#: the job report (JSON) the server's Adder reads per-file event counts from:
+#: ``files.output[].subFiles[].{name, nentries}`` (panda-server ``dataservice/adder_gen.py``)
+META_DATA = ("meta_data", "metaData", "meta_data")
 
 DIALECT_COLUMN = {"legacy": 1, "v1": 2}
 
@@ -41,4 +44,4 @@ DIALECT_COLUMN = {"legacy": 1, "v1": 2}
 def wire_to_attr(dialect: str) -> dict[str, str]:
     """Wire name → attribute name, for decoding an update (the dispatcher)."""
     column = DIALECT_COLUMN[dialect]
-    return {row[column]: row[0] for row in (*UPDATE_FIELDS, FILE_REPORT, CPU_UNIT)}
+    return {row[column]: row[0] for row in (*UPDATE_FIELDS, FILE_REPORT, CPU_UNIT, META_DATA)}

@@ -374,6 +374,7 @@ class JobStore:
                 )
                 return 0, command, ""
             n_events = opt_int(fields.get("n_events"))
+            output_report = _with_job_report_events(fields.get("output_report"), fields.get("meta_data"))
             end_time = server_time(fields.get("end_time")) or row["end_time"]
             finished = (
                 ", status = 'finished', command = NULL, error_code = NULL, error_diag = NULL"
@@ -383,7 +384,7 @@ class JobStore:
             conn.execute(
                 "UPDATE jobs SET modified = ?, heartbeat = ?, start_time = ?, end_time = ?, n_events = ?,"
                 f" output_report = ?, node = ?, pilot_id = ?{finished} WHERE panda_id = ?",
-                (now, now, start_time, end_time, n_events, fields.get("output_report"), node, pilot_id, panda_id),
+                (now, now, start_time, end_time, n_events, output_report, node, pilot_id, panda_id),
             )
             if state != "finished":
                 self._fail(conn, row, code or 1220, diag or "failed without a diagnostic", "pilot")
@@ -566,6 +567,32 @@ class JobStore:
             "updates": self.query("SELECT COUNT(*) AS n FROM updates")[0]["n"],
             "requests": dict(self.request_counts),
         }
+
+
+def _with_job_report_events(output_report: Any, meta_data: Any) -> Any:
+    """The file report with each file's ``nevents`` from the job report, where the server's Adder takes it.
+
+    panda-server reads per-file event counts only from ``meta_data``
+    (``files.output[].subFiles[].{name, nentries}``); a ``nevents`` in the file report is
+    kept only for a file the job report does not name (reports of older pilots).
+    """
+    try:
+        files = json.loads(output_report) if isinstance(output_report, str) else None
+        meta = json.loads(meta_data) if isinstance(meta_data, str) else meta_data
+        counts = {
+            str(sub["name"]): int(sub["nentries"])
+            for item in meta["files"]["output"]
+            for sub in item["subFiles"]
+            if "nentries" in sub
+        }
+    except (ValueError, TypeError, KeyError):
+        return output_report
+    if not isinstance(files, dict):
+        return output_report
+    for lfn, entry in files.items():
+        if lfn in counts and isinstance(entry, dict):
+            entry["nevents"] = counts[lfn]
+    return json.dumps(files)
 
 
 def server_time(value: Any) -> str | None:

@@ -62,6 +62,7 @@ _STORED = {
     "output_report",
     "node",
     "pilot_id",
+    "meta_data",
 }
 _LEGACY = {wire: attr for wire, attr in wire_to_attr("legacy").items() if attr in _STORED}
 _V1 = {wire: attr for wire, attr in wire_to_attr("v1").items() if attr in _STORED}
