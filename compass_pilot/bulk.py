@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from compass_pilot.errors import ServerError
+from compass_pilot.faults import crash_point
 from compass_pilot.job import JobReport
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ class StatusUpdater:
             return {}
         self.stats.last_contact = time.time()
         self.stats.updates_sent += len(batch)
+        if any(r.is_final for r in batch):
+            crash_point("updater-after-final-ack")  # acknowledged by PanDA, not yet in the journal
         commands: dict[int, str | None] = {}
         with self._journal_tx(), self._lock:
             for report, answer in zip(batch, answers, strict=False):
@@ -201,3 +204,76 @@ class StatusUpdater:
                 if self.journal is not None and not volatile:
                     self.journal.report_acked(report, command)
         return commands
+
+    def settle_owed_finals(self) -> int:
+        """Drop owed finals the server already holds (their ack was lost in a crash); returns how many.
+
+        A process killed after PanDA acknowledged a final but before the journal committed
+        that ack would re-send it after a restart: a second final for one job.  So before
+        re-sending, the server is asked (``getStatus``) what it holds; a job it already has
+        in a final state with the same attempt is acknowledged locally, never sent again.
+        If the server cannot be asked, the finals are sent (at least once beats never).
+        """
+        with self._lock:
+            finals = [r for r in self._pending.values() if r.is_final]
+        if not finals:
+            return 0
+        try:
+            held = server_states(self.client, [r.panda_id for r in finals])
+        except (ServerError, OSError, ValueError) as exc:
+            log.warning("cannot ask PanDA which owed finals it holds (%s): re-sending them", exc)
+            return 0
+        settled = 0
+        with self._journal_tx(), self._lock:
+            for report in finals:
+                state, attempt = held.get(report.panda_id, ("", -1))
+                if state not in ("finished", "failed") or attempt != report.attempt_nr:
+                    continue
+                key = (report.panda_id, report.attempt_nr)
+                if self._pending.get(key) is report:
+                    del self._pending[key]
+                self._acked_final.add(key)
+                if self.journal is not None:
+                    self.journal.report_acked(report, "server-had-it")
+                settled += 1
+                log.warning("job %d: PanDA already holds its final state %s: not re-sent", report.panda_id, state)
+        return settled
+
+
+def server_states(client: Any, panda_ids: list[int]) -> dict[int, tuple[str, int]]:
+    """PandaID → (status, attemptNr) from ONE ``getStatus`` request.
+
+    Uses the client's ``get_status`` when it has one; otherwise speaks the legacy method
+    itself (``/server/panda/getStatus``, ids space-separated, answer ``status=a+b&attemptNr=1+2``
+    as k=v text, the way PanDA's JobDispatcher and pilot3 do).  The v1 dialect without a
+    client method answers ``{}`` (nothing known: the finals are re-sent).
+    """
+    from urllib.parse import parse_qs
+
+    getter = getattr(client, "get_status", None)
+    if getter is not None:
+        return dict(getter(panda_ids))
+    panda = getattr(client, "panda", None)
+    session = getattr(client, "session", None)
+    if panda is None or session is None or panda.dialect != "legacy":
+        return {}
+    url = panda.url.rstrip("/") + "/server/panda/getStatus"
+    try:
+        response = session.post(
+            url,
+            data={"ids": " ".join(str(i) for i in panda_ids)},
+            timeout=panda.timeout,
+            verify=getattr(client, "_verify", True),
+        )
+    except Exception as exc:  # requests' errors: the caller re-sends
+        raise ServerError(f"getStatus: {exc}") from None
+    if response.status_code != 200:
+        raise ServerError(f"getStatus: HTTP {response.status_code}")
+    fields = parse_qs(response.text.strip())
+    statuses = (fields.get("status") or [""])[0].split("+")
+    attempts = (fields.get("attemptNr") or [""])[0].split("+")
+    if len(statuses) != len(panda_ids) or len(attempts) != len(panda_ids):
+        raise ValueError(f"getStatus: {len(statuses)} answers for {len(panda_ids)} ids")
+    return {
+        pid: (st, int(at) if at.isdigit() else -1) for pid, st, at in zip(panda_ids, statuses, attempts, strict=True)
+    }

@@ -32,6 +32,25 @@ def find_payload(pid: int | None, create_time: float | None) -> psutil.Process |
         return None
 
 
+def find_payload_in(workdir: str | os.PathLike[str]) -> psutil.Process | None:
+    """The payload session running in ``workdir``, for a pilot killed before its pid reached the journal.
+
+    Each payload is started as the leader of its own session with the job's work dir as
+    its cwd; a work dir belongs to one job, so the session leader sitting in it is that
+    job's payload.
+    """
+    target = os.path.realpath(workdir)
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        try:
+            cwd = proc.info["cwd"]
+            leader = os.getsid(proc.pid) == proc.pid
+            if cwd and os.path.realpath(cwd) == target and leader and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except (psutil.Error, OSError):
+            continue
+    return None
+
+
 def wait_for_pid(pid: int, timeout: float) -> bool:
     """True once ``pid`` has exited, False if ``timeout`` passed first (event-driven)."""
     try:

@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from compass_pilot.atomic import atomic_write_text
 from harvester_plugins import jobfiles
 from harvester_plugins.compat import PluginBase, WorkSpec
 from harvester_plugins.logs import plugin_logger
@@ -54,9 +55,7 @@ def _utcnow() -> datetime.datetime:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data))
 
 
 class SharedFileMessenger(PluginBase):

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compass_pilot.atomic import atomic_write_text  # the one helper; node agents import it from here
 from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, build_section
 from compass_pilot.errors import BadJobSpec, ConfigError
 from compass_pilot.job import JobSpec
@@ -109,29 +109,6 @@ def write_jobset(
     target = Path(path)
     atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True))
     return target
-
-
-def atomic_write_text(target: Path, text: str, *, durable: bool = True) -> None:
-    """Temp file in the target's directory, fsync, rename: readers see all or nothing.
-
-    ``durable=False`` skips the fsync, for hints whose loss in a node crash costs nothing
-    (a payload's started marker): 512 fsyncs at a submission's start load a shared file
-    system for no gain.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _need(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -21,6 +21,7 @@ from compass_pilot.bulk import StatusUpdater
 from compass_pilot.config import SiteConfig
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError, ServerError
 from compass_pilot.experiment import compass
+from compass_pilot.faults import crash_point
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal, journal_path
 from compass_pilot.looping import LoopingWatchdog
@@ -148,6 +149,7 @@ class GridPilot:
         """Re-send what the journal still owes PanDA; adopt or settle jobs a dead pilot left."""
         for report in self.journal.pending_reports():
             self.updater.queue(report)
+        self.updater.settle_owed_finals()  # finals whose ack a crash lost are not sent twice
         for entry in self.journal.unfinished_jobs():
             if entry.mode == "grid":
                 self._recover_job(entry)
@@ -157,7 +159,7 @@ class GridPilot:
 
     def _recover_job(self, entry: Any) -> None:
         from compass_pilot.payload import read_exitcode
-        from compass_pilot.recovery import find_payload, result_from_exitcode, wait_for_pid
+        from compass_pilot.recovery import find_payload, find_payload_in, result_from_exitcode, wait_for_pid
 
         try:
             job = JobSpec.from_panda(entry.spec)
@@ -166,9 +168,11 @@ class GridPilot:
             return
         workdir = Path(entry.workdir) if entry.workdir else lifecycle.job_workdir(self.site, job)
         alive = find_payload(entry.pid, entry.create_time) if entry.pid else None
+        if alive is None and not entry.pid and workdir.is_dir():
+            alive = find_payload_in(workdir)  # killed between the payload's start and its pid's journaling
         if alive is not None:
-            log.warning("job %d: adopting payload pid %d left by a previous pilot", job.panda_id, entry.pid)
-            while not wait_for_pid(entry.pid, self.site.grid.heartbeat_interval):
+            log.warning("job %d: adopting payload pid %d left by a previous pilot", job.panda_id, alive.pid)
+            while not wait_for_pid(alive.pid, self.site.grid.heartbeat_interval):
                 if self.stop_event.is_set():
                     return
                 self._send(JobReport(job.panda_id, "running", job.attempt_nr, core_count=job.core_count))
@@ -296,6 +300,7 @@ class GridPilot:
             stdout_name=lifecycle.STDOUT_NAME,
             stderr_name=lifecycle.STDERR_NAME,
         ).start()
+        crash_point("grid-after-payload-start")  # the payload runs; its pid is not journaled yet
         self.journal.payload_started(job.panda_id, job.attempt_nr, proc.pid or 0, proc.create_time)
         LoopingWatchdog(proc, grid.looping_timeout).start()  # off when 0
         self._current = proc

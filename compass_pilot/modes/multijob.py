@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compass_pilot import lifecycle
+from compass_pilot.atomic import atomic_write_text
 from compass_pilot.bulk import JobSource, StatusUpdater
 from compass_pilot.config import SiteConfig, config_to_dict, expand
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
@@ -380,6 +381,7 @@ class MultiJobDaemon:
         """Re-send owed reports and take back the submissions a killed daemon left in flight."""
         for report in self.journal.pending_reports():
             self.updater.queue(report)
+        self.updater.settle_owed_finals()  # finals whose ack a crash lost are not sent twice
         specs = {(e.panda_id, e.attempt_nr): e.spec for e in self.journal.unfinished_jobs() if e.mode == "multijob"}
         adopted = 0
         for path in sorted(self.shared.glob("sub-*/state.json")):
@@ -668,15 +670,22 @@ class MultiJobDaemon:
 
         Returns the process exit code (:mod:`compass_pilot.exitcodes`).
         """
-        submitted_cycles = 1 if self.recover() and once else 0
+        owed = len(self.journal.pending_reports())
+        adopted = self.recover()
+        submitted_cycles = 1 if adopted and once else 0
         while True:
             before = self.job_sets
             self._may_fetch = self._fetch_allowed(once)
             self.round()
             if self.job_sets > before:
                 submitted_cycles += 1
+            # --once on an empty server: nothing to wait for (pilot3 exits "no jobs" too)
+            nothing = once and self.job_sets == 0 and self.source.stats.empty > 0 and self.in_flight() == 0
+            if nothing and not self.exit_code and not (adopted or owed):
+                self.exit_code = ExitCode.NO_JOBS
             draining = (
                 self.stop_event.is_set()
+                or nothing
                 or (once and submitted_cycles >= 1)
                 or (max_cycles and submitted_cycles >= max_cycles)
             )
@@ -716,7 +725,7 @@ class MultiJobDaemon:
     # -- state for `compass-pilot status` ------------------------------------------------
     def _persist(self, state: SubmissionState) -> None:
         path = Path(state.subdir) / "state.json"
-        _atomic_write(path, json.dumps(asdict(state), indent=1))
+        atomic_write_text(path, json.dumps(asdict(state), indent=1))
 
     def _write_daemon_state(self) -> None:
         states: Counter[str] = Counter()
@@ -757,7 +766,7 @@ class MultiJobDaemon:
                 if not s.done
             ],
         }
-        _atomic_write(self.shared / STATE_FILE, json.dumps(data, indent=1))
+        atomic_write_text(self.shared / STATE_FILE, json.dumps(data, indent=1))
 
 
 def _int_or_zero(value: Any) -> int:
@@ -773,12 +782,6 @@ def _with_workdir(site: SiteConfig, workdir: str) -> SiteConfig:
     clone = copy.deepcopy(site)
     clone.site.workdir = workdir
     return clone
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- CLI -------------------------------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""The one atomic-write helper: readers see the old file or the new one, never half of either.
+
+Temp file in the target's directory, write, fsync, rename over the target, fsync the
+directory.  Without the file fsync a power cut after the rename can leave an empty file
+under the new name (ext4 / XFS delayed allocation); without the directory fsync the
+rename itself may be lost.  Every file whose loss or tearing would break a promise goes
+through here: submission state, the daemon state file, job sets, node agents' results,
+the Harvester messenger's files.  ``durable=False`` keeps the atomic rename but skips both
+fsyncs, for hints whose loss in a crash costs nothing (a payload's started marker).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
+    """Replace ``target`` with ``text`` atomically (and durably unless ``durable=False``)."""
+    path = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # some shared file systems refuse to open a directory: the file itself is synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
