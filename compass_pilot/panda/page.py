@@ -48,7 +48,15 @@ def handle_get(store: Any, path: str, query: str) -> tuple[int, str, str | dict[
     """(status, content type, body) for the operator's GET routes; None when the path is not ours."""
     params = {k: v[-1] for k, v in parse_qs(query).items()}
     if path == "/":
-        return 200, "text/html; charset=utf-8", render_overview(page_data(store).overview(), params)
+        data = page_data(store)
+        overview = data.overview()
+        key = (overview.as_of, params.get("refresh", "1") != "0")
+        html_text = data.rendered.get(key)
+        if html_text is None:  # rendered once per cached overview: a page polled hard costs a dict lookup
+            html_text = render_overview(overview, params)
+            data.rendered = {k: v for k, v in data.rendered.items() if k[0] == overview.as_of}
+            data.rendered[key] = html_text
+        return 200, "text/html; charset=utf-8", html_text
     if path == "/metrics":
         text = render_metrics(page_data(store).overview(), request_stats(store), STATES)
         return 200, "text/plain; version=0.0.4; charset=utf-8", text
