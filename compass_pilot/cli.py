@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
-from compass_pilot.config import SiteConfig, load_site_config, panda_url_problem
+from compass_pilot.config import load_site_config
 from compass_pilot.exitcodes import ExitCode, ExitError, for_job_outcomes, table_text
 
 log = logging.getLogger("compass_pilot")
@@ -87,33 +87,6 @@ def _seconds(value: str) -> float:
     return number
 
 
-def _apply_pilot3_args(site: SiteConfig, args: argparse.Namespace) -> SiteConfig:
-    """Map pilot3's -q/-s/-r/--url/-p/-j onto the site config (the arguments win)."""
-    if args.queue:
-        site.site.name = args.queue
-    elif args.site_name:
-        site.site.name = args.site_name
-    if args.resource_type:
-        site.site.resource_type = args.resource_type
-    if args.url:
-        url = args.url.rstrip("/")
-        if args.port and url.count(":") < 2:
-            url = f"{url}:{args.port}"
-        problem = panda_url_problem(url)
-        if problem:
-            raise ExitError(ExitCode.USAGE, f"--url: {problem}")
-        site.panda.url = url
-    if args.job_label:
-        site.site.job_label = args.job_label
-    if args.max_jobs is not None:
-        site.grid.max_jobs = args.max_jobs
-    if args.heartbeat is not None:
-        site.grid.heartbeat_interval = args.heartbeat
-    if args.workdir:
-        site.site.workdir = args.workdir
-    return site
-
-
 class _Signals:
     """Record which signal asked us to stop, so the exit code can say so (128 + n)."""
 
@@ -131,9 +104,10 @@ class _Signals:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from compass_pilot.modes.grid import GridPilot
+    from compass_pilot.modes.grid_args import apply_grid_arguments, site_config_path
     from compass_pilot.panda.client import PandaClient
 
-    site = _apply_pilot3_args(load_site_config(args.site), args)
+    site = apply_grid_arguments(load_site_config(site_config_path(args)), args)
     client = PandaClient(site.panda, site.site)
     pilot = GridPilot(site, client)
     signals = _Signals(lambda _signum: pilot.stop())
@@ -219,16 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     grid = add("grid", help="run jobs one at a time (grid / pilot-factory mode)")
-    grid.add_argument("--site", help="site config YAML (default: embedded defaults)")
-    grid.add_argument("-q", "--queue", help="PanDA queue name (pilot3 -q)")
-    grid.add_argument("-s", "--site-name", dest="site_name", help="site name (pilot3 -s)")
-    grid.add_argument("-r", "--resource", dest="resource_type", help="resource type (pilot3 -r)")
-    grid.add_argument("--url", help="PanDA server URL (pilot3 --url)")
-    grid.add_argument("-p", "--port", type=int, help="PanDA server port (pilot3 -p)")
-    grid.add_argument("-j", "--job-label", dest="job_label", help="prodSourceLabel to ask for (pilot3 -j)")
-    grid.add_argument("--max-jobs", type=_count, help="jobs to run before exiting (0 = until none left)")
-    grid.add_argument("--heartbeat", type=_seconds, help="seconds between running heartbeats")
-    grid.add_argument("--workdir", help="pilot work root")
+    from compass_pilot.modes.grid_args import add_grid_arguments
+
+    add_grid_arguments(grid)  # pilot3's arguments with pilot3's meaning (modes/grid_args.py)
     grid.set_defaults(func=cmd_grid)
 
     daemon = add("daemon", help="multi-job HPC daemon on the MOM node")

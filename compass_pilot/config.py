@@ -31,6 +31,7 @@ class SiteSection:
     job_label: str = "managed"  # prodSourceLabel asked for
     workdir: str = "${TMPDIR}/compass-pilot"  # pilot work root; one subdir per job
     min_free_mb: int = 1024  # preflight: the work dir needs this much free space before any getJob
+    version_tag: str = "PR"  # pilot3 -i: PR (production) or RC (release candidate), in the pilotID
 
 
 @dataclass

@@ -85,7 +85,7 @@ def run_pilots(site_file: Path, url: str, parallel: int, base: Path, deadline: f
         while len(running) < parallel and waiting > len(running):
             launched += 1
             out = open(logs / f"pilot-{launched}.log", "wb")  # noqa: SIM115 - closed when the process ends
-            cmd = [sys.executable, "-m", "compass_pilot.cli", "grid", "--site", str(site_file)]
+            cmd = [sys.executable, "-m", "compass_pilot.cli", "grid", "--site-config", str(site_file)]
             running.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
         if running:
             try:

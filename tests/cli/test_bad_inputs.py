@@ -59,21 +59,21 @@ def _assert_one_line(out: Outcome, code: int, *words: str) -> None:
 
 def test_dead_url(tmp_path: Path) -> None:
     port = _free_port()
-    out = run_cli("grid", "--site", _quick_site(tmp_path), "--url", f"http://127.0.0.1:{port}", cwd=tmp_path)
+    out = run_cli("grid", "--site-config", _quick_site(tmp_path), "--url", f"http://127.0.0.1:{port}", cwd=tmp_path)
     _assert_one_line(out, ExitCode.SERVER_UNREACHABLE, "PanDA server unreachable", f"127.0.0.1:{port}", "refused")
-    assert "getJob: 1st retry in 0 s: connection refused" in out.stderr  # one short line per retry
+    assert "acquire_jobs: 1st retry in 0 s: connection refused" in out.stderr  # one short line per retry
 
 
 def test_https_to_an_http_server(tmp_path: Path, plain_http_server: int) -> None:
     url = f"https://127.0.0.1:{plain_http_server}"
-    out = run_cli("grid", "--site", _quick_site(tmp_path), "--url", url, cwd=tmp_path)
+    out = run_cli("grid", "--site-config", _quick_site(tmp_path), "--url", url, cwd=tmp_path)
     _assert_one_line(out, ExitCode.SERVER_UNREACHABLE, "does not speak TLS", "http://")
 
 
 def test_url_that_is_not_a_url(tmp_path: Path) -> None:
     _assert_one_line(run_cli("grid", "--url", "not-a-url", cwd=tmp_path), ExitCode.USAGE, "--url", "not-a-url")
     site = _site(tmp_path, "panda:\n  url: not-a-url\n")
-    _assert_one_line(run_cli("grid", "--site", site, cwd=tmp_path), ExitCode.USAGE, "panda.url", "not-a-url")
+    _assert_one_line(run_cli("grid", "--site-config", site, cwd=tmp_path), ExitCode.USAGE, "panda.url", "not-a-url")
 
 
 def test_no_jobs_is_pilot3s_20(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_no_jobs_is_pilot3s_20(tmp_path: Path) -> None:
 
     dispatcher = Dispatcher(str(tmp_path / "panda.sqlite"), port=0).start()
     try:
-        out = run_cli("grid", "--site", _quick_site(tmp_path), "--url", dispatcher.url, cwd=tmp_path)
+        out = run_cli("grid", "--site-config", _quick_site(tmp_path), "--url", dispatcher.url, cwd=tmp_path)
     finally:
         dispatcher.stop()
     _assert_one_line(out, ExitCode.NO_JOBS, "no jobs")
@@ -89,7 +89,7 @@ def test_no_jobs_is_pilot3s_20(tmp_path: Path) -> None:
 
 def test_missing_x509_proxy(tmp_path: Path) -> None:
     proxy = tmp_path / "x509up_u0"
-    out = run_cli("grid", "--site", _quick_site(tmp_path), cwd=tmp_path, env={"X509_USER_PROXY": str(proxy)})
+    out = run_cli("grid", "--site-config", _quick_site(tmp_path), cwd=tmp_path, env={"X509_USER_PROXY": str(proxy)})
     _assert_one_line(out, ExitCode.NO_VALID_PROXY, str(proxy), "not found", "voms-proxy-init")
     assert len(out.stderr.strip().splitlines()) <= 2  # the preflight log line and the one line
 
@@ -190,7 +190,9 @@ def test_status_with_malformed_daemon_state(tmp_path: Path) -> None:
 )
 def test_site_config_refused_at_load(tmp_path: Path, text: str, words: list[str]) -> None:
     site = _site(tmp_path, text)
-    _assert_one_line(run_cli("grid", "--site", site, cwd=tmp_path), ExitCode.USAGE, "configuration error", *words)
+    _assert_one_line(
+        run_cli("grid", "--site-config", site, cwd=tmp_path), ExitCode.USAGE, "configuration error", *words
+    )
     assert not list(tmp_path.glob("$*"))  # no directory literally named "${NO_SUCH_VAR…}"
 
 
@@ -208,6 +210,6 @@ def test_version_and_exit_code_table_in_help(tmp_path: Path) -> None:
 
 def test_log_file_gets_the_lines(tmp_path: Path) -> None:
     log_file = tmp_path / "pilot.log"
-    run_cli("grid", "--site", _quick_site(tmp_path), "--url", f"http://127.0.0.1:{_free_port()}", "--log-file",
+    run_cli("grid", "--site-config", _quick_site(tmp_path), "--url", f"http://127.0.0.1:{_free_port()}", "--log-file",
             str(log_file), cwd=tmp_path)  # fmt: skip
     assert "1st retry" in log_file.read_text()

@@ -22,7 +22,7 @@ def test_failed_jobs_are_not_success(world: GridWorld, failing: int, code: int, 
     site = world.site(max_jobs=0)
     path = world.base / "site.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(site)))
-    out = run_cli("grid", "--site", str(path), cwd=world.base)
+    out = run_cli("grid", "--site-config", str(path), cwd=world.base)
     assert out.rc == code, out.stderr
     assert out.last_line == line and out.stdout.count("pilotErrorCode") == 2
 
@@ -41,7 +41,7 @@ def test_sigterm_mid_payload_is_143_and_the_job_is_reported(world: GridWorld) ->
     path = world.base / "site.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(world.site(max_jobs=1))))
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(world.base))
-    pilot = subprocess.Popen([sys.executable, "-m", "compass_pilot.cli", "grid", "--site", str(path)], env=env,
+    pilot = subprocess.Popen([sys.executable, "-m", "compass_pilot.cli", "grid", "--site-config", str(path)], env=env,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 60

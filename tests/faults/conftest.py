@@ -69,7 +69,7 @@ class Site:
     def pilot(self, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.base / f"pilot-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
         return subprocess.Popen(
-            [sys.executable, "-m", "compass_pilot.cli", "grid", "--site", str(self.write()), *args],
+            [sys.executable, "-m", "compass_pilot.cli", "grid", "--site-config", str(self.write()), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, HOME=str(self.base)),
