@@ -61,7 +61,7 @@ PAYLOAD = b"""#!/bin/sh
 echo "compass test payload: $*"
 case "$1" in
   ok) echo "End of Job"; exit 0 ;;
-  fail) echo "A FATAL ERROR APPEARED" >&2; exit "${2:-3}" ;;
+  fail) echo "A FATAL ERROR APPEARED" >&2; exit "${2:-7}" ;;
   sleep) sleep "${2:-600}"; exit 0 ;;
 esac
 exit 9
@@ -69,7 +69,7 @@ exit 9
 SCENARIOS = {
     # name: (jobPars, expected final state, expected pilot error code)
     "ok": ("ok", "finished", None),
-    "fail": ("fail 3", "failed", 1305),
+    "fail": ("fail 7", "failed", 1305),  # not 2 or 3: pilot3 >= 3.10 maps those to 1367 / 1368
     "kill": ("sleep 600", "failed", 1144),
 }
 
