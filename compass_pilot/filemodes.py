@@ -12,6 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+from compass_pilot.errors import ConfigError
+
 
 def private_file(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` empty with mode 0600, or tighten an existing file of ours to 0600."""
@@ -41,3 +43,22 @@ def write_private_text(path: str | os.PathLike[str], text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def check_own_dir(path: str | os.PathLike[str], what: str) -> None:
+    """A directory whose files we trust (job sets, reports): ours, writable by nobody else, safely parented.
+
+    Anyone who could write into it could plant a job set or a finished-job report; in a
+    parent that others may write to (and that is not sticky, like /tmp) they could swap
+    the directory itself.  ``what`` names the site config key in the error.
+    """
+    target = Path(path)
+    st = os.stat(target)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigError(
+            f"{what} {target}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; "
+            "it must be ours and not group/world-writable (others could plant job sets or reports)"
+        )
+    parent = os.stat(target.parent)
+    if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+        raise ConfigError(f"{what} {target}: its parent is world-writable without the sticky bit")

@@ -139,9 +139,20 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
     """
     where = str(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as handle:
+            st = os.fstat(handle.fileno())
+            text = handle.read()
     except OSError as exc:
         raise ValueError(f"{where}: cannot read job set: {exc.strerror}") from None
+    # It says what the node may run (its "payload" section): on a shared file system only a
+    # file our own account wrote, and nobody else can rewrite, is trusted.
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ValueError(
+            f"{where}: refusing a job set owned by uid {st.st_uid} with mode {st.st_mode & 0o777:04o} "
+            "(must be ours and not group/world-writable)"
+        )
+    try:
+        data = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -39,6 +39,7 @@ from compass_pilot.config import SiteConfig, config_to_dict, expand
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
 from compass_pilot.exitcodes import ExitCode
 from compass_pilot.faults import crash_point
+from compass_pilot.filemodes import check_own_dir
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
 from compass_pilot.progress import DaemonProgress
@@ -116,6 +117,7 @@ class MultiJobDaemon:
         self.stop_event = stop_event or threading.Event()
         self.shared = Path(expand(site.hpc.shared_dir))
         self.shared.mkdir(parents=True, exist_ok=True)
+        check_own_dir(self.shared, "hpc.shared_dir")  # job sets and node reports live here: trusted only if ours
         hpc = site.hpc
         self.source = JobSource(client, backoff=hpc.no_jobs_backoff, backoff_max=hpc.no_jobs_backoff_max)
         self.journal = journal or Journal.claim(self.shared / "daemon-journal.sqlite")

@@ -182,3 +182,38 @@ def test_planted_calibdb_state_is_refused(tmp_path: Path) -> None:
     changed = (db.dir / "state.json").read_text() != planted
     assert not changed and not marker.exists()
     record("planted calibdb state.json (LD_PRELOAD in env)", refused=True, executed=marker.exists(), changed=changed)
+
+
+def test_planted_job_set_is_refused(tmp_path: Path) -> None:
+    """A job set on the shared file system that someone else wrote (or could rewrite) is not run."""
+    from hpc.jobset import read_jobset
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "jobset.json"
+    path.write_text(json.dumps({"version": 1, "payload": {"commands": ["sh"]}, "node_jobs": []}))
+    results = []
+    for owner, mode in ((65534, 0o600), (os.geteuid(), 0o666)):
+        os.chown(path, owner, os.getegid())
+        path.chmod(mode)
+        with pytest.raises(ValueError, match="refusing a job set") as err:
+            read_jobset(path)
+        results.append("refusing" in str(err.value))
+    assert results == [True, True] and not marker.exists()
+    record("planted / world-writable job set on the shared dir", refused=True, executed=False, changed=False)
+
+
+def test_daemon_refuses_a_shared_dir_others_can_write(tmp_path: Path) -> None:
+    """Job sets and node reports live in hpc.shared_dir: a dir others can write is refused at start."""
+    from compass_pilot.errors import ConfigError
+    from compass_pilot.filemodes import check_own_dir
+
+    shared = tmp_path / "hpc"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match=r"hpc\.shared_dir"):
+        check_own_dir(shared, "hpc.shared_dir")
+    shared.chmod(0o700)
+    os.chown(shared, 65534, 65534)
+    with pytest.raises(ConfigError, match="owned by uid 65534"):
+        check_own_dir(shared, "hpc.shared_dir")
+    record("shared dir writable by others / not ours (daemon)", refused=True, executed=False, changed=False)
