@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from calibdb.snapshot import DEMO_DUMP, build_snapshot
@@ -21,7 +22,7 @@ def cmd_calibdb(args: argparse.Namespace) -> int:
     try:
         out = build_snapshot(Path(args.dump), Path(args.out), args.backend or "")
     except CalibDBError as exc:
-        print(f"snapshot failed: {exc}")
+        print(f"snapshot failed: {exc}", file=sys.stderr)  # errors on stderr: stdout is for what a script parses
         return 1
     print(f"snapshot written to {out}")
     return 0

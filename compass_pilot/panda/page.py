@@ -182,7 +182,8 @@ def render_overview(o: Overview, params: dict[str, str]) -> str:
         _stuck(o.stuck, now),
         "<h2>Errors (by jobs)</h2>",
         _errors(o.errors, now),
-        "<h2>Nodes and pilots</h2>",
+        "<h2>Sites, nodes and pilots</h2>",
+        _sites(o.sites, now),
         _nodes(o.nodes, o.workers, now),
     ]
     return _document("compass-pilot dispatcher", "".join(parts), params, refresh=True)
@@ -288,6 +289,17 @@ def _errors(errors: list[dict[str, Any]], now: float) -> str:
         )
     headers = ["code", "name", "meaning", "jobs", "attempts", "latest diagnostic", "last seen", "source"]
     return _table(headers, rows, "errors")
+
+
+def _sites(sites: list[dict[str, Any]], now: float) -> str:
+    if not sites:
+        return ""
+    rows = [
+        f'<tr class="site"><td>{_e(x["site"])}</td><td class="num">{x["nodes"]}</td><td>{_e(x["queues"] or "")}</td>'
+        f"<td>{_ago(x['last_seen'], now)}</td></tr>"
+        for x in sites
+    ]
+    return _table(["site", "worker nodes", "queues", "last seen"], rows, "sites")
 
 
 def _nodes(nodes: list[dict[str, Any]], workers: dict[str, int], now: float) -> str:

@@ -177,6 +177,7 @@ class Overview:
     stuck: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     nodes: list[dict[str, Any]]
+    sites: list[dict[str, Any]]  # from the worker nodes pilots described (update_worker_node)
     workers: dict[str, int]
     queue_age: float  # seconds the oldest activated job has been waiting (0 = none waiting)
     events: int
@@ -262,6 +263,7 @@ class PageData:
             ]
             errors = [dict(r) for r in conn.execute(_ERRORS_SQL)]
             nodes = [dict(r) for r in conn.execute(_NODES_SQL)]
+            sites = [dict(r) for r in conn.execute(_SITES_SQL)]
             workers = {r[0] or "?": r[1] for r in conn.execute("SELECT status, COUNT(*) FROM workers GROUP BY status")}
             oldest = conn.execute("SELECT MIN(modified) FROM jobs WHERE status = 'activated'").fetchone()[0]
             self._history.refresh(conn)
@@ -290,6 +292,7 @@ class PageData:
             stuck=stuck,
             errors=errors,
             nodes=nodes,
+            sites=sites,
             workers=workers,
             queue_age=now - oldest if oldest else 0.0,
             events=summary["events"],
@@ -383,6 +386,12 @@ def _as(kind: type, key: str, value: str) -> Any:
         return kind(value)
     except ValueError:
         raise ValueError(f"filter {key}: {value!r} is not a number") from None
+
+
+_SITES_SQL = """
+SELECT site, COUNT(*) AS nodes, GROUP_CONCAT(DISTINCT panda_queue) AS queues, MAX(last_seen) AS last_seen
+FROM worker_nodes GROUP BY site ORDER BY last_seen DESC LIMIT 100
+"""
 
 
 def _task_status(task: dict[str, Any]) -> str:

@@ -346,7 +346,7 @@ def test_snapshot_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 23
     conn.close()
     assert run_cli("snapshot", "--from", str(tmp_path / "missing.sql"), "--out", str(tmp_path / "x.sqlite")) == 1
-    assert "missing.sql" in capsys.readouterr().out
+    assert "missing.sql" in capsys.readouterr().err
 
 
 def test_dump_loading_quotes_and_errors(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from compass_pilot.config import load_site_config
 from compass_pilot.errors import ErrorCode
 from compass_pilot.job import JobReport
@@ -61,6 +63,9 @@ def build(base: Path) -> tuple[Dispatcher, dict[str, Any]]:
     conn.execute("UPDATE jobs SET modified = modified - ?, heartbeat = heartbeat - ? WHERE panda_id = ?",
                  (STUCK_AGE, STUCK_AGE, stuck))  # fmt: skip
     conn.close()
+    for node in ("wn001.cern.ch", "wn002.cern.ch"):  # the worker nodes describe themselves, as pilot3 does
+        description = {"site": "CERN-PROD", "host_name": node, "panda_queue": "CERN-PROD_COMPASS", "cpu_model": "EPYC"}
+        requests.post(f"{dispatcher.url}/api/v1/pilot/update_worker_node", json=description, timeout=10)
     for client in (wn1, wn2):
         client.close()
     return dispatcher, {"task": task_a, "stuck": stuck, "looping": looping, "running": running}

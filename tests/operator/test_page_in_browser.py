@@ -83,6 +83,8 @@ def test_page_shows_stuck_job_error_name_and_task_progress(scenario) -> None:
     task = dom.find("task", **{"data-task-id": ids["task"]})
     assert "40 %" in task and "P09-reco-W14" in task
     assert 'id="history"' in dumped.stdout and "as of " in dumped.stdout
+    site = dom.find("site")
+    assert site.split()[:2] == ["CERN-PROD", "2"] and "CERN-PROD_COMPASS" in site
 
     shot = artifact_dir() / "monitor-page.png"
     taken = chromium("--window-size=1280,1500", f"--screenshot={shot}", url)
