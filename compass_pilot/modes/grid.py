@@ -303,6 +303,7 @@ class GridPilot:
         crash_point("grid-after-payload-start")  # the payload runs; its pid is not journaled yet
         self.journal.payload_started(job.panda_id, job.attempt_nr, proc.pid or 0, proc.create_time)
         LoopingWatchdog(proc, grid.looping_timeout).start()  # off when 0
+        launched = time.time()
         self._current = proc
         if self.stop_event.is_set():
             proc.kill("pilot")
@@ -317,6 +318,14 @@ class GridPilot:
                 max_rss=int(sample.get("max_rss", 0)) // 1024 or None,
             )
             command = self._send(beat)
+            log.info(  # the long work's progress line, once per heartbeat
+                "job %d: running %.0f min, CPU %.0f min, RSS %.0f MB; next heartbeat in %.0f s",
+                job.panda_id,
+                (time.time() - launched) / 60,
+                sample.get("cpu_seconds", 0) / 60,
+                sample.get("rss", 0) / 1e6,
+                grid.heartbeat_interval,
+            )
             if command in ("tobekilled", "softkill"):
                 log.warning("job %d: server says %s: killing the payload", job.panda_id, command)
                 proc.kill("server")

@@ -48,7 +48,8 @@ def test_zero_timeout_never_watches(tmp_path: Path) -> None:
     assert proc.wait(30) is not None and not watchdog.fired
 
 
-def test_grid_pilot_fails_a_hanging_job_as_looping(world: GridWorld) -> None:  # noqa: F811
+def test_grid_pilot_fails_a_hanging_job_as_looping(world: GridWorld, caplog) -> None:  # noqa: F811
+    caplog.set_level("INFO", logger="compass_pilot.modes.grid")
     chunk = world.chunks[0]
     submit_task(world.db, reco_task([chunk], max_attempts=1, inject={chunk.raw_name: "hang"}, max_walltime=3600))
     site = world.site(max_jobs=1, looping_timeout=2)
@@ -57,3 +58,6 @@ def test_grid_pilot_fails_a_hanging_job_as_looping(world: GridWorld) -> None:  #
     job = world.dispatcher.job(panda_id)
     assert (state, job["error_code"]) == ("failed", ErrorCode.LOOPING_JOB)
     assert "looping" in job["error_diag"].lower()
+    # while it ran, one progress line per heartbeat (1 s here)
+    assert any(f"job {panda_id}: running" in r.getMessage() and "next heartbeat in 1 s" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
