@@ -39,7 +39,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 import requests
 
@@ -47,6 +47,7 @@ from compass_pilot.config import PandaSection, SiteSection, expand
 from compass_pilot.errors import ServerError
 from compass_pilot.failures import ordinal, short_reason
 from compass_pilot.job import JobReport
+from compass_pilot.panda.auth import is_loopback
 from compass_pilot.panda.fields import CPU_UNIT, DIALECT_COLUMN, FILE_REPORT, META_DATA, UPDATE_FIELDS
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,9 @@ class PandaClient:
         token = _read_token(panda)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+            host = urlparse(panda.url).hostname or ""
+            if panda.url.startswith("http://") and not is_loopback(host):
+                log.warning("sending a bearer token to %s over plain http: anyone on the path can reuse it", host)
             origin = panda.origin or os.environ.get("PANDA_AUTH_ORIGIN", "")
             if origin:
                 self.session.headers["Origin"] = origin
