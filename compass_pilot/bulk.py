@@ -30,6 +30,11 @@ from compass_pilot.job import JobReport
 log = logging.getLogger(__name__)
 
 
+#: A final the server answers and refuses this many times is given up (pilot3 retries an update 10 times).
+#: Only real answers count: a server that cannot be reached keeps every final pending.
+MAX_FINAL_REJECTIONS = 10
+
+
 class ReportJournal(Protocol):
     """What the status updater needs from the durable journal (compass_pilot.journal)."""
 
@@ -112,6 +117,7 @@ class StatusUpdater:
         self._acked_final: set[tuple[int, int]] = set()
         self._volatile: set[tuple[int, int]] = set()  # pending heartbeats, not in the journal
         self.commands: dict[int, str] = {}  # PandaID → last non-NULL command from the server
+        self._rejections: dict[tuple[int, int], int] = {}  # finals the server answered "no" to, and how often
         self.stats = UpdaterStats()
 
     def queue(self, report: JobReport) -> None:
@@ -191,7 +197,20 @@ class StatusUpdater:
                 if command:
                     self.commands[report.panda_id] = command
                 if not getattr(answer, "ok", False) and report.is_final and command != "tobekilled":
-                    continue  # keep it: a final state must be acknowledged
+                    rejected = self._rejections.get(key, 0) + 1
+                    self._rejections[key] = rejected
+                    if rejected < MAX_FINAL_REJECTIONS:
+                        continue  # keep it: a final state must be acknowledged
+                    # the server answered, and said no, every time: retrying forever helps nobody
+                    log.error(
+                        "job %d: final %s rejected %d times (%s): given up",
+                        report.panda_id,
+                        report.state,
+                        rejected,
+                        getattr(answer, "message", "") or getattr(answer, "status_code", "?"),
+                    )
+                    command = "rejected"
+                self._rejections.pop(key, None)
                 # a rejected intermediate update, or a job the server told us to drop, is done with
                 volatile = False
                 if self._pending.get(key) is report:

@@ -239,6 +239,7 @@ class NodeRun:
     def run(self) -> dict[int, JobOutcome]:
         """Start the DB, run every payload concurrently, write results, stop the DB."""
         self.reports_dir.mkdir(parents=True, exist_ok=True)
+        self.beat()
         todo = []
         for nj in self.jobs:
             if self.has_outcome(nj):
@@ -330,9 +331,17 @@ class NodeRun:
             except OSError:
                 pass
 
+    def beat(self) -> None:
+        """Touch ``<reports>/agent-<node>.alive``: its mtime tells the daemon this node still lives."""
+        try:
+            (self.reports_dir / f"agent-{self.node}.alive").touch()
+        except OSError as exc:
+            log.warning("node %d: cannot write the agent heartbeat: %s", self.node, exc)
+
     def _kill_checker(self) -> None:
-        """Server kill requests arrive as files from the daemon; checked at its poll interval."""
+        """Server kill requests arrive as files from the daemon; checked at its poll interval (and a beat)."""
         while not self._finished.wait(self.kill_check_interval):
+            self.beat()
             for panda_id, proc in list(self.procs.items()):
                 if (self.reports_dir / f"{panda_id}.kill").exists() and not proc.done.is_set():
                     log.warning("job %d: killed on the server's request", panda_id)

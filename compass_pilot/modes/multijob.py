@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import threading
 import time
 from collections import Counter
@@ -72,6 +73,7 @@ class JobEntry:
     state: str = "starting"  # starting → running → final
     started_at: float = 0.0
     final: str = ""
+    node: int = -1  # the node it runs on (its agent's heartbeat file); -1 = unknown (older state files)
 
 
 @dataclass
@@ -133,8 +135,15 @@ class MultiJobDaemon:
         self._seq = 0
         self.rounds = 0
         self.job_sets = 0  # job sets taken from PanDA
-        self._wake = threading.Event()  # set to cut a round's sleep short (stop, terminate)
+        # stop() / terminate() may run in a signal handler: they only set a flag and write a byte
+        # to this pipe (both async-signal-safe); the loop sleeps in select() on it and acts itself
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop_requested = False
+        self._term_requested = False
         self._stopping_hard = False
+        self._term_deadline = 0.0  # monotonic: jobs still without a final then fail with 1201
         self._to_clean: list[Path] = []  # finished jobs' work dirs, removed after the round's commit
         self.unhealthy = ""  # why the daemon cannot take jobs now ("" = healthy); in the state file
         self.breaker_open = False  # consecutive submission failures stopped fetching
@@ -142,6 +151,7 @@ class MultiJobDaemon:
         self._breaker_retry = 0.0  # monotonic time the open breaker lets one job set through again
         self._abandon = False  # fail the jobs of unsubmitted submissions (breaker open under --once)
         self._plans: dict[str, Any] = {}  # sub_id → packed Submission, until the batch system took it
+        self._lost_node_subs: set[str] = set()  # submissions with a node declared lost
         self._retry_at: dict[str, float] = {}  # sub_id → monotonic time of the next submission attempt
         self.exit_code: ExitCode | None = None  # set when the daemon stops for a reason of its own
         self._may_fetch = True
@@ -159,9 +169,51 @@ class MultiJobDaemon:
         return self._copytool
 
     def stop(self) -> None:
-        """Stop fetching; finish what is in flight, report it, then exit."""
-        self.stop_event.set()
-        self._wake.set()
+        """Stop fetching; finish what is in flight, report it, then exit.  Signal-safe (no lock)."""
+        self._stop_requested = True
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:  # pipe full (already poked) or closed (loop over)
+            pass
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the next round, woken early by stop() / terminate()."""
+        try:
+            select.select([self._wake_r], [], [], max(0.0, seconds))
+            while os.read(self._wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _act_on_requests(self) -> None:
+        """What a signal asked for, done here on the daemon's thread (batch calls, locks and all)."""
+        if self._stop_requested:
+            self.stop_event.set()
+        if self._term_requested and not self._stopping_hard:
+            self._stopping_hard = True
+            self.stop_event.set()
+            hpc = self.site.hpc
+            self._term_deadline = time.monotonic() + min(60.0, 2 * hpc.poll_interval + 5)
+            for state in self.submissions.values():
+                if not state.done and state.batch_id:
+                    try:
+                        self.backend.kill(state.batch_id, Path(state.subdir))
+                    except Exception as exc:
+                        log.warning("cannot kill batch job %s: %s", state.batch_id, exc)
+        if self._stopping_hard:
+            for state in self.submissions.values():
+                state.checked_at = float("-inf")  # ask the batch system every round until all is settled
+            if time.monotonic() >= self._term_deadline:
+                for state in self._active():
+                    for entry in state.jobs.values():
+                        if not entry.final:
+                            diag = "the daemon was terminated (SIGTERM) and cancelled the batch job"
+                            self._finish_entry(state, entry, (ErrorCode.SIGTERM, diag))
+                    state.done = True
+                    self._persist(state)
 
     def _final(self, report: JobReport) -> None:
         self.final_states[report.panda_id] = report.state
@@ -267,6 +319,10 @@ class MultiJobDaemon:
             from hpc.packing import plan_submissions
 
             submission = plan_submissions(runnable, self.site.hpc)[0]
+        for placement in submission.placements:
+            entry = state.jobs.get(str(placement.panda_id))
+            if entry is not None:
+                entry.node = placement.node
         jobset = subdir / "jobset.json"
         write_jobset(jobset, submission, config_to_dict(self.site), workdirs, str(subdir))
         # the intent, with the batch job's unique name, is durable before the batch job exists:
@@ -454,8 +510,11 @@ class MultiJobDaemon:
             if state.done or not state.batch_id:
                 continue
             changed = self._collect(state)
+            changed = self._fail_lost_nodes(state) or changed
             if all(entry.final for entry in state.jobs.values()):
                 state.done = True
+                if state.sub_id in self._lost_node_subs:  # a dead node may hold its batch job open forever
+                    self._end_batch_job(state)
                 self._persist(state)
                 continue
             if not self._batch_check_due(state):
@@ -476,6 +535,46 @@ class MultiJobDaemon:
                         self._finish_entry(state, entry, (code, diag))
                 state.done = True
             self._persist(state)
+
+    def agent_alive(self, state: SubmissionState, entry: JobEntry) -> bool:
+        """Whether the node agent running ``entry`` has beaten within ``hpc.agent_timeout``.
+
+        The agent touches ``<reports>/agent-<node>.alive`` at the daemon's poll interval; a
+        job that started counts from its start until the first beat is seen.  The mtime is
+        the shared file system's clock, so the timeout is minutes, never seconds.
+        """
+        if entry.node < 0 or entry.state != "running":
+            return True
+        try:
+            last = (state.reports_dir / f"agent-{entry.node}.alive").stat().st_mtime
+        except OSError:
+            last = 0.0
+        last = max(last, entry.started_at)
+        return time.time() - last < self.site.hpc.agent_timeout
+
+    def _fail_lost_nodes(self, state: SubmissionState) -> bool:
+        """Jobs of a node whose agent went silent fail now (1390), not at the batch job's walltime."""
+        lost = [e for e in state.jobs.values() if not e.final and not self.agent_alive(state, e)]
+        for entry in lost:
+            silent = self.site.hpc.agent_timeout
+            diag = f"node {entry.node} lost: its node agent was silent for more than {silent:.0f} s"
+            log.error("job %d: %s", entry.panda_id, diag)
+            (state.reports_dir / f"{entry.panda_id}.kill").write_text("lost")  # should the agent come back
+            self._finish_entry(state, entry, (ErrorCode.NODE_LOST, diag))
+        if lost:
+            self._lost_node_subs.add(state.sub_id)
+        return bool(lost)
+
+    def _end_batch_job(self, state: SubmissionState) -> None:
+        """Every job of a submission has its final state: a batch job still holding nodes is cancelled."""
+        ended = getattr(self.backend, "ended", None)
+        if not state.batch_id or state.batch_id.startswith("unknown-") or ended is None or ended(Path(state.subdir)):
+            return
+        try:
+            self.backend.kill(state.batch_id, Path(state.subdir))
+            log.info("%s: every job settled; batch job %s cancelled", state.sub_id, state.batch_id)
+        except Exception as exc:
+            log.warning("%s: cannot cancel batch job %s: %s", state.sub_id, state.batch_id, exc)
 
     def _batch_status(self, state: SubmissionState) -> str:
         """The WorkSpec status of a submission's batch job; "" when the batch system did not answer."""
@@ -582,7 +681,7 @@ class MultiJobDaemon:
             JobReport(entry.panda_id, entry.state, entry.attempt_nr, batch_id=state.batch_id)
             for state in self.submissions.values()
             for entry in state.jobs.values()
-            if entry.state in ("starting", "running") and not entry.final
+            if entry.state in ("starting", "running") and not entry.final and self.agent_alive(state, entry)
         ]
         self.updater.queue_heartbeats(beats)
         self._last_heartbeat = time.monotonic()
@@ -677,6 +776,7 @@ class MultiJobDaemon:
         submitted_cycles = 1 if adopted and once else 0
         while True:
             before = self.job_sets
+            self._act_on_requests()
             self._may_fetch = self._fetch_allowed(once)
             self.round()
             if self.job_sets > before:
@@ -695,8 +795,8 @@ class MultiJobDaemon:
                 self.stop_event.set()
                 if self.in_flight() == 0 and self.updater.pending_finals() == 0:
                     break
-                if self._stopping_hard:
-                    break
+                if self._stopping_hard and self.in_flight() == 0:
+                    break  # every job has its final; what PanDA did not ack stays in the journal
             wait = self.site.hpc.poll_interval
             if self.in_flight() == 0 and not draining:
                 until = self.source.seconds_until_ready()
@@ -704,25 +804,24 @@ class MultiJobDaemon:
                     until = self._preflight_next - time.monotonic()
                 wait = max(wait, min(until, self.site.hpc.no_jobs_backoff_max))
             self.progress.tick(self, wait)
-            self._wake.wait(wait)
-            self._wake.clear()
+            self._sleep(wait)
         self._write_daemon_state()
         self.journal.close()
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1  # a late signal writes nowhere
+        for fd in fds:
+            os.close(fd)
         if self.exit_code:
             return int(self.exit_code)
         return int(ExitCode.REPORTS_OWED) if self.updater.pending_finals() else int(ExitCode.OK)
 
     def terminate(self) -> None:
-        """SIGTERM: stop fetching, kill the batch jobs, report what is left, exit."""
-        self._stopping_hard = True
-        self.stop_event.set()
-        for state in self.submissions.values():
-            if not state.done and state.batch_id:
-                try:
-                    self.backend.kill(state.batch_id, Path(state.subdir))
-                except Exception as exc:
-                    log.warning("cannot kill batch job %s: %s", state.batch_id, exc)
-        self._wake.set()
+        """SIGTERM: stop fetching, kill the batch jobs, report what is left, exit.
+
+        Signal-safe: only a flag and a byte down the wake-up pipe; the main loop does the
+        killing and reporting (a lock taken in a signal handler can deadlock the very
+        thread the handler interrupted)."""
+        self._term_requested = True
+        self._poke()
 
     # -- state for `compass-pilot status` ------------------------------------------------
     def _persist(self, state: SubmissionState) -> None:

@@ -50,3 +50,14 @@ def test_server_outage_during_a_multijob_run(site: Site) -> None:
     assert daemon.wait(120) == 0  # the queued final reports drained once the server was back
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
     assert record("PanDA server down 8 s during a multi-job run", site.dispatcher)[1:] == (0, 0)
+
+
+def test_sigterm_mid_round_leaves_every_job_one_final(site: Site) -> None:
+    submit_reco(site.db, 8, extra_pars="--event-time 0.3")  # ~12 s payloads: SIGTERM lands while they run
+    daemon = _daemon(site, "--once")
+    wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(90) == 128 + signal.SIGTERM
+    by_status = site.dispatcher.summary()["jobs_by_status"]
+    assert sum(by_status.values()) == 8 and set(by_status) <= {"finished", "failed"}
+    assert record("SIGTERM mid-round (batch job cancelled)", site.dispatcher)[1:] == (0, 0)

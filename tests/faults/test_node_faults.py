@@ -59,3 +59,30 @@ def test_server_kill_command_reaches_the_node(site: Site, monkeypatch) -> None:
     assert site.dispatcher.job(hanging)["error_code"] == ErrorCode.KILLED_BY_SERVER
     assert site.dispatcher.summary()["jobs_by_status"] == {"failed": 1, "finished": 3}
     assert record("tobekilled for one job of a submission", site.dispatcher)[1:] == (0, 0)
+
+
+def test_dead_node_agent_fails_its_jobs_with_the_lost_node_code(site: Site, monkeypatch) -> None:
+    import signal
+
+    site.data["hpc"]["agent_timeout"] = 4  # minutes at a site; seconds here
+    _, thread = _start(site, monkeypatch, 8, extra_pars="--event-time 0.3")  # ~12 s payloads
+    shared = site.data["hpc"]["shared_dir"]
+    wait_for(lambda: "1" in _agents(shared), 60, "the node agent of node 1")
+    wait_for(lambda: site.dispatcher.summary()["jobs_by_status"].get("running", 0) >= 8, 60, "running jobs")
+    frozen = _agents(shared)["1"]
+    frozen.send_signal(signal.SIGSTOP)  # a hung node: no beat, no result, the batch job stays up
+    try:
+        thread.join(120)
+        assert not thread.is_alive()
+    finally:
+        try:
+            frozen.send_signal(signal.SIGCONT)
+            frozen.kill()
+        except psutil.Error:
+            pass
+    rows = site.dispatcher.store.query("SELECT status, error_code FROM jobs")
+    assert (
+        sorted((r["status"], r["error_code"]) for r in rows)
+        == [("failed", ErrorCode.NODE_LOST)] * 4 + [("finished", None)] * 4
+    )
+    assert record("dead node agent (SIGSTOP, batch job stays up)", site.dispatcher)[1:] == (0, 0)

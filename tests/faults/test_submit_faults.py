@@ -87,3 +87,30 @@ def test_circuit_breaker_stops_fetching(site: Site, monkeypatch) -> None:
     jobs = site.dispatcher.summary()["jobs_by_status"]
     assert jobs == {"failed": 4, "activated": 4}  # the held set went back with 1324; the rest never taken
     assert record("batch system down: circuit breaker, --once", site.dispatcher)[1:] == (0, 0)
+
+
+def test_hung_qstat_does_not_stop_the_rounds(site: Site, monkeypatch) -> None:
+    submit_reco(site.db, 4, extra_pars="--event-time 0.1")
+    site.data["hpc"].update({"batch_check_interval": 1, "batch_timeout": 2, "heartbeat_interval": 1})
+    monkeypatch.setenv("HOME", str(site.base))
+    monkeypatch.setenv("RADICAL_BASE", str(site.base / "radical"))
+    config = load_site_config(site.write())
+    backend = make_backend(config)
+    never = threading.Event()
+    hung: list[str] = []
+
+    def hanging_status(batch_id: str, subdir: Path) -> str:  # qstat that never answers
+        hung.append(batch_id)
+        never.wait()
+        return "running"
+
+    monkeypatch.setattr(backend, "_status", hanging_status)
+    daemon = MultiJobDaemon(config, PandaClient(config.panda, config.site), backend)
+    try:
+        assert _run(daemon, once=True) == ExitCode.OK
+    finally:
+        never.set()
+    assert hung  # asked, hung, given up after batch_timeout — and the rounds went on
+    assert daemon.updater.stats.requests >= len(hung)  # reports and heartbeats kept flowing
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
+    assert record("hung qstat (status never answers)", site.dispatcher)[1:] == (0, 0)
