@@ -182,3 +182,23 @@ def test_update_times_read_as_strptime_reads_them() -> None:
         "2026-13-01 00:00:00",
     ]
     assert [server_time(v) for v in values] == [slow(v) for v in values]
+
+
+def test_client_connections_send_without_nagle_delay(tmp_path: Path) -> None:
+    from compass_pilot.config import load_site_config
+
+    db = str(tmp_path / "panda.sqlite")
+    submit_task(db, reco_task(chunk_paths(1), name="t"))
+    dispatcher = Dispatcher(db, port=0).start()
+    try:
+        site = load_site_config(None)
+        site.panda.url = dispatcher.url
+        client = PandaClient(site.panda, site.site)
+        assert client.get_jobs(1)
+        pools = client.session.get_adapter(dispatcher.url).poolmanager.pools
+        keys = pools.keys()  # urllib3 refuses to iterate its container itself
+        kept = [c for key in keys for c in pools[key].pool.queue if c is not None and c.sock is not None]
+        assert kept and all(c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in kept)
+        client.close()
+    finally:
+        dispatcher.stop()
