@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 #: A final the server answers and refuses this many times is given up (pilot3 retries an update 10 times).
 #: Only real answers count: a server that cannot be reached keeps every final pending.
 MAX_FINAL_REJECTIONS = 10
+
+#: Acknowledged finals remembered in memory (a daemon running for months must not grow with every job).
+ACKED_MEMORY = 20000
 
 
 class ReportJournal(Protocol):
@@ -103,7 +107,7 @@ class UpdaterStats:
     finals_acked: int = 0
     failures: int = 0
     last_contact: float = 0.0
-    per_round: list[int] = field(default_factory=list)
+    per_round: deque[int] = field(default_factory=lambda: deque(maxlen=1000))  # the last rounds only
 
 
 class StatusUpdater:
@@ -114,11 +118,19 @@ class StatusUpdater:
         self.journal = journal
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, int], JobReport] = {}
-        self._acked_final: set[tuple[int, int]] = set()
+        # recent acknowledged finals (a fast in-memory guard; the journal is the durable one), bounded
+        self._acked_final: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._volatile: set[tuple[int, int]] = set()  # pending heartbeats, not in the journal
         self.commands: dict[int, str] = {}  # PandaID → last non-NULL command from the server
         self._rejections: dict[tuple[int, int], int] = {}  # finals the server answered "no" to, and how often
         self.stats = UpdaterStats()
+
+    def _remember_acked(self, key: tuple[int, int]) -> None:
+        """(lock held) Remember an acknowledged final; the oldest are forgotten past ACKED_MEMORY."""
+        self._acked_final[key] = None
+        self.commands.pop(key[0], None)
+        while len(self._acked_final) > ACKED_MEMORY:
+            self._acked_final.popitem(last=False)
 
     def queue(self, report: JobReport) -> None:
         """Queue an update; a newer state of the same job replaces an older non-final one."""
@@ -218,7 +230,7 @@ class StatusUpdater:
                     volatile = key in self._volatile
                     self._volatile.discard(key)
                 if report.is_final:
-                    self._acked_final.add(key)
+                    self._remember_acked(key)
                     self.stats.finals_acked += 1
                 if self.journal is not None and not volatile:
                     self.journal.report_acked(report, command)
@@ -251,7 +263,7 @@ class StatusUpdater:
                 key = (report.panda_id, report.attempt_nr)
                 if self._pending.get(key) is report:
                     del self._pending[key]
-                self._acked_final.add(key)
+                self._remember_acked(key)
                 if self.journal is not None:
                     self.journal.report_acked(report, "server-had-it")
                 settled += 1

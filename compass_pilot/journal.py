@@ -203,13 +203,30 @@ class Journal:
             )
             if report.is_final:
                 self._conn.execute(
-                    "UPDATE jobs SET final_acked = 1, state = ? WHERE panda_id = ? AND attempt_nr = ?",
-                    (report.state, report.panda_id, report.attempt_nr),
+                    "UPDATE jobs SET final_acked = 1, state = ?, updated = ? WHERE panda_id = ? AND attempt_nr = ?",
+                    (report.state, time.time(), report.panda_id, report.attempt_nr),
                 )
                 self._conn.execute(
                     "INSERT OR IGNORE INTO jobs(panda_id, attempt_nr, state, final_acked, updated) VALUES (?,?,?,1,?)",
                     (report.panda_id, report.attempt_nr, report.state, time.time()),
                 )
+
+    def prune(self, older_than: float) -> int:
+        """Forget jobs whose final PanDA acknowledged more than ``older_than`` seconds ago; returns how many.
+
+        A daemon running for months would otherwise keep every job and every sent report
+        it ever had.  Only settled business goes: unacknowledged reports and unfinished
+        jobs stay whatever their age.
+        """
+        cutoff = time.time() - older_than
+        with self.transaction():
+            gone = self._conn.execute(
+                "DELETE FROM jobs WHERE final_acked = 1 AND updated < ? AND NOT EXISTS (SELECT 1 FROM reports r"
+                " WHERE r.panda_id = jobs.panda_id AND r.attempt_nr = jobs.attempt_nr)",
+                (cutoff,),
+            ).rowcount
+            self._conn.execute("DELETE FROM sent WHERE acked < ?", (cutoff,))
+        return int(gone)
 
     def final_acked(self, panda_id: int, attempt_nr: int) -> bool:
         with self._lock:

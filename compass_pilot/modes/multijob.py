@@ -51,6 +51,13 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "daemon_state.json"
 
+#: Settled submissions kept in memory (for ``status`` and tests); older ones live only on disk.
+DONE_SUBMISSIONS_MEMORY = 16
+#: Final states remembered per PandaID (``outcomes`` counts all of them).
+FINAL_STATES_MEMORY = 10000
+#: Disk and journal pruning runs this often.
+PRUNE_INTERVAL = 3600.0
+
 
 class BatchBackend(Protocol):
     """How the daemon reaches the batch system (implemented on the Harvester plugins)."""
@@ -128,7 +135,10 @@ class MultiJobDaemon:
         self.specs: dict[int, JobSpec] = {}
         self.errors: Counter[int] = Counter()
         self.recent_errors: list[tuple[float, int, int, str]] = []
-        self.final_states: dict[int, str] = {}
+        self.final_states: dict[int, str] = {}  # PandaID → final state, the most recent FINAL_STATES_MEMORY
+        self.outcomes: Counter[str] = Counter()  # final states of every job this daemon settled
+        self.prune_interval = PRUNE_INTERVAL
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL  # the next disk / journal pruning
         self.progress = DaemonProgress()  # the periodic progress line and the state file's figures
         self._copytool = copytool
         self._last_heartbeat = float("-inf")  # monotonic; the first round beats
@@ -217,6 +227,9 @@ class MultiJobDaemon:
 
     def _final(self, report: JobReport) -> None:
         self.final_states[report.panda_id] = report.state
+        self.outcomes[report.state] += 1
+        while len(self.final_states) > FINAL_STATES_MEMORY:  # months of jobs: keep the recent ones
+            del self.final_states[next(iter(self.final_states))]
         if report.state == "failed" and report.pilot_error_code:
             self.errors[report.pilot_error_code] += 1
             self.recent_errors.append(
@@ -309,11 +322,18 @@ class MultiJobDaemon:
             if error is not None:
                 log.error("job %d: stage-in failed: %s", job.panda_id, error.pilot_error_diag())
                 self._final(failed_report(job.panda_id, job.attempt_nr, error.code, error.pilot_error_diag()))
+                workdir = lifecycle.job_workdir(site, job)  # kept (pruned later) with the failed stage-in's traces
+                state.jobs[str(job.panda_id)] = JobEntry(
+                    job.panda_id, job.attempt_nr, str(workdir), state="failed", final="failed"
+                )
                 continue
             workdirs[job.panda_id] = str(workdir)
             runnable.append(job)
             state.jobs[str(job.panda_id)] = JobEntry(job.panda_id, job.attempt_nr, str(workdir))
-        if not runnable:
+        if not runnable:  # nothing to submit; the state is written so pruning finds the dir
+            state.done = True
+            self.submissions[sub_id] = state
+            self._persist(state)
             return 0
         if len(runnable) != len(submission.jobs):
             from hpc.packing import plan_submissions
@@ -643,6 +663,7 @@ class MultiJobDaemon:
         entry.final = report.state
         entry.state = report.state
         self._final(report)
+        self.specs.pop(entry.panda_id, None)  # settled: its spec is in the journal, not needed here
         if report.state == "finished":
             # removed only once this round's journal commit holds the report (see round())
             self._to_clean.append(Path(entry.workdir))
@@ -712,7 +733,61 @@ class MultiJobDaemon:
             self.queue_heartbeats()
         commands = self.updater.flush()
         self.act_on_commands(commands)
+        self._forget_settled()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self.prune_interval
+            self.prune()
         self._write_daemon_state()
+
+    # -- months of operation: bounded memory and disk --------------------------------
+    def _forget_settled(self) -> None:
+        """Keep only the most recent settled submissions in memory (their state.json stays)."""
+        done = [s for s in self.submissions.values() if s.done]
+        for state in done[: max(0, len(done) - DONE_SUBMISSIONS_MEMORY)]:
+            del self.submissions[state.sub_id]
+            self._lost_node_subs.discard(state.sub_id)
+            self._plans.pop(state.sub_id, None)
+            self._retry_at.pop(state.sub_id, None)
+
+    def prune(self) -> None:
+        """Acknowledged journal rows and settled submission dirs go; failed ones after ``failed_dir_keep_hours``.
+
+        A submission dir whose jobs all finished holds only the job set, markers and batch
+        logs (outputs are at their destination, work dirs already removed): it goes once
+        its finals are acknowledged.  One with a failed job is kept for debugging.
+        """
+        import shutil
+
+        keep = self.site.hpc.failed_dir_keep_hours * 3600
+        try:
+            forgotten = self.journal.prune(max(keep, 24 * 3600))
+        except Exception as exc:  # pruning is housekeeping: never a reason to stop
+            log.warning("journal pruning failed: %s", exc)
+            forgotten = 0
+        active = {s.sub_id for s in self.submissions.values() if not s.done}
+        removed = 0
+        for path in self.shared.glob("sub-*/state.json"):
+            try:
+                data = json.loads(path.read_text())
+                if not data.get("done") or data.get("sub_id") in active:
+                    continue
+                finals = [j.get("final") for j in data.get("jobs", {}).values()]
+                owed = any(
+                    not self.journal.final_acked(int(j["panda_id"]), int(j["attempt_nr"]))
+                    for j in data.get("jobs", {}).values()
+                    if j.get("final") not in ("", "unknown", "reported")
+                )
+                age = time.time() - path.stat().st_mtime
+                if owed or (any(f != "finished" for f in finals) and age < keep):
+                    continue
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.debug("prune: %s: %s", path, exc)
+                continue
+            shutil.rmtree(path.parent, ignore_errors=True)
+            self.submissions.pop(str(data.get("sub_id")), None)
+            removed += 1
+        if forgotten or removed:
+            log.info("pruned %d journal job(s) and %d settled submission dir(s)", forgotten, removed)
 
     # -- preflight: no job is taken by a daemon that could not run it ------------------
     def preflight(self) -> bool:
