@@ -68,9 +68,12 @@ QUEUE_DATA = {
 }
 
 
-def psql(state: Path, sql: str, db_port: int = 54329) -> list[list[str]]:
+DB_PORT = [54329]  # setup_db.sh's port, --db-port
+
+
+def psql(state: Path, sql: str) -> list[list[str]]:
     out = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-p", str(db_port), "-U", "postgres", "-d", "panda_db", "-tAF", "\t", "-c", sql],
+        ["psql", "-h", "127.0.0.1", "-p", str(DB_PORT[0]), "-U", "postgres", "-d", "panda_db", "-tAF", "\t", "-c", sql],
         check=True,
         capture_output=True,
         text=True,
@@ -251,11 +254,13 @@ def table(state: Path, ids: list[int]) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("state", help="STATE dir of setup_db.sh / setup_server.sh")
-    parser.add_argument("--port", type=int, default=25443)
+    parser.add_argument("--port", type=int, default=25443, help="setup_server.sh's HTTPS port")
+    parser.add_argument("--db-port", type=int, default=54329, help="setup_db.sh's port")
     parser.add_argument("--scenarios", default="ok,fail,kill,bulk")
     parser.add_argument("--adder-seconds", type=float, default=90)
     args = parser.parse_args()
     state = Path(args.state).resolve()
+    DB_PORT[0] = args.db_port
     base = Path(tempfile.mkdtemp(prefix="realserver-"))
     os.chmod(base, 0o755)
     psql(
