@@ -54,7 +54,7 @@ class CopytoolPreparator(PluginBase):
         try:
             from compass_pilot.experiment import compass
 
-            job = transfer.our_job(jobspec)
+            job = transfer.our_job(jobspec, self)
             target = self.job_dir(jobspec)
             target.mkdir(parents=True, exist_ok=True)
             copytool = transfer.copytool_of(self)

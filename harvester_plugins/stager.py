@@ -41,7 +41,7 @@ class CopytoolStager(PluginBase):
         try:
             from compass_pilot.experiment import compass
 
-            job = transfer.our_job(jobspec)
+            job = transfer.our_job(jobspec, self)
             declared = {spec.lfn: spec for spec in job.output_files}
             if job.log_file is not None:
                 declared[job.log_file.lfn] = job.log_file

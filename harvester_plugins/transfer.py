@@ -49,11 +49,21 @@ def copytool_of(plugin: Any) -> Any:
     return make_copytool(storage_of(plugin))
 
 
-def our_job(jobspec: Any) -> Any:
-    """Our validated JobSpec from a Harvester JobSpec's job dict (raises BadJobSpec)."""
+def our_job(jobspec: Any, plugin: Any = None) -> Any:
+    """Our validated JobSpec from a Harvester JobSpec's job dict (raises BadJobSpec).
+
+    Harvester's stager agent hands over *slim* jobs: ``jobParams`` is not loaded
+    (``JobSpec.skipAttrsToSlim``, job_spec.py l. 78; db_proxy ``get_jobs_for_stage_out``).
+    The full job is then read through the ``dbInterface`` PluginFactory gives the plugin.
+    """
     from compass_pilot.job import JobSpec
 
-    return JobSpec.from_panda(jobspec.jobParams)
+    params = jobspec.jobParams
+    if params is None:
+        db = getattr(getattr(plugin, "dbInterface", None), "dbProxy", None)
+        full = db.get_job(jobspec.PandaID) if db is not None else None
+        params = getattr(full, "jobParams", None)
+    return JobSpec.from_panda(params)
 
 
 def fail(jobspec: Any, exc: PilotError, *, overwrite: bool = False) -> tuple[bool | None, str]:
