@@ -15,6 +15,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# slurm-wlm-torque (qsub/qstat/qdel over Slurm, for the PBS path's tests) also registers its srun-based
+# mpiexec/mpirun as /usr/bin alternatives: drop them, the node agents' MPI is the mpich wheel's hydra
+for alt in mpiexec mpirun; do
+  update-alternatives --remove "$alt" /usr/bin/mpiexec.slurm >/dev/null 2>&1 || true
+done
 python3 -m pip install -q -e '.[mpi,saga,mysql,test]'
 # the real PanDA pilot 3.7.0.36 (PyPI sdist) that tests/pilot3 runs against our dispatcher
 pilot_cache="${COMPASS_PILOT_CACHE:-$HOME/.cache/compass-pilot}"

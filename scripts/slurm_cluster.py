@@ -4,7 +4,7 @@
 Usage: ``python scripts/slurm_cluster.py [--nodes 2] [--cpus 32]`` — prints the
 environment to export (PATH with nsenter wrappers for sbatch/squeue/scancel/scontrol,
 SLURM_CONF) and keeps the cluster up until SIGINT / SIGTERM.  The reusable part is
-``harvester_plugins.testing_slurm.SlurmCluster`` (what the tests use).
+``tests.slurm_cluster.SlurmCluster`` (what the tests use).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harvester_plugins.testing_slurm import SlurmCluster
+from tests.slurm_cluster import SlurmCluster
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harvester_plugins import saga_backend
-from harvester_plugins.testing_slurm import SlurmCluster
+from tests.slurm_cluster import SlurmCluster
 
 FAKEPBS = Path(__file__).parent / "fakepbs"
 

@@ -1,6 +1,6 @@
 """Plugins against a REAL Slurm 22.05 (2 fake nodes × 32 CPUs in a private network namespace).
 
-The cluster comes from harvester_plugins.testing_slurm (session fixture); when Slurm or
+The cluster comes from tests.slurm_cluster (session fixture); when Slurm or
 munge is missing the fixture raises and these tests FAIL, naming the binary.
 """
 
