@@ -41,6 +41,7 @@ class PandaSection:
     url: str = "http://127.0.0.1:25080"
     # "v1" (/api/v1/pilot/<method>, what today's server answers) or "legacy" (/server/panda/<method>, 403 there)
     dialect: str = "v1"
+    verify_proxy: bool = True  # check the X509 proxy's lifetime before any getJob (pilot3 -t turns it off)
     timeout: float = 60.0  # seconds per request
     retries: int = 5  # attempts on connection errors and 5xx
     backoff: float = 1.0  # first backoff in seconds, doubled each retry, with jitter

@@ -12,9 +12,9 @@ means to pilot3:
   resource (sent as siteName; the queue when not given), ``-s/--site`` the site name,
   ``--resource-type``, ``-j/--joblabel`` (prodSourceLabel), ``--url`` + ``-p/--port``
   (pilot3's default port 25443 when the URL has none), ``-a/--workdir``, ``-i/--versiontag``
-  (in the pilotID), ``-d`` (debug logging), ``--cacert``/``--capath`` (proxy, CA dir),
+  (in the pilotID), ``-d`` (debug logging), ``-t`` (no proxy lifetime check), ``--cacert``/``--capath`` (proxy, CA dir),
   ``-v/--getjobrequests`` (jobs to take before exiting);
-- the rest (``-w``, ``-t``, ``-z``, ``-l``, ``-L``, ``--pilot-user``, ``--harvester-*``, …)
+- the rest (``-w``, ``-z``, ``-l``, ``-L``, ``--pilot-user``, ``--harvester-*``, …)
   have no counterpart here: accepted, and each one given is logged as ignored.
 
 Our own YAML file is ``--site-config`` (or ``COMPASS_SITE_CONFIG``), named so it cannot
@@ -74,7 +74,6 @@ IGNORED: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("-l", "--lifetime"), {"type": int}),
     (("-L", "--leasetime"), {"type": int}),
     (("-z", "--noserverupdate"), {"action": "store_true"}),
-    (("-t", "--noproxyverification"), {"action": "store_true"}),
     (("-u", "--verifypayloadproxy"), {"action": "store_true"}),
     (("-x", "--getjobfailures"), {"type": int}),
     (("--pilot-user",), {}),
@@ -142,6 +141,9 @@ def add_grid_arguments(grid: argparse.ArgumentParser) -> None:
     grid.add_argument(
         "-i", "--versiontag", dest="version_tag", help="pilot version tag, PR or RC (pilot3 -i): in the pilotID"
     )
+    grid.add_argument(
+        "-t", "--noproxyverification", dest="no_proxy_check", action="store_true", help="no proxy check (pilot3 -t)"
+    )
     grid.add_argument("-d", dest="debug_logging", action="store_true", help="debug logging (pilot3 -d)")
     grid.add_argument("--cacert", help="X509 proxy used as client certificate (pilot3 --cacert)")
     grid.add_argument("--capath", help="CA directory to verify the server (pilot3 --capath)")
@@ -200,6 +202,8 @@ def apply_grid_arguments(site: SiteConfig, args: argparse.Namespace) -> SiteConf
         site.panda.ca_dir = args.capath
     if args.version_tag:
         site.site.version_tag = args.version_tag
+    if args.no_proxy_check:
+        site.panda.verify_proxy = False
     if args.debug_logging:
         logging.getLogger().setLevel(logging.DEBUG)
     jobs = args.max_jobs if args.max_jobs is not None else args.getjob_requests

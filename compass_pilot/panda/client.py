@@ -149,8 +149,10 @@ class PandaClient:
         self._verify: bool | str = True
         self.session.headers.update({"Accept": "application/json", "User-Agent": "compass-pilot/0.1"})
         proxy = expand(panda.x509_proxy) if panda.x509_proxy else os.environ.get("X509_USER_PROXY", "")
-        if proxy:
+        if proxy and os.path.isfile(proxy):
             self.session.cert = (proxy, proxy)
+        elif proxy:  # only reached when the preflight's proxy check is off (pilot3 -t): tokens may do instead
+            log.debug("X509 proxy %s not found: no client certificate", proxy)
         if panda.url.startswith("https"):
             ca_dir = expand(panda.ca_dir) if panda.ca_dir else os.environ.get("X509_CERT_DIR", "")
             if not ca_dir and os.path.isdir("/etc/grid-security/certificates"):

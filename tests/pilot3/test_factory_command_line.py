@@ -31,8 +31,10 @@ def wrapper_command(port: int) -> list[str]:
     return ["grid", "-q", "COMPASS_Q", "-i", "PR", "-j", "managed", *factory_args.split()]
 
 
-def run(args: list[str], site_file: Path | None, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GTAG": "http://f/1.out"}
+def run(
+    args: list[str], site_file: Path | None, cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GTAG": "http://f/1.out", **(extra_env or {})}
     env.pop("COMPASS_SITE_CONFIG", None)
     if site_file is not None:
         env["COMPASS_SITE_CONFIG"] = str(site_file)
@@ -71,6 +73,16 @@ def test_the_wrapper_command_line_runs_unchanged(tmp_path: Path) -> None:
         assert job["node"]
     finally:
         dispatcher.stop()
+
+
+def test_dash_t_skips_the_proxy_check_as_in_pilot3(tmp_path: Path) -> None:
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump({"panda": {"url": "http://127.0.0.1:9", "retries": 1, "backoff": 0.1}}))
+    missing = {"X509_USER_PROXY": str(tmp_path / "no-such-proxy")}
+    checked = run(["grid", "-q", "Q"], site_file, tmp_path, extra_env=missing)
+    assert checked.returncode == ExitCode.NO_VALID_PROXY, checked.stderr[-800:]
+    skipped = run(["grid", "-q", "Q", "-t"], site_file, tmp_path, extra_env=missing)
+    assert skipped.returncode == ExitCode.SERVER_UNREACHABLE, skipped.stderr[-800:]  # went on to the server
 
 
 def test_old_site_yaml_option_still_loads_but_site_is_pilot3s(tmp_path: Path) -> None:
