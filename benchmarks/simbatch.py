@@ -195,29 +195,35 @@ def _start(jobset: Path, subdir: Path) -> list[dict[str, Any]]:
 
 
 def _finish(subdir: Path, job: dict[str, Any], host: str) -> None:
-    """One virtual payload ends well: its outputs, then its result file (as a node agent writes it)."""
-    from compass_pilot.payload import PayloadResult
-    from hpc.jobset import atomic_write_text
+    """One virtual payload ends well: its outputs, then its outcome files (as a node agent writes them)."""
+    import uuid
+
+    from harvester_plugins import jobfiles
 
     workdir = Path(job["workdir"])
+    outputs = []
     for lfn in job["outputs"]:
         try:
             (workdir / lfn).write_bytes(b"simulated output\n")
+            outputs.append(jobfiles.OutputFile.of(workdir / lfn, "output", str(uuid.uuid4())))
         except OSError as exc:
             log.warning("job %s: cannot write output %s: %s", job["panda_id"], lfn, exc)
     now = time.time()
-    result = PayloadResult(0, None, 1.0, 50 * 2**20, now - job["started"], start_time=job["started"], end_time=now)
-    data = {
-        "panda_id": job["panda_id"],
-        "attempt_nr": job["attempt_nr"],
-        "node": job["node"],
-        "slot": job["slot"],
-        "host": host,
-        "result": result.to_dict(),
-        "verdict": None,
-        "n_events": 100,
-    }
-    atomic_write_text(Path(job["reports"]) / f"{job['panda_id']}.json", json.dumps(data, sort_keys=True))
+    outcome = jobfiles.JobOutcome(
+        panda_id=job["panda_id"],
+        attempt_nr=job["attempt_nr"],
+        status="finished",
+        trans_exit_code=0,
+        n_events=100,
+        cpu_seconds=1.0,
+        max_rss_kb=50 * 1024,
+        start_time=job["started"],
+        end_time=now,
+        core_count=1,
+        node=host,
+        outputs=outputs,
+    )
+    jobfiles.write_outcome(workdir, outcome)
 
 
 def _exit_marker(subdir: Path, code: int) -> None:

@@ -38,12 +38,13 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from compass_pilot.atomic import atomic_write_text
 
 #: Harvester's [payload_interaction] defaults for the three files (messenger-section keys).
 ATTRIBUTES_KEY = "workerAttributesFile"
@@ -224,17 +225,8 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _atomic_json(target: Path, data: Any) -> None:
-    """Temp file + fsync + rename in the same directory: a reader sees all or nothing."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """All or nothing, durably (the one atomic-write helper)."""
+    atomic_write_text(target, json.dumps(data, sort_keys=True))
 
 
 def write_outcome(directory: str | os.PathLike[str], outcome: JobOutcome, names: dict[str, str] | None = None) -> None:

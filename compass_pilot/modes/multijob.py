@@ -138,7 +138,7 @@ class MultiJobDaemon:
         self.final_states: dict[int, str] = {}  # PandaID → final state, the most recent FINAL_STATES_MEMORY
         self.outcomes: Counter[str] = Counter()  # final states of every job this daemon settled
         self.prune_interval = PRUNE_INTERVAL
-        self._next_prune = time.monotonic() + PRUNE_INTERVAL  # the next disk / journal pruning
+        self._next_prune: float | None = None  # monotonic time of the next pruning (first: one interval in)
         self.progress = DaemonProgress()  # the periodic progress line and the state file's figures
         self._copytool = copytool
         self._last_heartbeat = float("-inf")  # monotonic; the first round beats
@@ -734,7 +734,9 @@ class MultiJobDaemon:
         commands = self.updater.flush()
         self.act_on_commands(commands)
         self._forget_settled()
-        if time.monotonic() >= self._next_prune:
+        if self._next_prune is None:
+            self._next_prune = time.monotonic() + self.prune_interval
+        elif time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + self.prune_interval
             self.prune()
         self._write_daemon_state()
