@@ -70,6 +70,8 @@ def test_kill_9_at_random_moments_leaves_a_consistent_journal(tmp_path: Path) ->
     path = tmp_path / "crash.sqlite"
     for _ in range(8):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline()  # writing: its schema exists (a loaded box
+        # can take longer than the sleep below just to start Python and create the 0600 file)
         time.sleep(0.3 + rng.random() * 0.4)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
