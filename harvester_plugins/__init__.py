@@ -66,7 +66,8 @@ def queue_config_for_site(site: Any, *, access_point: str | None = None) -> dict
         "maxWorkers": hpc.max_submissions,
         "nQueueLimitWorker": hpc.max_submissions,
         "walltimeLimit": max((q.max_walltime for q in hpc.queues), default=0),
-        "common": {"batchURL": hpc.batch_url},
+        # localBasePath: where the preparator stages inputs and the sweeper removes them
+        "common": {"batchURL": hpc.batch_url, "localBasePath": expand(hpc.shared_dir) + "/inputs"},
         **section,
     }
 

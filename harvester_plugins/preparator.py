@@ -15,7 +15,8 @@ keep our codes: 1331 missing input, 1229 size / checksum mismatch, 1099 stage-in
 failed (unreadable source), 1175 permission; a timeout (1151) is retried next cycle.
 
 Queue-config keys: ``siteConfig`` or ``storage`` (see ``harvester_plugins.transfer``),
-``localBasePath`` (default ``<hpc.shared_dir>/inputs`` of the site config).
+``localBasePath`` (default ``<hpc.shared_dir>/inputs`` of the site config; best in the queue's
+``common`` section, so the sweeper removes the inputs with the worker).
 """
 
 from __future__ import annotations

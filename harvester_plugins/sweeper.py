@@ -4,6 +4,11 @@ Harvester prefers ``kill_workers(list)`` (one ``(bool, diag)`` per worker, in or
 over ``kill_worker``; ``sweep_worker`` is required and removes the worker's directory
 once Harvester is done with it.  A job the batch system no longer knows is already
 gone, which is what a kill wants: success.
+
+With ``localBasePath`` (the preparator's, best given in the queue's ``common`` section)
+the sweep also removes each job's staged-in inputs, ``<localBasePath>/<PandaID>/``: the
+access point only held links to them.  The worker's PandaIDs come from the WorkSpec or,
+as Harvester's sweeper hands over bare workers, from ``worker_pandaids.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,22 @@ log = plugin_logger(__name__)
 
 class SagaSweeper(PluginBase):
     """Harvester sweeper plugin on radical.saga (no state)."""
+
+    def _remove_inputs(self, workspec: Any, access_point: Path) -> None:
+        base = getattr(self, "localBasePath", None)
+        if not base:
+            return
+        ids = list(getattr(workspec, "pandaid_list", None) or [])
+        if not ids:
+            from harvester_plugins.jobfiles import read_json
+            from harvester_plugins.messenger import DEFAULT_FILES
+
+            found = read_json(access_point / DEFAULT_FILES["pandaIDsFile"])
+            ids = found if isinstance(found, list) else []
+        for panda_id in ids:
+            target = Path(str(base)) / str(int(panda_id))
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
 
     def kill_workers(self, workspec_list: list[Any]) -> list[tuple[bool, str]]:
         return [self.kill_worker(workspec) for workspec in workspec_list]
@@ -55,6 +76,7 @@ class SagaSweeper(PluginBase):
                 return False, f"refusing to remove {access_point}: too close to the root"
             if not path.exists():
                 return True, "access point already removed"
+            self._remove_inputs(workspec, path)
             shutil.rmtree(path)
             log.info("worker %s: removed %s", workspec.workerID, access_point)
             return True, ""

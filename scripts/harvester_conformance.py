@@ -186,7 +186,7 @@ def queue(site_file: Path, base: Path) -> tuple[str, dict[str, Any]]:
 
     site = load_site_config(site_file)
     qdict = harvester_plugins.queue_config_for_site(site, access_point=str(base / "harvester" / "${workerID}"))
-    qdict["preparator"]["localBasePath"] = str(base / "harvester" / "inputs")
+    qdict["common"]["localBasePath"] = str(base / "harvester" / "inputs")
     return site.site.name, qdict
 
 

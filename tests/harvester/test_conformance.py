@@ -143,3 +143,18 @@ def test_xrootd_stage_in_and_out(xrootd: XRootDServer, tmp_path: Path) -> None:
     (xrootd.data / "castor" / job.jobParams["realDatasetsIn"] / job.jobParams["inFiles"]).unlink()
     status, _ = CopytoolPreparator(**prep).trigger_preparation(job)
     assert status is False and job.get_one_attribute("pilotErrorCode") == ErrorCode.MISSING_INPUT
+
+
+def test_sweep_removes_the_workers_staged_inputs(tmp_path: Path) -> None:
+    from harvester_plugins.sweeper import SagaSweeper
+
+    ap, inputs = tmp_path / "worker" / "9", tmp_path / "inputs"
+    ap.mkdir(parents=True)
+    (ap / "worker_pandaids.json").write_text("[7001]")
+    (inputs / "7001").mkdir(parents=True)
+    (inputs / "7001" / "cdr.raw").write_bytes(b"x")
+    (inputs / "7002").mkdir()  # another worker's job: kept
+    ws = compat.WorkSpec()
+    ws.workerID, ws.accessPoint = 9, str(ap)
+    assert SagaSweeper(localBasePath=str(inputs)).sweep_worker(ws) == (True, "")
+    assert not ap.exists() and not (inputs / "7001").exists() and (inputs / "7002").is_dir()
