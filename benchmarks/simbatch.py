@@ -8,13 +8,16 @@ simulator's.  For each submission the simulated side plays what a PBS/Slurm job 
 node agents would leave on the shared file system:
 
 queued (``queue_delay`` seconds) → running: every job's ``<PandaID>.started`` marker →
-each payload "ends" after ``runtime`` × U(1 − spread, 1 + spread): its output files in its
-work dir, then its result file ``<PandaID>.json`` (the node agent's format, written
-atomically with ``hpc.jobset.atomic_write_text``) → the wrapper's exit marker
-(``harvester_plugins.saga_backend.EXIT_MARKER``) once all results are out.
+each payload "ends" ``runtime`` seconds after the FIRST submission, within a wave of
+``spread`` seconds (so a benchmark knows when the daemon holds everything and when the
+endings come, whatever the fill took): its output files in its work dir, then its outcome in
+Harvester's shared-file format, written by the node agents' own writer
+(``harvester_plugins.jobfiles.write_outcome``) → the wrapper's exit marker
+(``harvester_plugins.saga_backend.EXIT_MARKER``) once all its results are out.
 
-No payload process is started.  ``status`` answers from the submission's schedule, as a
-batch system's ``qstat`` would; ``kill`` ends the submission's jobs at once (cancelled).
+No payload process is started.  ``status`` answers as ``qstat`` would: queued before the
+start, running until the exit marker, then finished; ``kill`` ends the submission's jobs
+at once (cancelled).
 The simulated side is event-driven: it sleeps until its next scheduled event or a new
 request, never polls.
 
@@ -33,6 +36,7 @@ import random
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +47,14 @@ class SimBatchBackend:
     """``BatchBackend`` (submit / status / kill, optional ended / preflight) on simulated nodes."""
 
     def __init__(
-        self, *, queue_delay: float = 2.0, runtime: float = 600.0, spread: float = 0.2, seed: int = 15
+        self, *, queue_delay: float = 2.0, runtime: float = 600.0, spread: float = 20.0, seed: int = 15
     ) -> None:
         self.queue_delay = queue_delay
         self.runtime = runtime
         self.spread = spread
         self.seed = seed
-        self._schedule: dict[str, tuple[float, float]] = {}  # batch id → (start, latest end)
+        self._schedule: dict[str, float] = {}  # batch id → start
+        self.wave = 0.0  # when the payloads end: runtime after the first submission
         self._killed: set[str] = set()
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -83,24 +88,20 @@ class SimBatchBackend:
             self._n += 1
             batch_id = f"{self._n}.sim"
             start = time.time() + self.queue_delay
-            self._schedule[batch_id] = (start, start + self.runtime * (1 + self.spread) + 1.0)
-            self._nodes().send(
-                ("submit", str(jobset), str(subdir), start, self.runtime, self.spread, self.seed + self._n)
-            )
+            self.wave = self.wave or time.time() + self.runtime
+            self._schedule[batch_id] = start
+            self._nodes().send(("submit", str(jobset), str(subdir), start, self.wave, self.spread, self.seed + self._n))
         return batch_id
 
     def status(self, batch_id: str, subdir: Path) -> str:
         if batch_id in self._killed:
             return "cancelled"
-        start, end = self._schedule.get(batch_id, (0.0, 0.0))
-        now = time.time()
-        if not start:
+        start = self._schedule.get(batch_id)
+        if start is None:
             return "missed"
-        if now < start:
+        if time.time() < start:
             return "submitted"
-        if now < end and not self.ended(subdir):
-            return "running"
-        return "finished"
+        return "finished" if self.ended(subdir) else "running"
 
     def ended(self, subdir: Path) -> bool:
         from harvester_plugins.saga_backend import read_exit_marker
@@ -121,6 +122,8 @@ def _node_side(conn: Any) -> None:
     killed: set[str] = set()
     host = socket.gethostname()
     pending: dict[str, int] = {}  # subdir → results still to write
+    # one writer per simulated node: a real agent's writes (fsync'd) run on its own node
+    writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="simnode")
 
     def at(when: float, kind: str, data: Any) -> None:
         nonlocal seq
@@ -135,10 +138,11 @@ def _node_side(conn: Any) -> None:
             except EOFError:
                 return
             if message[0] == "stop":
+                writers.shutdown(wait=True)
                 return
             if message[0] == "submit":
-                _, jobset, subdir, start, runtime, spread, seed = message
-                at(start, "start", (jobset, subdir, runtime, spread, seed))
+                _, jobset, subdir, start, wave, spread, seed = message
+                at(start, "start", (jobset, subdir, wave, spread, seed))
             elif message[0] == "kill":
                 killed.add(message[1])
                 _exit_marker(Path(message[1]), 143)
@@ -147,24 +151,29 @@ def _node_side(conn: Any) -> None:
         due = []
         while events and events[0][0] <= now + 0.05:  # one pass for everything due in the next 50 ms
             due.append(heapq.heappop(events))
+        ended: list[tuple[str, Any]] = []
         for _, _, kind, data in due:
             if kind == "start":
-                jobset, subdir, runtime, spread, seed = data
+                jobset, subdir, wave, spread, seed = data
                 if subdir in killed:
                     continue
                 jobs = _start(Path(jobset), Path(subdir))
                 pending[subdir] = len(jobs)
                 rng = random.Random(seed)
                 for job in jobs:
-                    at(now + runtime * rng.uniform(1 - spread, 1 + spread), "end", (subdir, job, host))
+                    at(max(now, wave + rng.uniform(0, spread)), "end", (subdir, job, host))
             elif kind == "end":
                 subdir, job, node_host = data
-                if subdir in killed:
-                    continue
-                _finish(Path(subdir), job, node_host)
-                pending[subdir] -= 1
-                if not pending[subdir]:
-                    _exit_marker(Path(subdir), 0)
+                if subdir not in killed:
+                    ended.append((subdir, writers.submit(_finish, job, node_host)))
+        for subdir, future in ended:
+            try:
+                future.result()
+            except OSError as exc:
+                log.warning("simulated node: cannot write an outcome in %s: %s", subdir, exc)
+            pending[subdir] -= 1
+            if not pending[subdir]:
+                _exit_marker(Path(subdir), 0)
 
 
 def _start(jobset: Path, subdir: Path) -> list[dict[str, Any]]:
@@ -176,46 +185,39 @@ def _start(jobset: Path, subdir: Path) -> list[dict[str, Any]]:
     reports.mkdir(parents=True, exist_ok=True)
     now = time.time()
     jobs = []
-    for node, node_jobs in parsed.node_jobs.items():
+    for node_jobs in parsed.node_jobs.values():
         for nj in node_jobs:
             atomic_write_text(reports / f"{nj.panda_id}.started", f"0 {now:.3f}\n", durable=False)
             jobs.append(
                 {
                     "panda_id": nj.panda_id,
                     "attempt_nr": nj.job.attempt_nr,
-                    "node": node,
-                    "slot": nj.slot,
                     "workdir": nj.workdir,
                     "outputs": [f.lfn for f in nj.job.output_files],
-                    "reports": str(reports),
                     "started": now,
                 }
             )
     return jobs
 
 
-def _finish(subdir: Path, job: dict[str, Any], host: str) -> None:
+def _finish(job: dict[str, Any], host: str) -> None:
     """One virtual payload ends well: its outputs, then its outcome files (as a node agent writes them)."""
-    import uuid
-
-    from harvester_plugins import jobfiles
+    from harvester_plugins.jobfiles import JobOutcome, OutputFile, write_outcome
 
     workdir = Path(job["workdir"])
     outputs = []
     for lfn in job["outputs"]:
-        try:
-            (workdir / lfn).write_bytes(b"simulated output\n")
-            outputs.append(jobfiles.OutputFile.of(workdir / lfn, "output", str(uuid.uuid4())))
-        except OSError as exc:
-            log.warning("job %s: cannot write output %s: %s", job["panda_id"], lfn, exc)
+        path = workdir / lfn
+        path.write_bytes(b"simulated output\n")
+        outputs.append(OutputFile.of(path, "output", "", 100))
     now = time.time()
-    outcome = jobfiles.JobOutcome(
+    outcome = JobOutcome(
         panda_id=job["panda_id"],
         attempt_nr=job["attempt_nr"],
         status="finished",
         trans_exit_code=0,
         n_events=100,
-        cpu_seconds=1.0,
+        cpu_seconds=now - job["started"],
         max_rss_kb=50 * 1024,
         start_time=job["started"],
         end_time=now,
@@ -223,7 +225,7 @@ def _finish(subdir: Path, job: dict[str, Any], host: str) -> None:
         node=host,
         outputs=outputs,
     )
-    jobfiles.write_outcome(workdir, outcome)
+    write_outcome(workdir, outcome)
 
 
 def _exit_marker(subdir: Path, code: int) -> None:
@@ -263,7 +265,7 @@ def run_daemon(site_path: str, *, runtime: float, hold_poll: float, fill_to: int
             if filled:
                 site.hpc.poll_interval = hold_poll
                 with open(status_path, "a", encoding="utf-8") as out:
-                    out.write(json.dumps({"phase": "filled", "time": time.time()}) + "\n")
+                    out.write(json.dumps({"phase": "filled", "time": time.time(), "wave": backend.wave}) + "\n")
                 return
             time.sleep(0.5)
 
@@ -284,7 +286,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="run the daemon on the simulated batch system")
     parser.add_argument("--site", required=True)
-    parser.add_argument("--runtime", type=float, default=600.0, help="virtual payload seconds")
+    parser.add_argument("--runtime", type=float, default=600.0, help="seconds from the first submission to the endings")
     parser.add_argument("--hold-poll", type=float, default=30.0, help="poll interval once filled")
     parser.add_argument("--fill", type=int, default=30, help="submissions to fill up to")
     parser.add_argument("--status", required=True, help="phase log (JSON lines)")
