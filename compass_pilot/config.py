@@ -390,7 +390,7 @@ def load_site_config(path: str | os.PathLike[str] | None) -> SiteConfig:
         raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         # an empty file silently meaning "all defaults" hides a truncated copy or a wrong path
-        raise ConfigError(f"{source}: the file is empty (leave out --site to run with the embedded defaults)")
+        raise ConfigError(f"{source}: the file is empty (give no site config to run with the embedded defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     _unset_variables(data, "", source)

@@ -184,7 +184,7 @@ def test_status_with_malformed_daemon_state(tmp_path: Path) -> None:
     [
         ("hpc:\n  batch_url: lsf://nowhere\n", ["hpc.batch_url", "lsf://nowhere", "slurm://"]),
         ("site:\n  workdir: ${NO_SUCH_VAR_H14}/work\n", ["site.workdir", "${NO_SUCH_VAR_H14}", "not set"]),
-        ("", ["the file is empty", "leave out --site"]),
+        ("", ["the file is empty", "give no site config"]),
         ("panda:\n  url: ftp://panda.cern.ch\n", ["panda.url", "ftp://"]),
         ("storage:\n  input_root: root://eos//castor\n", ["storage.input_root", "copytool: xrootd"]),
         ("grid:\n  looping_timeout: -5\n", ["grid.looping_timeout"]),
