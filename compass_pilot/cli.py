@@ -18,6 +18,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
+from compass_pilot import argtypes
 from compass_pilot.config import load_site_config
 from compass_pilot.exitcodes import ExitCode, ExitError, for_job_outcomes, table_text
 
@@ -65,26 +66,6 @@ def _log_level(value: str) -> str:
     if level not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
     return level
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{number} is negative (0 means no limit)")
-    return number
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number:g} s is under 1 s (no busy polling)")
-    return number
 
 
 class _Signals:
@@ -201,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = add("daemon", help="multi-job HPC daemon on the MOM node")
     daemon.add_argument("--site", required=True)
     daemon.add_argument("--once", action="store_true", help="one fetch-submit-report cycle, then exit when done")
-    daemon.add_argument("--max-cycles", type=_count, default=0, help="stop after this many submissions (0 = no limit)")
+    daemon.add_argument(
+        "--max-cycles", type=argtypes.count, default=0, help="stop after this many submissions (0 = no limit)"
+    )
     daemon.set_defaults(func=lambda a: _delegate("compass_pilot.modes.daemon_cli", "cmd_daemon")(a))
 
     status = add("status", help="what the MOM-node daemon is doing (exit 0 healthy, 29 not)")
@@ -212,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus", action="store_true", help="the daemon's figures for a node_exporter textfile collector"
     )
     status.add_argument(
-        "--stale-after", type=_seconds, help="state older than this is stale (default: 3 × hpc.poll_interval)"
+        "--stale-after", type=argtypes.seconds, help="state older than this is stale (default: 3 × hpc.poll_interval)"
     )
     status.set_defaults(func=lambda a: _delegate("compass_pilot.status", "cmd_status")(a))
 
@@ -225,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=lambda a: _delegate("compass_pilot.panda.commands", "cmd_submit")(a))
 
     demo = add("demo", help="dispatcher + synthetic production + pilots, end to end")
-    demo.add_argument("--chunks", type=_count, default=20)
-    demo.add_argument("--pilots", type=_count, default=2, help="pilots running at once")
-    demo.add_argument("--events", type=_count, default=200, help="events per raw chunk")
+    demo.add_argument("--chunks", type=argtypes.count, default=20)
+    demo.add_argument("--pilots", type=argtypes.count, default=2, help="pilots running at once")
+    demo.add_argument("--events", type=argtypes.count, default=200, help="events per raw chunk")
     demo.add_argument("--calibdb", choices=("sqlite", "mariadb"), default="sqlite")
     demo.add_argument("--chain", action="store_true", help="reco → merge → cross-check for 2 runs × 10 chunks")
     demo.add_argument("--xrootd", action="store_true", help="move files through a local XRootD server")

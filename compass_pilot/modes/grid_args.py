@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from compass_pilot import argtypes
 from compass_pilot.config import SiteConfig, panda_url_problem
 from compass_pilot.exitcodes import ExitCode, ExitError
 
@@ -48,24 +49,8 @@ def _str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (True/False)")
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{number} is negative")
-    return number
 
 
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number:g} s is under 1 s (no busy polling)")
-    return number
 
 
 #: pilot3 options with no counterpart here: (flags, argparse keywords); logged when given
@@ -151,11 +136,11 @@ def add_grid_arguments(grid: argparse.ArgumentParser) -> None:
         "-v",
         "--getjobrequests",
         dest="getjob_requests",
-        type=_positive_int,
+        type=argtypes.count,
         help="jobs to take before exiting (pilot3 -v)",
     )
-    grid.add_argument("--max-jobs", type=_positive_int, help="jobs to run before exiting (0 = until none left)")
-    grid.add_argument("--heartbeat", type=_seconds, help="seconds between running heartbeats (at least 1)")
+    grid.add_argument("--max-jobs", type=argtypes.count, help="jobs to run before exiting (0 = until none left)")
+    grid.add_argument("--heartbeat", type=argtypes.seconds, help="seconds between running heartbeats (at least 1)")
     for flags, kwargs in IGNORED:
         grid.add_argument(*flags, dest=_dest(flags), default=None, help=argparse.SUPPRESS, **kwargs)
 
