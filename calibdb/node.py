@@ -46,7 +46,8 @@ import psutil
 
 from calibdb import backends
 from calibdb.endpoint import CONNECTION_KEYS, Endpoint, make_endpoint
-from calibdb.private import check_private_file, ensure_private_dir, write_private_file
+from calibdb.private import check_private_file, ensure_private_dir
+from compass_pilot.atomic import atomic_write_text
 from compass_pilot.config import CalibDBSection, expand
 from compass_pilot.errors import CalibDBError
 
@@ -196,7 +197,7 @@ class CalibDB:
         return path.parent in (self.dir, backends.socket_path(self.dir).parent)
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        write_private_file(self._state_file, json.dumps(state))
+        atomic_write_text(self._state_file, json.dumps(state))
 
     def _lock(self) -> _NodeLock:
         ensure_private_dir(self.dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from compass_pilot.errors import CalibDBError
@@ -73,17 +72,3 @@ def check_private_file(path: Path) -> bool:
             f"{'regular file' if stat.S_ISREG(st.st_mode) else 'not a regular file'}): possibly planted; not used"
         )
     return True
-
-
-def write_private_file(path: Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text``: temp file 0600 in the same dir, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

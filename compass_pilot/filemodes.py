@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from compass_pilot.atomic import atomic_write_text
 from compass_pilot.errors import ConfigError
 
 
@@ -29,20 +30,13 @@ def private_file(path: str | os.PathLike[str]) -> Path:
 
 
 def write_private_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a secret (a key, a token) to a new 0600 file, atomically, never through a wider mode."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    """Write a secret (a key, a token) to a 0600 file, atomically, never through a wider mode.
+
+    The one atomic-write helper already creates its temp file 0600 (``mkstemp``) and
+    renames it into place, so the secret never exists under a wider mode.
+    """
+    atomic_write_text(path, text)
+    return Path(path)
 
 
 def check_own_dir(path: str | os.PathLike[str], what: str) -> None:

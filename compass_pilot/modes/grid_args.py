@@ -49,10 +49,6 @@ def _str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (True/False)")
 
 
-
-
-
-
 #: pilot3 options with no counterpart here: (flags, argparse keywords); logged when given
 IGNORED: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("-w", "--workflow"), {}),
