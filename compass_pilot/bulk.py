@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_FINAL_REJECTIONS = 10
 
 #: Acknowledged finals remembered in memory (a daemon running for months must not grow with every job).
-ACKED_MEMORY = 20000
+ACKED_MEMORY = 4096
 
 
 class ReportJournal(Protocol):

@@ -43,7 +43,8 @@ class DaemonProgress:
 
     def figures(self, daemon: Any) -> dict[str, Any]:
         """The daemon's own figures: rounds, jobs in flight and submissions, finals so far."""
-        finals = Counter(daemon.final_states.values())
+        # outcomes counts every final since start; final_states keeps only the recent ones
+        finals = getattr(daemon, "outcomes", None) or Counter(daemon.final_states.values())
         active = [s for s in daemon.submissions.values() if not s.done]
         in_flight = sum(1 for s in active for entry in s.jobs.values() if not entry.final)
         return {

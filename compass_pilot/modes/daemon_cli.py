@@ -38,7 +38,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         client.close()
     if daemon.exit_code and daemon.unhealthy:
         print(f"daemon: {daemon.unhealthy}", file=sys.stderr)  # the one line that says why
-    states = Counter(daemon.final_states.values())
+    states = Counter(daemon.outcomes)  # every final since start (final_states keeps the recent ones)
     print(
         f"daemon done: {dict(states)}; fetch requests {daemon.source.stats.requests}, "
         f"update requests {daemon.updater.stats.requests}"
@@ -58,5 +58,5 @@ def daemon_exit_code(daemon: Any, code: int, signum: int | None) -> int:
     if getattr(daemon, "breaker_open", False):
         print("circuit breaker open: submissions kept failing, the daemon stopped fetching", file=sys.stderr)
         return ExitCode.BLACK_HOLE
-    states = Counter(daemon.final_states.values())
+    states = Counter(daemon.outcomes)  # every final since start (final_states keeps the recent ones)
     return for_job_outcomes(states.get("finished", 0), states.get("failed", 0))

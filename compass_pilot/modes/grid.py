@@ -9,6 +9,7 @@ up to ``grid.max_jobs`` or until the server has none.  The pilot sleeps in
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -74,9 +75,31 @@ class GridPilot:
         self._calib_env: dict[str, str] | None = None
         self._copytool: Any = None
         self._current: PayloadProcess | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        threading.Thread(target=self._stopper, name="pilot-stop", daemon=True).start()
 
     def stop(self) -> None:
-        """Ask the pilot to stop (SIGTERM from the batch system or the factory): kill the payload now."""
+        """Ask the pilot to stop (SIGTERM from the batch system or the factory): kill the payload now.
+
+        Signal-safe: it only writes a byte down a pipe.  A small thread blocked on that pipe
+        sets the stop event and kills the payload — work that takes locks, which a signal
+        handler must not (it may have interrupted the very thread holding one).
+        """
+        try:
+            os.write(self._stop_w, b"!")
+        except OSError:  # already asked (pipe full) or pilot over (closed)
+            pass
+
+    def _stopper(self) -> None:
+        """Turns the stop byte into the stop event and the payload's kill (on its own thread)."""
+        try:
+            data = os.read(self._stop_r, 1)
+        except OSError:
+            data = b""
+        finally:
+            os.close(self._stop_r)
+        if not data:  # the pilot closed the pipe: no stop was asked
+            return
         self.stop_event.set()
         current = self._current
         if current is not None:
@@ -101,6 +124,9 @@ class GridPilot:
         return self._calib_env
 
     def close(self) -> None:
+        fd, self._stop_w = self._stop_w, -1  # a late signal writes nowhere
+        if fd >= 0:
+            os.close(fd)  # EOF: the stopper thread ends
         self.journal.close()
         if self._calibdb is not None:
             try:

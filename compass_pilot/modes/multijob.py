@@ -54,7 +54,7 @@ STATE_FILE = "daemon_state.json"
 #: Settled submissions kept in memory (for ``status`` and tests); older ones live only on disk.
 DONE_SUBMISSIONS_MEMORY = 16
 #: Final states remembered per PandaID (``outcomes`` counts all of them).
-FINAL_STATES_MEMORY = 10000
+FINAL_STATES_MEMORY = 4096
 #: Disk and journal pruning runs this often.
 PRUNE_INTERVAL = 3600.0
 
