@@ -114,3 +114,24 @@ def test_hung_qstat_does_not_stop_the_rounds(site: Site, monkeypatch) -> None:
     assert daemon.updater.stats.requests >= len(hung)  # reports and heartbeats kept flowing
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
     assert record("hung qstat (status never answers)", site.dispatcher)[1:] == (0, 0)
+
+
+def test_breaker_closes_again_when_the_batch_system_recovers(site: Site, monkeypatch) -> None:
+    """Long-running: the open breaker stops fetching; the held set is retried; once it is accepted
+    and the cool-down passed, a preflight lets the next job set in."""
+    submit_reco(site.db, 8)
+    site.data["hpc"]["max_jobs"] = 4
+    daemon, backend = _daemon(site, monkeypatch, failures=2, breaker_threshold=2)
+    fetched_while_open: list[int] = []
+    real_fetch = daemon.source.fetch
+
+    def watching_fetch(n: int):  # type: ignore[no-untyped-def]
+        if daemon.breaker_open:
+            fetched_while_open.append(n)
+        return real_fetch(n)
+
+    monkeypatch.setattr(daemon.source, "fetch", watching_fetch)
+    assert _run(daemon, max_cycles=2) == ExitCode.OK
+    assert backend.attempts == 4 and fetched_while_open == []  # 2 refused, then both sets accepted
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
+    assert record("batch system down, then back: breaker reopens fetching", site.dispatcher)[1:] == (0, 0)
