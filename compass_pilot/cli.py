@@ -78,8 +78,9 @@ class _Signals:
         signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        # no logging here: a handler runs between two bytecodes of the main thread, which may
+        # hold the logging lock at that moment (a deadlock); the pilot logs the stop itself
         self.received = self.received or signum
-        log.warning("%s received: stopping", signal.Signals(signum).name)
         self._on_signal(signum)
 
 
@@ -96,6 +97,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         summary = pilot.run()
     finally:
         client.close()
+    if signals.received:
+        log.warning("%s received: stopped", signal.Signals(signals.received).name)
     if summary.preflight_error:
         fix = " (create one with voms-proxy-init, or set panda.x509_proxy / X509_USER_PROXY)"
         print(

@@ -335,6 +335,56 @@ class PandaClient:
             raise ServerError(f"bulk update: {len(answers)} answers for {len(reports)} jobs", retriable=True)
         return answers
 
+    def get_status(self, panda_ids: list[int]) -> dict[int, tuple[str, int]]:
+        """PandaID → (status, attemptNr) in ONE request, not retried (the caller re-sends on error).
+
+        v1: ``GET /api/v1/pilot/get_job_status`` with ``job_ids`` repeated once per id — the
+        server's GET parser (``api/v1/common.py``) makes a list only of a repeated query key and
+        casts each element to int, so ``job_ids=1,2`` is a type error there; its ``data`` is
+        ``[{job_id, status, attempt_number}]``.  Legacy: ``POST /server/panda/getStatus`` with
+        ``ids`` space-separated, answered ``status=a+b&attemptNr=1+2`` (JobDispatcher.getStatus).
+        """
+        if not panda_ids:
+            return {}
+        base = self.panda.url.rstrip("/")
+        try:
+            if self.panda.dialect == "v1":
+                response = self.session.get(
+                    f"{base}/api/v1/pilot/get_job_status",
+                    params={"job_ids": [str(i) for i in panda_ids]},
+                    timeout=self.panda.timeout,
+                    verify=self._verify,
+                )
+            else:
+                response = self.session.post(
+                    f"{base}/server/panda/getStatus",
+                    data={"ids": " ".join(str(i) for i in panda_ids)},
+                    timeout=self.panda.timeout,
+                    verify=self._verify,
+                )
+        except requests.RequestException as exc:
+            raise ServerError(f"job status: {exc}") from None
+        if response.status_code != 200:
+            raise ServerError(f"job status: HTTP {response.status_code}")
+        if self.panda.dialect == "v1":
+            answer = response.json()
+            if not isinstance(answer, dict) or not answer.get("success"):
+                raise ServerError(f"get_job_status: {str(answer)[:200]}", retriable=False)
+            return {
+                int(item["job_id"]): (str(item.get("status", "")), int(item.get("attempt_number") or 0))
+                for item in answer.get("data") or []
+                if isinstance(item, dict) and "job_id" in item
+            }
+        fields = parse_qs(response.text.strip())
+        statuses = (fields.get("status") or [""])[0].split("+")
+        attempts = (fields.get("attemptNr") or [""])[0].split("+")
+        if len(statuses) != len(panda_ids) or len(attempts) != len(panda_ids):
+            raise ServerError(f"getStatus: {len(statuses)} answers for {len(panda_ids)} ids", retriable=False)
+        return {
+            pid: (st, int(at) if at.isdigit() else -1)
+            for pid, st, at in zip(panda_ids, statuses, attempts, strict=True)
+        }
+
     @staticmethod
     def _legacy_answer(answer: Any) -> UpdateAnswer:
         if not isinstance(answer, dict):

@@ -409,9 +409,16 @@ class _Handler(BaseHTTPRequestHandler):
             ]
             self._send(200, {"success": True, "message": "", "data": data})
         elif method == "get_job_status":
+            # as the server's GET parser (api/v1/common.py): a repeated key is a list, a single
+            # value a one-element list, each element cast by int(float(x)) — "1,2" is a type error
             raw = fields.get("job_ids", [])
-            ids = raw if isinstance(raw, list) else [i for i in str(raw).replace(",", " ").split() if i]
-            self._send(200, {"success": True, "message": "", "data": store.job_status([int(i) for i in ids])})
+            try:
+                ids = [int(float(i)) for i in (raw if isinstance(raw, list) else [raw])]
+            except (TypeError, ValueError):
+                message = f"Type error: 'job_ids' with value '{raw}' could not be casted to type list"
+                self._send(200, {"success": False, "message": message, "data": None})
+                return
+            self._send(200, {"success": True, "message": "", "data": store.job_status(ids)})
         elif method == "update_worker_status":
             missing = [k for k in ("worker_id", "harvester_id", "status") if k not in fields]
             if missing:

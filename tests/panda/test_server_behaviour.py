@@ -266,3 +266,36 @@ def test_operator_kill_is_final(tmp_path: Path) -> None:
         assert (row["status"], row["attempt_nr"], row["error_code"]) == ("failed", 1, 1144)
     finally:
         dispatcher.stop()
+
+
+def test_v1_get_job_status_takes_repeated_ids_as_the_server_does(served) -> None:
+    dispatcher, db = served
+    submit_task(db, reco_task(chunk_paths(2)))
+    a = int(get_one(dispatcher)["PandaID"])
+    url = f"{dispatcher.url}/api/v1/pilot/get_job_status"
+    reply = requests.get(url, params={"job_ids": [str(a), "999999"]}, timeout=10).json()
+    assert reply["success"] and reply["data"] == [
+        {"job_id": a, "status": "sent", "attempt_number": 1},
+        {"job_id": 999999, "status": "not found", "attempt_number": 0},
+    ]
+    # a comma-joined value is one list element the server cannot cast: a type error, not a guess
+    joined = requests.get(url, params={"job_ids": f"{a},999999"}, timeout=10).json()
+    assert joined["success"] is False and "Type error" in joined["message"]
+
+
+@pytest.mark.parametrize("dialect", ["v1", "legacy"])
+def test_client_get_status_in_one_request(served, dialect: str) -> None:
+    from compass_pilot.config import SiteConfig
+    from compass_pilot.panda.client import PandaClient
+
+    dispatcher, db = served
+    submit_task(db, reco_task(chunk_paths(2)))
+    a = int(get_one(dispatcher)["PandaID"])
+    site = SiteConfig()
+    site.panda.url, site.panda.dialect = dispatcher.url, dialect
+    client = PandaClient(site.panda, site.site)
+    try:
+        unknown = "notfound" if dialect == "legacy" else "not found"  # each dialect's own word
+        assert client.get_status([a, 999999]) == {a: ("sent", 1), 999999: (unknown, 0)}
+    finally:
+        client.close()
