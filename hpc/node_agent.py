@@ -27,7 +27,7 @@ per-job access point ``<accessPoint>/<PandaID>/``) in Harvester's shared-file fo
 through :mod:`harvester_plugins.jobfiles`: the outputs to stage out (with size and
 adler32, computed here where the data is), the job report, and last the job's
 attributes with ``jobStatus`` finished / failed and its error code.  A real Harvester
-and our daemon read the same files.  ``<reports>/<PandaID>.started`` is written when the
+and our daemon read the same files.  ``<reports>/<PandaID>.started`` (``pid time host``) is written when the
 payload starts (the daemon turns it into a running heartbeat).  A job that already has
 an outcome (a batch job requeued after a node failure) is not run again.
 
@@ -304,7 +304,7 @@ class NodeRun:
             return None
         try:
             marker = self.reports_dir / f"{nj.panda_id}.started"  # a hint: no fsync
-            atomic_write_text(marker, f"{proc.pid} {time.time():.3f}\n", durable=False)
+            atomic_write_text(marker, f"{proc.pid} {time.time():.3f} {self.host}\n", durable=False)
         except OSError as exc:  # a missing marker only delays the running heartbeat
             log.warning("job %d: cannot write the started marker: %s", nj.panda_id, exc)
         log.info("job %d slot %d: payload started pid=%s", nj.panda_id, nj.slot, proc.pid)

@@ -81,6 +81,7 @@ class JobEntry:
     started_at: float = 0.0
     final: str = ""
     node: int = -1  # the node it runs on (its agent's heartbeat file); -1 = unknown (older state files)
+    host: str = ""  # the compute node's host name, from its started marker: PanDA's `node`, not the MOM node
 
 
 @dataclass
@@ -633,8 +634,11 @@ class MultiJobDaemon:
             elif entry.state == "starting" and f"{key}.started" in names:
                 entry.state = "running"
                 entry.started_at = time.time()
+                entry.host = _marker_host(reports / f"{key}.started")
                 changed = True
-                self.updater.queue(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1))
+                self.updater.queue(
+                    JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1, node=entry.host)
+                )
         # stage-out is the slow part (xrdcp to EOS): a pool of transfers, bookkeeping here
         copytool = self.copytool if results else None  # made here, not raced for by the threads
         finished = self._in_parallel(lambda item: self._report_from_result(*item, copytool), results)
@@ -699,7 +703,7 @@ class MultiJobDaemon:
         # jobs waiting for the batch system (queued, or a submission being retried) beat as
         # "starting": without it PanDA fails a job that waits longer than its heartbeat timeout
         beats = [
-            JobReport(entry.panda_id, entry.state, entry.attempt_nr, batch_id=state.batch_id)
+            JobReport(entry.panda_id, entry.state, entry.attempt_nr, batch_id=state.batch_id, node=entry.host)
             for state in self.submissions.values()
             for entry in state.jobs.values()
             if entry.state in ("starting", "running") and not entry.final and self.agent_alive(state, entry)
@@ -968,3 +972,12 @@ def make_backend(site: SiteConfig) -> BatchBackend:
     from harvester_plugins.daemon_backend import PluginBatchBackend
 
     return PluginBatchBackend(site)
+
+
+def _marker_host(marker: Path) -> str:
+    """The compute node's host name from a node agent's started marker (``pid time host``); "" if absent."""
+    try:
+        fields = marker.read_text().split()
+    except OSError:
+        return ""
+    return fields[2][:128] if len(fields) > 2 else ""

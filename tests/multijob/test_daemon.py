@@ -197,3 +197,27 @@ def test_transfers_run_in_parallel_and_one_bad_input_fails_only_its_job(mom, tmp
     # finished jobs' work dirs are removed (after the round's commit); their outputs are at the destination
     assert not list(Path(site.hpc.shared_dir).glob("sub-*/jobs/PandaJob_*/payload.stdout"))
     assert len(list((tmp_path / "eos").rglob("mDST-275678-*.root"))) == 11
+
+
+def test_updates_name_the_compute_node_not_the_mom_node(mom) -> None:
+    """PanDA's `node` is where the job ran: the node agent's host, from its started marker.
+
+    The daemon's client is named for a MOM node that is not this host, so an update that
+    fell back to the client's name would show "mom-node" here.
+    """
+    import socket
+
+    from compass_pilot.panda.client import PandaClient
+
+    site, _, dispatcher, submit = mom
+    submit(4, event_time=0.5)  # payloads long enough to be seen running
+    client = PandaClient(site.panda, site.site, node="mom-node")
+    try:
+        _run(MultiJobDaemon(site, client, make_backend(site)))
+    finally:
+        client.close()
+    updates = [u for u in dispatcher.updates() if u["accepted"]]
+    running = [u for u in updates if u["state"] == "running"]
+    finals = [u for u in updates if u["state"] in ("finished", "failed")]
+    assert running and len(finals) == 4
+    assert {u["node"] for u in running + finals} == {socket.gethostname()}
