@@ -41,7 +41,7 @@ def test_start_query_stop_cleans_scratch(
         assert endpoint.env["COMPASS_CALIB_DB"] == "calib" and endpoint.env["COMPASS_CALIB_USER"] == "root"
         (server,) = servers(tmp_path)
         assert "--skip-networking" in server.cmdline() and db.server_pid == server.pid
-        assert 0 < db.ready_seconds < 10 and "start-to-ready" in caplog.text
+        assert db.ready_seconds > 0 and "start-to-ready" in caplog.text  # the figure: benchmarks/calibdb_start.py
     db.stop()
     assert servers(tmp_path) == []
     assert [p.name for p in db.dir.iterdir()] == ["lock"]  # data, socket, pid, logs all gone
@@ -327,7 +327,7 @@ def test_runs_as_an_unprivileged_user(snapshots: dict[str, Path]) -> None:
             as_root=False,
         )
         try:
-            assert os.stat(endpoint.socket).st_uid == 65534 and ready < 10
+            assert os.stat(endpoint.socket).st_uid == 65534 and ready > 0
             conn = calibdb.connect(endpoint.env)
             assert len(calibdb.read_constants(conn, 275679)) == 10
             conn.close()
