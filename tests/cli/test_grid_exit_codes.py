@@ -52,4 +52,4 @@ def test_sigterm_mid_payload_is_143_and_the_job_is_reported(world: GridWorld) ->
     finally:
         pilot.kill()
     assert world.dispatcher.summary()["jobs_by_status"] == {"failed": 1}  # told PanDA before exiting
-    assert "SIGTERM received: stopping" in pilot.stderr.read()
+    assert "SIGTERM received: stopped" in pilot.stderr.read()
