@@ -48,6 +48,9 @@ from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.client import PandaClient
 from compass_pilot.panda.dispatcher import Dispatcher
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared task builder lives in tests/
+from tests.tasks import reco_task
+
 TASK_CHUNKS = 10_000
 CLIENTS = 8
 BULK = 512
@@ -57,18 +60,7 @@ def _task(index: int, n: int) -> dict[str, Any]:
     """A reco task of n chunks over runs of 200 chunks (the raw paths as a task file lists them)."""
     run0 = 200_000 + index * (TASK_CHUNKS // 200 + 1)
     paths = [f"2016/raw/W14/cdr{11001 + i % 200:05d}-{run0 + i // 200:06d}.raw" for i in range(n)]
-    return {
-        "name": f"bench-{index}",
-        "prod": "P09",
-        "year": 2016,
-        "period": "W14",
-        "job_type": "reco",
-        "sw_release": "slt2-phast7",
-        "slt": 2,
-        "phast": 7,
-        "max_attempts": 3,
-        "chunks": paths,
-    }
+    return reco_task(paths, name=f"bench-{index}", max_attempts=3)
 
 
 def populate(path: Path, n_jobs: int) -> None:

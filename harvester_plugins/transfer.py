@@ -22,31 +22,16 @@ from __future__ import annotations
 from typing import Any
 
 from compass_pilot.errors import ErrorCode, PilotError
+from harvester_plugins.sections import section_of
 
 #: Our codes for a transfer that timed out: worth another cycle (None), not a failed job.
 TEMPORARY_CODES = frozenset({ErrorCode.STAGE_IN_TIMEOUT, ErrorCode.STAGE_OUT_TIMEOUT})
 
 
-def storage_of(plugin: Any) -> Any:
-    """The StorageSection a plugin was configured with."""
-    from compass_pilot.config import SiteConfig, StorageSection, build_section, load_site_config, validate
-
-    storage = getattr(plugin, "storage", None)
-    if isinstance(storage, StorageSection):
-        return storage
-    if isinstance(storage, dict):
-        section = build_section(StorageSection, storage, "storage", "queue config")
-        return validate(SiteConfig(storage=section, source="queue config")).storage
-    path = getattr(plugin, "siteConfig", None)
-    if path:
-        return load_site_config(path).storage
-    return SiteConfig().storage
-
-
 def copytool_of(plugin: Any) -> Any:
     from compass_pilot.copytools import make_copytool
 
-    return make_copytool(storage_of(plugin))
+    return make_copytool(section_of(plugin, "storage"))
 
 
 def our_job(jobspec: Any, plugin: Any = None) -> Any:

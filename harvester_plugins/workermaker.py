@@ -34,6 +34,7 @@ from typing import Any
 
 from harvester_plugins.compat import PluginBase, WorkSpec
 from harvester_plugins.logs import plugin_logger
+from harvester_plugins.sections import section_of
 
 log = plugin_logger(__name__)
 
@@ -49,24 +50,6 @@ def params_from_submission(sub: Any, **extra: Any) -> dict[str, Any]:
     }
     params.update({k: v for k, v in extra.items() if v not in (None, "")})
     return params
-
-
-def hpc_section_of(plugin: Any) -> Any:
-    """The HPCSection a plugin was configured with (``hpc`` mapping or ``siteConfig`` path)."""
-    from compass_pilot.config import HPCSection, build_section, load_site_config, validate
-
-    hpc = getattr(plugin, "hpc", None)
-    if isinstance(hpc, HPCSection):
-        return hpc
-    if isinstance(hpc, dict):
-        section = build_section(HPCSection, hpc, "hpc", "queue config workerMaker")
-        from compass_pilot.config import SiteConfig
-
-        return validate(SiteConfig(hpc=section, source="queue config workerMaker")).hpc
-    path = getattr(plugin, "siteConfig", None)
-    if path:
-        return load_site_config(path).hpc
-    return HPCSection()
 
 
 def _merge(subs: list[Any], hpc: Any) -> Any:
@@ -100,7 +83,7 @@ class MultiJobWorkerMaker(PluginBase):
         from hpc.packing import plan_submissions
 
         try:
-            hpc = hpc_section_of(self)
+            hpc = section_of(self, "hpc")
             limit = self.max_jobs_per_worker()
             if not jobspec_list:
                 log.error("make_worker: no jobs")
@@ -136,7 +119,7 @@ class MultiJobWorkerMaker(PluginBase):
     # -- sizing hooks Harvester's submitter agent calls ----------------------------------
     def max_jobs_per_worker(self) -> int:
         """The cap: ``nJobsPerWorker`` below the site's 512 jobs / nodes × slots."""
-        hpc = hpc_section_of(self)
+        hpc = section_of(self, "hpc")
         cap = min(hpc.max_jobs, hpc.max_nodes * hpc.slots_per_node)
         wanted = getattr(self, "nJobsPerWorker", None)
         return min(cap, int(wanted)) if wanted else cap

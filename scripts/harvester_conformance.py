@@ -137,25 +137,17 @@ def make_world(base: Path, batch_url: str, port: int = 0) -> tuple[Any, Path, li
     from compass_pilot.demo.rawdata import make_production_input
     from compass_pilot.panda.client import PandaClient
     from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+    from tests.tasks import reco_task
 
     chunks = make_production_input(base / "castor", 2016, "W14", {275678: 6}, n_events=N_EVENTS)
     db = str(base / "panda.sqlite")
     dispatcher = Dispatcher(db, port=port, check_interval=60)
     dispatcher.start()
-    task = {
-        "name": "harvester-conformance",
-        "prod": "P09",
-        "year": 2016,
-        "period": "W14",
-        "job_type": "reco",
-        "sw_release": "slt2-phast7",
-        "slt": 2,
-        "phast": 7,
-        "max_attempts": 1,
-        "max_walltime": 600,
-        "chunks": [c.raw_path for c in chunks],
-        "inject": {chunks[3].raw_name: "crash", chunks[4].raw_name: "crash"},
-    }
+    task = reco_task(
+        [c.raw_path for c in chunks],
+        name="harvester-conformance",
+        inject={chunks[3].raw_name: "crash", chunks[4].raw_name: "crash"},
+    )
     submit_task(db, task)
     site = load_site_config(None)
     site.panda.url = dispatcher.url
