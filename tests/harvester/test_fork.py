@@ -101,7 +101,8 @@ def test_an_idle_job_service_is_closed_and_reopened_on_use(tmp_path: Path, monke
     while saga_backend.open_services() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert saga_backend.open_services() == []
-    time.sleep(1.5)  # the monitor notices its stop flag at its next 1 s read timeout
+    for thread in monitors:  # it notices its stop flag at its next 1 s read timeout (later on a loaded box)
+        thread.join(15)
     assert not any(t.is_alive() for t in monitors)
     # the next call opens a new service and still finds the job by its id
     seen = wait_status(q, ws, {"finished", "failed"}, timeout=20)
