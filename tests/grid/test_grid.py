@@ -26,7 +26,15 @@ def test_jobs_run_and_every_state_is_reported(world: GridWorld) -> None:
     summary = _pilot(world, max_jobs=0).run()
     assert sorted(summary.jobs.values()) == ["finished"] * 3
     for panda_id in summary.jobs:
-        assert _states(world, panda_id) == ["starting", "running", "transferring", "finished"]
+        states = _states(world, panda_id)
+        # each state once and in order; `running` repeats only as the 1 s heartbeat on a slow box
+        assert [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]] == [
+            "starting",
+            "running",
+            "transferring",
+            "finished",
+        ]
+        assert states.count("finished") == 1
         job = world.dispatcher.job(panda_id)
         assert job["n_events"] == 50 and job["status"] == "finished"
         assert "mDST-275678-" in job["output_report"]
