@@ -86,11 +86,13 @@ def test_an_idle_job_service_is_closed_and_reopened_on_use(tmp_path: Path, monke
 
     monkeypatch.setattr(saga_backend, "SERVICE_IDLE_SECONDS", 1.5)
     saga_backend.drop_service(URL)
+    # other tests' services (other URLs) may still run monitors of their own: watch only this one's
+    before = {t for t in threading.enumerate() if type(t).__name__ == "_job_state_monitor"}
     q = queue_dict(URL)
     ws = worker(str(tmp_path / "w"), "sleep 4", worker_id=30)
     assert plugin(q, "submitter").submit_workers([ws]) == [(True, "")]
     assert saga_backend.open_services() == [URL]
-    monitors = [t for t in threading.enumerate() if type(t).__name__ == "_job_state_monitor"]
+    monitors = [t for t in threading.enumerate() if type(t).__name__ == "_job_state_monitor" and t not in before]
     assert monitors
     # held in use past the idle time: not closed under its user's feet
     _, lock = saga_backend.get_service(URL)
