@@ -117,3 +117,25 @@ def site(tmp_path: Path) -> Iterator[Site]:
         yield s
     finally:
         dispatcher.stop()
+
+
+def start_daemon(site: Site, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``compass-pilot daemon`` for this site as its own process, output to a daemon-*.log in the site dir.
+
+    A fault point armed in the test process's own environment is never inherited: only
+    ``env`` (e.g. ``{"COMPASS_FAULT_POINT": …}``) arms one for this daemon.
+    """
+    inherited = {k: v for k, v in os.environ.items() if k != "COMPASS_FAULT_POINT"}
+    full = {**inherited, "HOME": str(site.base), "RADICAL_BASE": str(site.base / "radical"), **(env or {})}
+    log = open(site.base / f"daemon-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "compass_pilot.cli", "daemon", "--site", str(site.write()), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=full,
+    )
+
+
+def daemon_logs(site: Site) -> str:
+    """Everything the daemons of this site wrote, in start order."""
+    return "".join(p.read_text(errors="replace") for p in sorted(site.base.glob("daemon-*.log")))

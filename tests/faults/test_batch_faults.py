@@ -3,38 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from compass_pilot.exitcodes import ExitCode
-from tests.faults.conftest import Site, record, submit_reco
-
-
-def _daemon(site: Site, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    base = dict(os.environ, HOME=str(site.base), RADICAL_BASE=str(site.base / "radical"))
-    log = open(site.base / f"daemon-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "compass_pilot.cli", "daemon", "--site", str(site.write()), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**base, **(env or {})},
-    )
-
-
-def _log_text(site: Site) -> str:
-    return "".join(p.read_text(errors="replace") for p in sorted(site.base.glob("daemon-*.log")))
+from tests.faults.conftest import Site, daemon_logs, record, start_daemon, submit_reco
 
 
 def test_unreachable_batch_host_takes_no_job(site: Site) -> None:
     submit_reco(site.db, 4)
     site.data["hpc"]["batch_url"] = "slurm+ssh://unreachable.invalid"
-    daemon = _daemon(site, "--once", "--max-cycles", "3")
+    daemon = start_daemon(site, "--once", "--max-cycles", "3")
     assert daemon.wait(60) == ExitCode.PREFLIGHT_FAILED
     assert site.dispatcher.summary()["jobs_by_status"] == {"activated": 4}  # nothing taken
-    assert "unreachable.invalid" in _log_text(site)
+    assert "unreachable.invalid" in daemon_logs(site)
     state = json.loads((Path(site.data["hpc"]["shared_dir"]) / "daemon_state.json").read_text())
     assert state["healthy"] is False and state["fetch_requests"] == 0
     assert record("broken batch system: unreachable slurm+ssh host", site.dispatcher)[1:] == (0, 0)
@@ -45,9 +26,9 @@ def test_missing_qsub_takes_no_job(site: Site) -> None:
     site.data["hpc"]["batch_url"] = "pbspro://localhost"
     empty = site.base / "no-pbs-bin"
     empty.mkdir()
-    daemon = _daemon(site, "--once", env={"PATH": str(empty)})
+    daemon = start_daemon(site, "--once", env={"PATH": str(empty)})
     assert daemon.wait(60) == ExitCode.PREFLIGHT_FAILED
-    assert "'qsub' not found" in _log_text(site)
+    assert "'qsub' not found" in daemon_logs(site)
     assert site.dispatcher.summary()["jobs_by_status"] == {"activated": 4}
     assert record("broken batch system: pbspro:// without qsub", site.dispatcher)[1:] == (0, 0)
 

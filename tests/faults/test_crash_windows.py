@@ -10,34 +10,16 @@ import sys
 import time
 
 from compass_pilot.exitcodes import ExitCode
-from tests.faults.conftest import Site, record, submit_reco
-
-
-def _daemon(site: Site, *args: str, fault: str = "") -> subprocess.Popen[bytes]:
-    env = dict(os.environ, HOME=str(site.base), RADICAL_BASE=str(site.base / "radical"))
-    env.pop("COMPASS_FAULT_POINT", None)
-    if fault:
-        env["COMPASS_FAULT_POINT"] = fault
-    log = open(site.base / f"daemon-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "compass_pilot.cli", "daemon", "--site", str(site.write()), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
-def _logs(site: Site) -> str:
-    return "".join(p.read_text(errors="replace") for p in sorted(site.base.glob("daemon-*.log")))
+from tests.faults.conftest import Site, daemon_logs, record, start_daemon, submit_reco
 
 
 def test_killed_between_qsub_and_persisting_the_batch_id(site: Site) -> None:
     submit_reco(site.db, 8, extra_pars="--event-time 0.1")
-    crashed = _daemon(site, "--once", fault="daemon-after-submit")
+    crashed = start_daemon(site, "--once", env={"COMPASS_FAULT_POINT": "daemon-after-submit"})
     assert crashed.wait(60) == -signal.SIGKILL
-    restarted = _daemon(site, "--once")
+    restarted = start_daemon(site, "--once")
     assert restarted.wait(120) == 0
-    assert "found its batch job" in _logs(site)
+    assert "found its batch job" in daemon_logs(site)
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
     wrappers = list(site.base.glob("hpc/sub-*/batch_exit_code"))
     assert len(wrappers) == 1  # one batch job: found again, not submitted twice
@@ -72,11 +54,11 @@ def test_grid_killed_between_the_final_ack_and_its_journal_commit(site: Site) ->
 
 def test_daemon_killed_between_the_final_ack_and_its_journal_commit(site: Site) -> None:
     submit_reco(site.db, 4)
-    crashed = _daemon(site, "--once", fault="updater-after-final-ack")
+    crashed = start_daemon(site, "--once", env={"COMPASS_FAULT_POINT": "updater-after-final-ack"})
     assert crashed.wait(90) == -signal.SIGKILL
-    restarted = _daemon(site, "--once")
+    restarted = start_daemon(site, "--once")
     assert restarted.wait(120) in (ExitCode.OK, ExitCode.NO_JOBS)  # it had nothing left to run
-    assert "already holds its final state" in _logs(site)
+    assert "already holds its final state" in daemon_logs(site)
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
     assert site.dispatcher.duplicate_finals() == []
     assert record("daemon killed between final ack and journal commit", site.dispatcher)[1:] == (0, 0)

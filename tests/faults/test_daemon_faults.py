@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 from compass_pilot.panda.dispatcher import Dispatcher
-from tests.faults.conftest import Site, record, submit_reco, wait_for
-
-
-def _daemon(site: Site, *args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, HOME=str(site.base), RADICAL_BASE=str(site.base / "radical"))
-    log = open(site.base / f"daemon-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "compass_pilot.cli", "daemon", "--site", str(site.write()), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+from tests.faults.conftest import Site, record, start_daemon, submit_reco, wait_for
 
 
 def _running(site: Site) -> int:
@@ -29,11 +16,11 @@ def _running(site: Site) -> int:
 
 def test_daemon_killed_with_a_submission_running_is_restarted(site: Site) -> None:
     submit_reco(site.db, 8, extra_pars="--event-time 0.1")  # 2 nodes × 4 slots, ~4 s payloads
-    daemon = _daemon(site, "--once")
+    daemon = start_daemon(site, "--once")
     wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
     os.kill(daemon.pid, signal.SIGKILL)  # the batch job and its node agents live on
     daemon.wait(10)
-    restarted = _daemon(site, "--once")
+    restarted = start_daemon(site, "--once")
     assert restarted.wait(120) == 0
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
     assert record("daemon kill -9 with a submission running", site.dispatcher)[1:] == (0, 0)
@@ -41,7 +28,7 @@ def test_daemon_killed_with_a_submission_running_is_restarted(site: Site) -> Non
 
 def test_server_outage_during_a_multijob_run(site: Site) -> None:
     submit_reco(site.db, 8, extra_pars="--event-time 0.12")
-    daemon = _daemon(site, "--once")
+    daemon = start_daemon(site, "--once")
     wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
     port = int(site.dispatcher.url.rsplit(":", 1)[1])
     site.dispatcher.stop()  # PanDA goes away while the payloads run and finish
@@ -54,7 +41,7 @@ def test_server_outage_during_a_multijob_run(site: Site) -> None:
 
 def test_sigterm_mid_round_leaves_every_job_one_final(site: Site) -> None:
     submit_reco(site.db, 8, extra_pars="--event-time 0.3")  # ~12 s payloads: SIGTERM lands while they run
-    daemon = _daemon(site, "--once")
+    daemon = start_daemon(site, "--once")
     wait_for(lambda: _running(site) == 8, 60, "8 running jobs")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(90) == 128 + signal.SIGTERM
