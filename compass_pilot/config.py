@@ -159,6 +159,11 @@ class HPCSection:
     breaker_threshold: int = 3  # consecutive failed submissions that open the circuit breaker (stop fetching)
     agent_timeout: float = 600.0  # a node agent silent this long is lost: its jobs fail (1390)
     failed_dir_keep_hours: float = 72.0  # failed jobs' work dirs kept this long for debugging
+    # Node agents wake the daemon with signed UDP datagrams (hpc/notify.py) when payloads start and end:
+    # "auto" = 127.0.0.1 for fork:// or fake nodes, else all interfaces; "off" = files and polling only
+    notify_bind: str = "auto"
+    notify_host: str = ""  # the name agents send to; "" = 127.0.0.1 when bound there, else this host's FQDN
+    notify_port: int = 0  # 0 = any free port (a restarted daemon's old submissions then fall back to polling)
     queues: list[QueueSection] = field(
         default_factory=lambda: [
             QueueSection(name="long", job_types=["reco", "ddd"], max_walltime=18 * 3600),

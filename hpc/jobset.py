@@ -23,6 +23,7 @@ from compass_pilot.atomic import atomic_write_text  # the one helper; node agent
 from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, build_section
 from compass_pilot.errors import BadJobSpec, ConfigError
 from compass_pilot.job import JobSpec
+from hpc.notify import NotifyTarget
 from hpc.packing import Submission
 
 VERSION = 1
@@ -55,6 +56,7 @@ class JobSet:
     payload: PayloadSection = field(default_factory=PayloadSection)  # what the node may run
     node_jobs: dict[int, list[NodeJob]] = field(default_factory=dict)  # node → jobs by slot
     report_files: dict[str, str] = field(default_factory=dict)  # messenger's per-job file names ({} = defaults)
+    notify: NotifyTarget | None = None  # where the agents send wake-ups (None = the daemon polls only)
 
     def jobs_of(self, node: int) -> list[NodeJob]:
         return self.node_jobs.get(node, [])
@@ -68,11 +70,14 @@ def write_jobset(
     shared_dir: str,
     *,
     report_files: dict[str, str] | None = None,
+    notify: NotifyTarget | None = None,
 ) -> Path:
     """Write the job set of ``submission`` atomically; every job needs a work dir.
 
     ``report_files``: the per-job outcome file names a Harvester messenger section
     configures (``harvester_plugins.jobfiles``); omitted = Harvester's defaults.
+    ``notify``: where the agents send their wake-ups (:mod:`hpc.notify`); it holds the
+    submission's key, so the file is written 0600 like everything in the shared dir.
     """
     missing = [j.panda_id for j in submission.jobs if j.panda_id not in workdirs]
     if missing:
@@ -105,6 +110,7 @@ def write_jobset(
         "kill_check_interval": float(hpc.get("poll_interval", 30.0)),
         "node_jobs": nodes,
         "report_files": dict(report_files or {}),
+        "notify": notify.to_dict() if notify is not None else {},
     }
     target = Path(path)
     atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True))
@@ -178,6 +184,7 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
         payload=payload,
         kill_check_interval=float(_need(data, "kill_check_interval", (int, float), where)),
         report_files=_report_files(data.get("report_files", {}), where),
+        notify=NotifyTarget.from_dict(data.get("notify")),
     )
     seen: set[int] = set()
     for i, node_entry in enumerate(_need(data, "node_jobs", list, where)):
