@@ -251,6 +251,25 @@ def table(state: Path, ids: list[int]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["job"])
 
 
+def check_get_status(base: Path, state: Path, port: int, ids: list[int]) -> None:
+    """Our client's bulk job-status call (what the daemon asks before re-sending an owed final)
+    against the real server: every id must come back, in one request, with the table's state.
+
+    v1 only: panda-server 1.0.x removed the legacy ``/server/panda/getStatus`` (its
+    ``srvcore/allowed_methods.py`` keeps seven UserIF methods, none of the dispatcher's), and
+    answers it 403; our legacy dialect is for older servers and our own dispatcher.
+    """
+    from compass_pilot.config import load_site_config
+    from compass_pilot.panda.client import PandaClient
+
+    config = load_site_config(site_file(base, state, port))
+    answer = PandaClient(config.panda, config.site).get_status(ids)
+    missing = [i for i in ids if i not in answer]
+    print(f"get_status (v1, {len(ids)} ids in one request): {answer}  missing: {missing or 'none'}")
+    if missing:
+        raise SystemExit(f"get_status: the real server did not answer for {missing}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("state", help="STATE dir of setup_db.sh / setup_server.sh")
@@ -347,6 +366,7 @@ def main() -> int:
                     f"{name:8} {r['job']:>5} {r['table']:13} {r['state']:10} {r['error'] or '-':>5}  {r['events']}"
                     f"  {r['pilot']}  {r['node']}"
                 )
+        check_get_status(base, state, args.port, all_ids)
         print(f"work dir: {base}")
         return 0
     finally:
