@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -347,6 +348,7 @@ def main() -> int:
             cwd=str(state),
             stdout=(base / "adder.log").open("wb"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # the Adder forks workers: end them all, not just runuser
         )
         all_ids = [i for group in ids.values() for i in group]
         end = time.time() + args.adder_seconds
@@ -357,7 +359,8 @@ def main() -> int:
             if int(archived[0][0]) == len(all_ids):
                 break
             time.sleep(3)
-        adder.terminate()
+        os.killpg(adder.pid, signal.SIGTERM)
+        adder.wait(30)
         rows = table(state, all_ids)
         print(f"\n{'scenario':8} {'job':>5} {'table':13} {'state':10} {'error':>5}  per-file nEvents  pilot ID  node")
         for name, group in ids.items():
