@@ -29,3 +29,11 @@ def seconds(value: str) -> float:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{number:g} s is under 1 s (no busy polling)")
     return number
+
+
+def positive(value: str) -> int:
+    """A whole number ≥ 1 (a limit that cannot be switched off)."""
+    number = count(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not at least 1")
+    return number

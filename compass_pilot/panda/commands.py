@@ -15,12 +15,14 @@ from pathlib import Path
 import requests
 import yaml
 
+from compass_pilot.argtypes import positive
 from compass_pilot.errors import ConfigError
 from compass_pilot.exitcodes import ExitCode, ExitError
 from compass_pilot.filemodes import write_private_text
 from compass_pilot.panda.auth import ROLES, create_key, issue_token, load_key
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
 from compass_pilot.panda.tasks import TaskError
+from compass_pilot.panda.wire import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 
 
 def add_dispatcher_args(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,18 @@ def add_dispatcher_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sent-timeout", type=float, default=1800, help="sent but silent → failed 102 (s)")
     parser.add_argument("--heartbeat-timeout", type=float, default=7200, help="no heartbeat → failed 100 (s)")
     parser.add_argument("--check-interval", type=float, default=60, help="seconds between timeout checks")
+    parser.add_argument(
+        "--max-connections",
+        type=positive,
+        default=MAX_CONNECTIONS,
+        help="connections served at once; more get 503 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=positive,
+        default=MAX_CONNECTIONS_PER_CLIENT,
+        help="connections from one address served at once; more get 503 (default %(default)s)",
+    )
     actions = parser.add_subparsers(dest="dispatcher_action", metavar="{token}")
     token = actions.add_parser("token", help="issue a signed bearer token for a pilot or an admin")
     token.add_argument("--identity", required=True, help="who the token names (jobs are bound to it)")
@@ -99,6 +113,8 @@ def start_dispatcher(args: argparse.Namespace) -> Dispatcher:
             token_key_file=args.token_key,
             pilot_dns=args.pilot_dn,
             admin_dns=args.admin_dn,
+            max_connections=args.max_connections,
+            max_connections_per_client=args.max_connections_per_client,
         )
     except ConfigError as exc:  # e.g. a non-loopback address without authentication
         raise ExitError(ExitCode.USAGE, str(exc)) from None

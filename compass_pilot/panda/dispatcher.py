@@ -35,7 +35,13 @@ from compass_pilot.panda.store import (  # noqa: F401  (re-exported)
     insert_jobs,
     submit_task,
 )
-from compass_pilot.panda.wire import REQUEST_TIMEOUT, _Handler, _Server
+from compass_pilot.panda.wire import (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
+    REQUEST_TIMEOUT,
+    _Handler,
+    _Server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,8 @@ class Dispatcher:
         pilot_dns: tuple[str, ...] | list[str] = (),
         admin_dns: tuple[str, ...] | list[str] = (),
         request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
     ) -> None:
         auth = Authenticator(
             token_key=load_key(token_key_file) if token_key_file else None,
@@ -84,6 +92,10 @@ class Dispatcher:
         self.server.store = self.store
         self.server.auth = auth
         self.server.request_timeout = request_timeout
+        if max_connections < 1 or max_connections_per_client < 1:
+            raise ConfigError("dispatcher: connection limits must be at least 1")
+        self.server.max_connections = max_connections
+        self.server.max_connections_per_client = max_connections_per_client
         scheme = "http"
         if certfile:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -48,6 +48,15 @@ log = logging.getLogger("compass_pilot.panda.dispatcher")
 
 MAX_BODY = 32 * 1024 * 1024  # the largest request body read
 REQUEST_TIMEOUT = 30.0  # seconds a connection may stall (TLS handshake, headers, body): slowloris bound
+#: Open connections served at once (each holds a thread): beyond it a new one gets 503 and is closed.
+MAX_CONNECTIONS = 512
+#: Open connections from one client address: one host cannot take every thread, whatever it sends.
+MAX_CONNECTIONS_PER_CLIENT = 64
+#: What an over-limit connection is told before it is closed (no thread, no parsing).
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 40\r\nConnection: close\r\n\r\ntoo many connections: retry in 5 seconds\n"
+)
 
 # the store reads these attributes of an update; names per dialect come from panda/fields.py
 _STORED = {
@@ -508,10 +517,16 @@ class _Server(ThreadingHTTPServer):
     request_timeout: float = REQUEST_TIMEOUT
     tls: ssl.SSLContext | None = None  # set: each connection's handshake runs in its own thread
 
+    max_connections: int = MAX_CONNECTIONS
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_sockets: set[Any] = set()
         self.sockets_lock = threading.Lock()
+        self.connections = 0  # connections holding a thread now
+        self.per_client: dict[str, int] = {}  # client address → its connections holding a thread
+        self.refused_busy = 0  # connections turned away by the limits (for logs and tests)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """TLS handshake here, in the connection's thread and under its timeout.
@@ -540,13 +555,58 @@ class _Server(ThreadingHTTPServer):
             wrapped.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to a thread, unless the limits say no.
+
+        Timeouts alone bound how long a connection lives, not how many there are: without
+        a cap, a client opening thousands of idle (or TLS-silent) connections would make
+        as many threads.  Over the cap the connection is answered 503 from the accept
+        thread (a fresh socket's send buffer is empty: this never blocks) and closed.
+        """
+        ip = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        with self.sockets_lock:
+            mine = self.per_client.get(ip, 0)
+            busy = self.connections >= self.max_connections or mine >= self.max_connections_per_client
+            if not busy:
+                self.connections += 1
+                self.per_client[ip] = mine + 1
+                self.open_sockets.add(request)
+            else:
+                self.refused_busy += 1
+                refused = self.refused_busy
+        if busy:
+            if refused in (1, 10, 100) or refused % 1000 == 0:
+                log.warning("connection limits reached (%d refused so far; last from %s)", refused, ip)
+            try:
+                request.setblocking(False)
+                request.send(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
         try:  # answers go out at once, not held back for the client's ACK (Nagle)
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread was started: give the slot back
+            self._release(ip)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self._release(client_address[0] if isinstance(client_address, tuple) else str(client_address))
+
+    def _release(self, ip: str) -> None:
         with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
+            self.connections -= 1
+            left = self.per_client.get(ip, 1) - 1
+            if left > 0:
+                self.per_client[ip] = left
+            else:
+                self.per_client.pop(ip, None)
 
     def shutdown_request(self, request: Any) -> None:
         with self.sockets_lock:

@@ -224,3 +224,52 @@ def test_non_loopback_without_auth_is_refused(tmp_path: Path) -> None:
         Dispatcher(str(tmp_path / "d.sqlite"), "0.0.0.0", 0)
     assert not (tmp_path / "d.sqlite").exists()
     record("dispatcher bound to 0.0.0.0 without auth", refused=True, executed=False, changed=False)
+
+
+def _until(condition: Any, what: str, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _ask_metrics(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    return sock.recv(64)
+
+
+def test_connection_flood_is_capped_per_client_and_in_total(tmp_path: Path) -> None:
+    """Idle connections hold threads until the timeout: past the caps a new one gets 503 at once,
+    other clients are still served, and closed connections give their slots back."""
+    d = Dispatcher(str(tmp_path / "d.sqlite"), max_connections=7, max_connections_per_client=3).start()
+    port = urlparse(d.url).port
+    opened: list[socket.socket] = []
+
+    def connect(source: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        opened.append(sock)
+        return sock
+
+    try:
+        for _ in range(3):
+            connect("127.0.0.2")
+        _until(lambda: d.server.connections == 3, "three idle connections held")
+        assert _ask_metrics(connect("127.0.0.2")).startswith(b"HTTP/1.1 503")  # the flooding address: turned away
+        assert _ask_metrics(connect("127.0.0.3")).startswith(b"HTTP/1.1 200")  # another address: served
+        _until(lambda: d.server.connections == 3, "the served connection released")
+        for _ in range(3):
+            connect("127.0.0.4")
+        connect("127.0.0.5")
+        _until(lambda: d.server.connections == 7, "seven idle connections held")
+        assert _ask_metrics(connect("127.0.0.6")).startswith(b"HTTP/1.1 503")  # the total cap
+        for sock in opened:
+            sock.close()
+        opened.clear()
+        _until(lambda: d.server.connections == 0, "every slot given back")
+        assert requests.get(f"{d.url}/metrics", timeout=10).status_code == 200
+        assert d.server.refused_busy == 2
+    finally:
+        for sock in opened:
+            sock.close()
+        d.stop()
+    record("connection flood (idle sockets past the caps)", refused=True, executed=False, changed=False)
