@@ -185,6 +185,7 @@ def render_overview(o: Overview, params: dict[str, str]) -> str:
         "<h2>Sites, nodes and pilots</h2>",
         _sites(o.sites, now),
         _nodes(o.nodes, o.workers, now),
+        _harvesters(o.harvesters, o.dialogs, now),
     ]
     return _document("compass-pilot dispatcher", "".join(parts), params, refresh=True)
 
@@ -315,6 +316,27 @@ def _nodes(nodes: list[dict[str, Any]], workers: dict[str, int], now: float) -> 
         for n in nodes
     ]
     parts.append(_table(["node", "pilots", "active", "finished", "failed", "last seen"], rows, "nodes"))
+    return "".join(parts)
+
+
+def _harvesters(harvesters: list[dict[str, Any]], dialogs: list[dict[str, Any]], now: float) -> str:
+    if not harvesters:
+        return ""
+    rows = [
+        f'<tr class="harvester"><td>{_e(h["harvester_id"])}</td><td>{_e(h["owner"])}</td>'
+        f"<td>{_e(h['workers'] or '-')}</td><td>{_ago(h['last_seen'], now)}</td></tr>"
+        for h in harvesters
+    ]
+    headers = ["instance", "identity", "workers", "last seen"]
+    parts = ["<h2>Harvester instances</h2>", _table(headers, rows, "harvesters")]
+    if dialogs:
+        rows = [
+            f'<tr class="dialog"><td>{_ago(d["time"], now)}</td><td>{_e(d["harvester_id"])}</td>'
+            f"<td>{_e(d['level'])}</td>"
+            f"<td>{_e(d['module'])}</td><td>{_e(d['identifier'])}</td><td>{_e(d['message'])}</td></tr>"
+            for d in dialogs
+        ]
+        parts.append(_table(["when", "instance", "level", "module", "about", "message"], rows, "dialogs"))
     return "".join(parts)
 
 

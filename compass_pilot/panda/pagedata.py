@@ -183,6 +183,8 @@ class Overview:
     events: int
     duplicates: int
     history: tuple[list[float], dict[str, list[int]]] = field(default_factory=lambda: ([], {}))
+    harvesters: list[dict[str, Any]] = field(default_factory=list)  # instances reporting through harvester_api
+    dialogs: list[dict[str, Any]] = field(default_factory=list)  # their newest warnings and errors
 
     @property
     def total(self) -> int:
@@ -266,6 +268,8 @@ class PageData:
             sites = [dict(r) for r in conn.execute(_SITES_SQL)]
             workers = {r[0] or "?": r[1] for r in conn.execute("SELECT status, COUNT(*) FROM workers GROUP BY status")}
             oldest = conn.execute("SELECT MIN(modified) FROM jobs WHERE status = 'activated'").fetchone()[0]
+            harvesters = [dict(r) for r in conn.execute(_HARVESTERS_SQL)]
+            dialogs = [dict(r) for r in conn.execute(_DIALOGS_SQL)]
             self._history.refresh(conn)
         finally:
             conn.execute("COMMIT")
@@ -298,6 +302,8 @@ class PageData:
             events=summary["events"],
             duplicates=summary["duplicate_final_updates"],
             history=_ending_at(self._history.series(now), by_state),
+            harvesters=harvesters,
+            dialogs=dialogs,
         )
 
     # -- the job list and the job page: not cached (an operator asked for exactly this) --------
@@ -392,6 +398,18 @@ _SITES_SQL = """
 SELECT site, COUNT(*) AS nodes, GROUP_CONCAT(DISTINCT panda_queue) AS queues, MAX(last_seen) AS last_seen
 FROM worker_nodes GROUP BY site ORDER BY last_seen DESC LIMIT 100
 """
+#: Harvester instances with their workers by status (harvester_api); a handful of rows
+_HARVESTERS_SQL = (
+    "SELECT i.harvester_id, i.owner, i.last_seen,"
+    " (SELECT group_concat(status || ' ' || n, ', ') FROM (SELECT status, COUNT(*) AS n FROM harvester_workers w"
+    "  WHERE w.harvester_id = i.harvester_id GROUP BY status ORDER BY status)) AS workers"
+    " FROM harvester_instances i ORDER BY i.last_seen DESC LIMIT 50"
+)
+#: the newest warnings and errors Harvester instances sent (add_dialogs)
+_DIALOGS_SQL = (
+    "SELECT harvester_id, module, identifier, level, message, time FROM harvester_dialogs"
+    " WHERE level IN ('WARNING', 'ERROR', 'CRITICAL') ORDER BY time DESC, diag_id DESC LIMIT 20"
+)
 
 
 def _task_status(task: dict[str, Any]) -> str:

@@ -76,6 +76,19 @@ CREATE TABLE IF NOT EXISTS workers(
 CREATE TABLE IF NOT EXISTS worker_nodes(
     site TEXT, host_name TEXT, panda_queue TEXT, cpu_model TEXT, attributes TEXT, last_seen REAL,
     PRIMARY KEY (site, host_name));
+-- Harvester's own reports (compass_pilot/panda/harvester_api.py)
+CREATE TABLE IF NOT EXISTS harvester_instances(
+    harvester_id TEXT PRIMARY KEY, owner TEXT, data TEXT, last_seen REAL);
+CREATE TABLE IF NOT EXISTS harvester_workers(
+    harvester_id TEXT, worker_id INTEGER, status TEXT, computing_site TEXT, batch_id TEXT, n_jobs INTEGER,
+    panda_ids TEXT, attributes TEXT, time REAL, PRIMARY KEY (harvester_id, worker_id));
+CREATE TABLE IF NOT EXISTS harvester_dialogs(
+    harvester_id TEXT, diag_id INTEGER, module TEXT, identifier TEXT, level TEXT, message TEXT, created TEXT,
+    time REAL, PRIMARY KEY (harvester_id, diag_id));
+CREATE TABLE IF NOT EXISTS harvester_worker_stats(
+    harvester_id TEXT, panda_queue TEXT, statistics TEXT, time REAL, PRIMARY KEY (harvester_id, panda_queue));
+CREATE TABLE IF NOT EXISTS harvester_metrics(
+    harvester_id TEXT, host TEXT, created TEXT, metrics TEXT, PRIMARY KEY (harvester_id, host));
 """
 # Job counts by status, kept by triggers so every writer (this store, ``submit_task``'s own
 # connection, the chain rules) keeps them true and the page / metrics read them in O(1).

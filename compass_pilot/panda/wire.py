@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlparse
 
-from compass_pilot.panda import page
+from compass_pilot.panda import harvester_api, page
 from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.auth import Authenticator, Identity, Refusal
 from compass_pilot.panda.fields import wire_to_attr
@@ -236,6 +236,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/v1/pilot/get_job_status":
             query = parse_qs(parsed.query, keep_blank_values=True)
             self._v1("get_job_status", {k: v if len(v) > 1 else v[0] for k, v in query.items()})
+        elif path.startswith("/api/v1/harvester/") and path.rsplit("/", 1)[-1] in harvester_api.GET_METHODS:
+            query = parse_qs(parsed.query, keep_blank_values=True)
+            fields = {k: v if len(v) > 1 else v[0] for k, v in query.items()}
+            self._send(200, harvester_api.handle(store, path.rsplit("/", 1)[-1], fields, identity.name))
         elif path.startswith("/api/v1/") or path.startswith("/server/panda/"):
             self._forbidden(path.rsplit("/", 1)[-1])
         else:
@@ -250,7 +254,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlparse(self.path).path
         legacy = path.startswith("/server/panda/")
         method = path.rsplit("/", 1)[-1]
-        if (legacy and method not in LEGACY_METHODS) or (path.startswith("/api/v1/") and method not in V1_METHODS):
+        harvester = path.startswith("/api/v1/harvester/")
+        if (
+            (legacy and method not in LEGACY_METHODS)
+            or (harvester and method not in harvester_api.POST_METHODS)
+            or (path.startswith("/api/v1/") and not harvester and method not in V1_METHODS)
+        ):
             self._forbidden(method)  # checked before the body is read, as the server does
             return
         identity = self._identity("admin" if path.startswith("/admin/") else "pilot", legacy)
@@ -276,6 +285,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._legacy(method, fields)
             elif path.startswith("/api/v1/pilot/"):
                 self._v1(method, fields)
+            elif harvester:
+                self._send(200, harvester_api.handle(self.server.store, method, fields, identity.name))
             elif path == "/admin/submit":
                 task_id = submit_task(self.server.store.db_path, fields)
                 self._send(200, {"task_id": task_id})

@@ -51,12 +51,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def db_state(db_path: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Everything the dispatcher holds about jobs, tasks and workers (the audit log of updates excluded)."""
+    """Everything the dispatcher holds about jobs, tasks, workers and Harvester instances (not the update log)."""
     conn = sqlite3.connect(db_path)
     try:
         return {
             table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-            for table in ("tasks", "jobs", "workers", "worker_nodes")
+            for table in ("tasks", "jobs", "workers", "worker_nodes", "harvester_instances", "harvester_workers")
         }
     finally:
         conn.close()

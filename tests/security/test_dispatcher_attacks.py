@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import ssl
 import time
 from pathlib import Path
@@ -273,3 +274,24 @@ def test_connection_flood_is_capped_per_client_and_in_total(tmp_path: Path) -> N
             sock.close()
         d.stop()
     record("connection flood (idle sockets past the caps)", refused=True, executed=False, changed=False)
+
+
+def test_harvester_instance_belongs_to_its_first_identity(secured: Secured) -> None:
+    """A Harvester instance's workers can only be reported by the identity that first spoke for it;
+    without credentials Harvester's calls are refused like a pilot's."""
+    workers = {"harvester_id": "bw-mom1", "workers": [{"workerID": 1, "status": "running"}]}
+    status, answer = _post(
+        secured, "/api/v1/harvester/update_workers", workers, token=secured.tokens["pilot-a"], json_body=True
+    )
+    assert status == 200 and answer["data"] == [True]
+    before = db_state(secured.db)
+    forged = {"harvester_id": "bw-mom1", "workers": [{"workerID": 1, "status": "failed"}]}
+    status, answer = _post(
+        secured, "/api/v1/harvester/update_workers", forged, token=secured.tokens["pilot-b"], json_body=True
+    )
+    assert status == 200 and answer["success"] is False and "another identity" in answer["message"]
+    status, _ = _post(secured, "/api/v1/harvester/update_workers", forged, json_body=True)
+    assert status == 401
+    row = sqlite3.connect(secured.db).execute("SELECT status FROM harvester_workers WHERE worker_id = 1").fetchone()
+    assert row == ("running",) and db_state(secured.db) == before
+    record("Harvester workers reported by another identity", refused=True, executed=False, changed=row != ("running",))
