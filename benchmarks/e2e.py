@@ -22,15 +22,13 @@ not asserted): overhead < 3 s, tree CPU < 5 s, daemon peak RSS < 50 MiB.  Run it
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
+import json
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,85 +37,239 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import multijob  # the run's set-up is shared, not duplicated
+from filewatch import FileWatch
+from proctree import KINDS, ProcTree, become_subreaper
 
-PR_SET_CHILD_SUBREAPER = 36
 JOBS = multijob.NODES * multijob.SLOTS
+FINAL = ("finished", "failed")
+TARGETS = {"start_running": 2.0, "end_ack": 0.5, "overhead": 3.0, "tree_cpu": 5.0, "daemon_rss": 50.0}
 
 
-def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of ``values``; nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-class Reaper(threading.Thread):
-    """Reap every descendant that comes back to us; remember the daemon's exit status."""
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
-    def __init__(self, daemon_pid: int) -> None:
-        super().__init__(daemon=True)
-        self.daemon_pid = daemon_pid
-        self.daemon_status: int | None = None
-        self.max_rss_kib = 0
-        self.idle = threading.Event()  # no child left
 
-    def run(self) -> None:
-        while True:
+def job_times(base: Path, outcomes: dict[tuple[str, str], float]) -> dict[int, dict[str, float]]:
+    """Per job: payload started (its marker), payload ended, outcome written (``outcomes``, from inotify).
+
+    Payload end = the mtime of ``<base>/ends/<work dir name>``, which the sleeper touches
+    with its outputs as its last act (the daemon removes the work dirs once a job is done).
+    """
+    out: dict[int, dict[str, float]] = {}
+    for jobset in _jobsets(base):
+        reports = Path(jobset["reports_dir"])
+        name = _attributes_name(jobset)
+        for panda_id, workdir in _node_jobs(jobset):
+            rec: dict[str, float] = {}
             try:
-                pid, status, usage = os.wait4(-1, 0)
-            except ChildProcessError:
-                self.idle.set()
-                return
-            self.max_rss_kib = max(self.max_rss_kib, usage.ru_maxrss)
-            if pid == self.daemon_pid:
-                self.daemon_status = os.waitstatus_to_exitcode(status)
+                rec["started"] = float((reports / f"{panda_id}.started").read_text().split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+            end = _mtime(base / "ends" / workdir.name)
+            if end is not None:
+                rec["ended"] = end
+            if (str(workdir), name) in outcomes:
+                rec["outcome"] = outcomes[(str(workdir), name)]
+            out[panda_id] = rec
+    return out
 
 
-def one_run(sleep: int, poll: float) -> dict[str, Any]:
+def _jobsets(base: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted((base / "hpc").glob("sub-*/jobset.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _attributes_name(jobset: dict[str, Any]) -> str:
+    """The outcome file the agents write last (Harvester's attributes file, or the job set's own name)."""
+    from harvester_plugins.jobfiles import ATTRIBUTES_KEY, DEFAULT_NAMES
+
+    return str((jobset.get("report_files") or {}).get(ATTRIBUTES_KEY) or DEFAULT_NAMES[ATTRIBUTES_KEY])
+
+
+def _node_jobs(jobset: dict[str, Any]) -> list[tuple[int, Path]]:
+    """(PandaID, work dir) of every job in a job set's JSON (format: hpc/jobset.py)."""
+    return [
+        (int(entry["panda_id"]), Path(entry["workdir"]))
+        for node in jobset.get("node_jobs") or []
+        for entry in node.get("jobs") or []
+    ]
+
+
+def dispatcher_times(dispatcher: Any) -> tuple[dict[int, float], dict[int, tuple[float, str]], list[str]]:
+    """From the dispatcher's update log: first accepted 'running' and the accepted final per job, and error diags."""
+    running: dict[int, float] = {}
+    finals: dict[int, tuple[float, str]] = {}
+    for row in dispatcher.store.query(
+        "SELECT panda_id, state, time FROM updates WHERE accepted = 1 AND state IN ('running','finished','failed')"
+        " ORDER BY time"
+    ):
+        if row["state"] == "running":
+            running.setdefault(row["panda_id"], row["time"])
+        else:
+            finals.setdefault(row["panda_id"], (row["time"], row["state"]))
+    diags = [
+        f"PandaID {r['panda_id']}: {r['error_code']} {r['error_diag']}"
+        for r in dispatcher.store.query(
+            "SELECT panda_id, error_code, error_diag FROM jobs WHERE status = 'failed' ORDER BY panda_id LIMIT 3"
+        )
+    ]
+    return running, finals, diags
+
+
+def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="compass-bench-e2e-"))
     dispatcher, site_yaml, env = multijob.prepare_run(base, sleep, poll)
+    argv = multijob.daemon_argv(site_yaml)
+    argv[argv.index("--log-level") + 1] = log_level
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
+    tree = ProcTree(interval).start()
+    from harvester_plugins.jobfiles import ATTRIBUTES_KEY, DEFAULT_NAMES
+
+    watch = FileWatch({DEFAULT_NAMES[ATTRIBUTES_KEY]})
+    watch.start()
+    watched = 0
+    marks: dict[str, float] = {}
+    proc = None
     try:
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            multijob.daemon_argv(site_yaml), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        reaper = Reaper(proc.pid)
-        reaper.start()
+        with open(base / "daemon.log", "wb") as log:
+            start_wall = time.time()
+            start = time.monotonic()
+            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        tree.start_reaper()
         daemon = psutil.Process(proc.pid)
         peak = 0
-        acked = None
         while time.monotonic() - start < sleep + 600:
             try:
                 peak = max(peak, daemon.memory_info().rss)
             except psutil.Error:
                 pass
             counts = dispatcher.store.status_counts()
-            if counts.get("finished", 0) + counts.get("failed", 0) >= JOBS and acked is None:
-                acked = time.monotonic() - start
-            if reaper.daemon_status is not None and acked is not None:
+            now = time.time() - start_wall
+            if "fetched" not in marks and counts.get("activated", 0) == 0:
+                marks["fetched"] = now
+            if watched < JOBS and "fetched" in marks:  # watch the work dirs as soon as a job set names them
+                jobsets = _jobsets(base)
+                watch.names.update(_attributes_name(j) for j in jobsets)
+                dirs = [str(w) for j in jobsets for _, w in _node_jobs(j)]
+                written = [t for t in map(_mtime, (base / "hpc").glob("sub-*/jobset.json")) if t]
+                if written and "jobset" not in marks:
+                    marks["jobset"] = min(written)
+                if len(dirs) > watched:
+                    for directory in dirs[watched:]:
+                        watch.add(directory)
+                    watched = len(dirs)
+            if "acked" not in marks and sum(counts.get(s, 0) for s in FINAL) >= JOBS:
+                marks["acked"] = now
+            exited = proc.pid in tree.exit_status
+            if exited and ("acked" in marks or tree.idle.is_set()):
                 break
-            if reaper.daemon_status is not None and reaper.idle.is_set():
-                break
-            time.sleep(0.1)
-        reaper.idle.wait(60)  # the tree's stragglers (agents, proxies) are reaped too
+            time.sleep(0.05)
+        tree.finish(60)  # the tree's stragglers (agents, proxies) are reaped too
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         own = resource.getrusage(resource.RUSAGE_SELF)
         counts = dispatcher.store.status_counts()
+        running, finals, diags = dispatcher_times(dispatcher)
+        jobs = job_times(base, dict(watch.seen))
     finally:
-        if proc.poll() is None:
+        watch.close()
+        if proc is not None and proc.pid not in tree.exit_status:
             proc.kill()
         dispatcher.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if keep:
+            print(f"kept the run's directory: {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    breakdown = tree.breakdown(proc.pid)
+    procs = tree.all()
     return {
-        "wall": acked,
+        "wall": marks.get("acked"),
         "tree_cpu": (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime),
         "dispatcher_cpu": (own.ru_utime - self0.ru_utime) + (own.ru_stime - self0.ru_stime),
         "daemon_rss": peak,
-        "max_rss": reaper.max_rss_kib * 1024,
+        "max_rss": tree.max_rss_kib * 1024,
         "counts": counts,
-        "exit": reaper.daemon_status,
+        "exit": tree.exit_status.get(proc.pid),
+        "breakdown": breakdown,
+        "timeline": timeline(base, start_wall, marks, running, finals, jobs, procs),
+        "end_ack": [finals[i][0] - j["ended"] for i, j in jobs.items() if i in finals and "ended" in j],
+        "latency": {
+            "payload start → running at PanDA": [
+                running[i] - j["started"] for i, j in jobs.items() if i in running and "started" in j
+            ],
+            "payload end → outcome file (agent)": [
+                j["outcome"] - j["ended"] for j in jobs.values() if "outcome" in j and "ended" in j
+            ],
+            "outcome file → final acked (daemon)": [
+                finals[i][0] - j["outcome"] for i, j in jobs.items() if i in finals and "outcome" in j
+            ],
+        },
+        "diags": diags,
+        "base": base,
     }
+
+
+def timeline(
+    base: Path,
+    t0: float,
+    marks: dict[str, float],
+    running: dict[int, float],
+    finals: dict[int, tuple[float, str]],
+    jobs: dict[int, dict[str, float]],
+    procs: list[Any],
+) -> list[tuple[str, float | None]]:
+    """Seconds after the daemon's start of each phase the run shows from outside."""
+
+    def rel(t: float | None) -> float | None:
+        return None if t is None else t - t0
+
+    def nth(values: list[float], n: int) -> float | None:
+        values = sorted(values)
+        return values[n - 1] if len(values) >= n else None
+
+    jobset = marks.get("jobset")  # its mtime when first seen: the file goes with the run's clean-up
+    batch = [p.start for p in procs if p.kind in ("batch script", "mpiexec")]
+    agents = [p.start for p in procs if p.kind == "node agents"]
+    started = [j["started"] for j in jobs.values() if "started" in j]
+    ended = [j["ended"] for j in jobs.values() if "ended" in j]
+    outcome = [j["outcome"] for j in jobs.values() if "outcome" in j]
+    acked = [t for t, _ in finals.values()]
+    return [
+        ("all jobs fetched (none activated; polled)", marks.get("fetched")),
+        ("job set written (stage-in done before it)", rel(jobset)),
+        ("batch job started (first batch shell / mpiexec)", rel(min(batch, default=None))),
+        ("first node agent process", rel(min(agents, default=None))),
+        ("last node agent process", rel(max(agents, default=None))),
+        ("first payload started (marker)", rel(min(started, default=None))),
+        (f"all {JOBS} payloads started (marker)", rel(nth(started, JOBS))),
+        ("first job running at PanDA", rel(min(running.values(), default=None))),
+        (f"all {JOBS} running at PanDA (dispatcher)", rel(nth(list(running.values()), JOBS))),
+        ("first payload ended", rel(min(ended, default=None))),
+        ("last payload ended", rel(max(ended, default=None))),
+        ("last outcome file written", rel(max(outcome, default=None))),
+        ("first final acknowledged", rel(min(acked, default=None))),
+        (f"all {JOBS} finals acknowledged", rel(nth(acked, JOBS))),
+    ]
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def main() -> int:
@@ -125,35 +277,83 @@ def main() -> int:
     parser.add_argument("--sleep", type=int, default=10, help="payload seconds (N)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--poll", type=float, default=30, help="daemon poll interval (site default 30)")
+    parser.add_argument("--keep", action="store_true", help="keep each run's directory (markers, logs, daemon.log)")
+    parser.add_argument("--log-level", default="WARNING", help="the daemon's log level (its log: <run>/daemon.log)")
+    parser.add_argument("--scan", type=float, default=0.1, help="process scan interval for the CPU breakdown (s)")
+    parser.add_argument("--timeline", action="store_true", help="print each run's phase time line")
     args = parser.parse_args()
     become_subreaper()
     runs = []
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs} …", file=sys.stderr)
-        runs.append(one_run(args.sleep, args.poll))
-    ok = [r for r in runs if r["wall"] is not None]
-
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in ok) if ok else float("nan")
+        runs.append(one_run(args.sleep, args.poll, args.keep, args.log_level, args.scan))
+    for r in runs:
+        tl = dict(r["timeline"])
+        r["start_started"] = tl[f"all {JOBS} payloads started (marker)"]
+        r["start_running"] = tl[f"all {JOBS} running at PanDA (dispatcher)"]
+        r["end_ack_p50"], r["end_ack_p95"], r["end_ack_max"] = (pct(r["end_ack"], q) for q in (50, 95, 100))
+        r["failed"] = r["counts"].get("failed", 0) + (JOBS - sum(r["counts"].get(s, 0) for s in FINAL))
+    ok = [r for r in runs if r["wall"] is not None and not r["failed"]]
 
     print(
-        f"{'run':>4} | {'wall s':>7} | {'overhead s':>10} | {'tree CPU s':>10} | {'daemon RSS MiB':>14} |"
-        f" {'max proc RSS MiB':>16} | {'dispatcher CPU s':>16} | jobs (daemon exit)"
+        f"{'run':>3} | {'wall s':>6} | {'overhead s':>10} | {'→512 started':>12} | {'→512 running':>12} |"
+        f" {'end→ack p50/p95/max s':>21} | {'tree CPU s':>10} | {'daemon RSS MiB':>14} | {'max proc MiB':>12} |"
+        f" {'dispatcher CPU s':>16} | jobs (daemon exit)"
     )
     for i, r in enumerate(runs, 1):
-        wall = f"{r['wall']:.1f}" if r["wall"] is not None else "-"
-        over = f"{r['wall'] - args.sleep:.1f}" if r["wall"] is not None else "-"
+        over = r["wall"] - args.sleep if r["wall"] is not None else None
+        lat = f"{fmt(r['end_ack_p50'])}/{fmt(r['end_ack_p95'])}/{fmt(r['end_ack_max'])}"
         print(
-            f"{i:>4} | {wall:>7} | {over:>10} | {r['tree_cpu']:>10.1f} | {r['daemon_rss'] / 2**20:>14.1f} |"
-            f" {r['max_rss'] / 2**20:>16.1f} | {r['dispatcher_cpu']:>16.1f} | {r['counts']} ({r['exit']})"
+            f"{i:>3} | {fmt(r['wall'], 1):>6} | {fmt(over, 1):>10} | {fmt(r['start_started']):>12} |"
+            f" {fmt(r['start_running']):>12} | {lat:>21} | {r['tree_cpu']:>10.1f} | {r['daemon_rss'] / 2**20:>14.1f} |"
+            f" {r['max_rss'] / 2**20:>12.1f} | {r['dispatcher_cpu']:>16.1f} | {r['counts']} ({r['exit']})"
         )
+    if args.timeline:
+        for i, r in enumerate(runs, 1):
+            print(f"time line of run {i} (s after daemon start):")
+            for name, t in r["timeline"]:
+                print(f"  {fmt(t):>7}  {name}")
+    print("latency per job, s: p50 / p95 / max (n) per run:")
+    for name in runs[0]["latency"]:
+        cells = []
+        for r in runs:
+            v = r["latency"][name]
+            cells.append(f"{fmt(pct(v, 50))} / {fmt(pct(v, 95))} / {fmt(pct(v, 100))} ({len(v)})")
+        print(f"  {name:<36} " + " | ".join(cells))
+    print(
+        "tree CPU by process kind, s (processes), per run; 'not sampled under K': CPU of K's descendants no sample saw:"
+    )
+    names = [k for k in KINDS if any(k in r["breakdown"] for r in runs)]
+    names += sorted({k for r in runs for k in r["breakdown"] if k not in KINDS})
+    for name in names:
+        cells = []
+        for r in runs:
+            cpu, n = r["breakdown"].get(name, (0.0, 0))
+            cells.append(f"{cpu:6.2f}" + (f" ({n:>4})" if n else "       "))
+        print(f"  {name:<34} " + " | ".join(cells))
+
+    def med(key: str) -> float:
+        values = [r[key] for r in ok if r[key] is not None]
+        return statistics.median(values) if values else float("nan")
+
     if ok:
+        t = TARGETS
         print(
-            f"median of {len(ok)}: wall {med('wall'):.1f} s, overhead {med('wall') - args.sleep:.1f} s (target < 3),"
-            f" tree CPU {med('tree_cpu'):.1f} s (target < 5), daemon peak RSS {med('daemon_rss') / 2**20:.1f} MiB"
-            " (target < 50); box shared with other work"
+            f"median of {len(ok)}: start → {JOBS} running at PanDA {fmt(med('start_running'))} s"
+            f" (target < {t['start_running']}), payload end → final acked p95 {fmt(med('end_ack_p95'))} s,"
+            f" max {fmt(med('end_ack_max'))} s (target < {t['end_ack']}), overhead {med('wall') - args.sleep:.1f} s"
+            f" (target < {t['overhead']}), tree CPU {med('tree_cpu'):.1f} s (target < {t['tree_cpu']}),"
+            f" daemon peak RSS {med('daemon_rss') / 2**20:.1f} MiB (target < {t['daemon_rss']}); box shared"
         )
-    return 0 if len(ok) == len(runs) else 1
+    bad = [(i, r) for i, r in enumerate(runs, 1) if r not in ok]
+    for i, r in bad:
+        print(
+            f"RUN {i} FAILED: {r['failed']} of {JOBS} jobs not finished ({r['counts']}), daemon exit {r['exit']};"
+            f" first errors: {'; '.join(r['diags']) or 'none recorded'}"
+            + (f"; run dir {r['base']}" if args.keep else " (--keep to keep the run dir)"),
+            file=sys.stderr,
+        )
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -77,11 +77,17 @@ def _phases(shared: Path, start_wall: float) -> tuple[float, float, int, float] 
 
 
 def sleeper(base: Path, seconds: int) -> str:
-    """A site wrapper that sleeps, then leaves the outputs a reco job declares (listed in payload.commands)."""
+    """A site wrapper that sleeps, then leaves the outputs a reco job declares (listed in payload.commands).
+
+    With the outputs it touches ``<base>/ends/<its work dir's name>``: the benchmarks read
+    each payload's end from there (the work dirs are cleaned up when the job is done).
+    """
     path = base / "bin" / "compass-bench-sleep"
     path.parent.mkdir(parents=True, exist_ok=True)
+    ends = base / "ends"  # <work dir name> touched with the outputs: when each payload ended (no extra process)
+    ends.mkdir(exist_ok=True)
     path.write_text(
-        f'#!/bin/sh\nsleep {seconds}\ntouch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"\n'
+        f'#!/bin/sh\nsleep {seconds}\ntouch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE" "{ends}/${{PWD##*/}}"\n'
         'echo "0 events had been written to miniDST"\necho "End of Job"\n'
     )
     path.chmod(0o755)

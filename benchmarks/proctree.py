@@ -1,0 +1,336 @@
+"""Who in a process tree spent the CPU: a child subreaper's per-process accounting.
+
+Why: ``getrusage(RUSAGE_CHILDREN)`` gives one number for the whole tree a benchmark
+started; to know what to cut we need it by *kind* of process (the daemon, radical.saga's
+helpers, mpiexec and hydra proxies, node agents, payload wrappers, the payloads).
+
+How (cheap enough to run beside the measured tree on a 2-core box):
+
+- this process is a child subreaper, so every orphan of the tree comes back to it;
+- a scanner thread lists ``/proc`` every ``interval`` s and reads ``stat`` + ``cmdline``
+  of each new pid whose parent is in the tree (the cmdline again while the process is
+  young: a fork shows its parent's cmdline until it execs), and samples the CPU
+  (``stat`` utime+stime, ``schedstat`` ns) of the long-lived kinds each scan and of
+  payload-side processes once a second;
+- the reaper waits with ``WNOWAIT`` first, so it can still read the zombie's
+  ``/proc/<pid>/stat`` (its children's CPU, ``cutime``+``cstime``), then ``wait4`` for
+  its exact rusage: a reaped process's own CPU = rusage − children's CPU.
+
+Processes reaped by someone else (a wrapper reaped by its agent) are known only by
+their last sample, so a short-lived one, or the tail of one after its last sample, is
+missed: the difference between the tree total (exact) and the sum of the parts is
+printed as its own line, "not sampled", never spread over the kinds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+PR_SET_CHILD_SUBREAPER = 36
+HZ = os.sysconf("SC_CLK_TCK")
+#: the order the breakdown is printed in
+KINDS = (
+    "daemon",
+    "saga helpers",
+    "batch script",
+    "mpiexec",
+    "hydra proxies",
+    "node agents",
+    "payload wrappers",
+    "payloads",
+    "other",
+)
+_LONG_LIVED = {"daemon", "saga helpers", "batch script", "mpiexec", "hydra proxies", "node agents", "other"}
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+BOOT = _boot_time()  # whole seconds: calibrated below against a child we start
+
+
+def _calibrate() -> float:
+    """The epoch of boot as /proc start times see it (``btime`` is rounded, and a VM's clocks drift)."""
+    import subprocess
+
+    before = time.time()
+    child = subprocess.Popen(["true"])
+    after = time.time()
+    try:
+        with open(f"/proc/{child.pid}/stat", "rb") as handle:
+            raw = handle.read().decode("ascii", "replace")
+        ticks = int(raw[raw.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        ticks = None
+    child.wait()
+    return BOOT if ticks is None else (before + after) / 2 - ticks / HZ
+
+
+def _stat(pid: int) -> tuple[str, int, float, float, float] | None:
+    """(comm, ppid, own CPU s, children's CPU s, start epoch) from /proc/<pid>/stat (zombies too)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    rest = raw[raw.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17, starttime=22
+    own = (int(rest[11]) + int(rest[12])) / HZ
+    children = (int(rest[13]) + int(rest[14])) / HZ
+    return comm, int(rest[1]), own, children, BOOT + int(rest[19]) / HZ
+
+
+def _schedstat(pid: int) -> float:
+    """The main thread's CPU in ns precision (exact for the single-threaded shells and sleeps)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as handle:
+            return int(handle.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    return [w.decode("utf-8", "replace") for w in raw.split(b"\0") if w] or None
+
+
+@dataclass
+class Proc:
+    pid: int
+    ppid: int
+    comm: str
+    start: float  # epoch, from /proc stat (10 ms)
+    seen: float  # monotonic, first scan that saw it
+    argv: list[str] = field(default_factory=list)
+    own: float = 0.0  # best CPU figure so far (s)
+    children_cpu: float = 0.0  # its waited-for children's CPU at the last look
+    reaped: bool = False  # own is exact (rusage − children)
+    end: float | None = None  # epoch when reaped by us
+    kind: str = ""
+
+
+class ProcTree:
+    """Scanner + reaper for the tree under this (subreaper) process."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.me = os.getpid()
+        self.interval = interval
+        self.procs: dict[int, Proc] = {}
+        self.gone: list[Proc] = []  # reaped or vanished, pids may be reused
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.idle = threading.Event()
+        self.exit_status: dict[int, int] = {}
+        self.total = 0.0  # exact: every reaped child's rusage (children included)
+        self.max_rss_kib = 0
+        self._seen_pids: dict[int, float] = {}  # pids not (yet) in the tree → first look
+        self._last_slow = 0.0
+        self._scanner = threading.Thread(target=self._scan_loop, daemon=True, name="proctree-scan")
+        self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="proctree-reap")
+        global BOOT
+        BOOT = _calibrate()
+
+    def start(self) -> ProcTree:
+        self._scanner.start()
+        return self
+
+    def start_reaper(self) -> None:
+        """Start reaping (after the first child exists: no child = the reaper would end)."""
+        self._reaper.start()
+
+    # -- scanning ---------------------------------------------------------------------
+    def _scan_loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.scan()
+
+    def scan(self) -> None:
+        now = time.monotonic()
+        slow = now - self._last_slow >= 1.0
+        if slow:
+            self._last_slow = now
+        try:
+            pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        except OSError:
+            return
+        with self.lock:
+            for pid in pids:
+                proc = self.procs.get(pid)
+                if proc is None:
+                    first = self._seen_pids.get(pid)
+                    if first is not None and not (slow and now - first < 5.0):
+                        continue  # not ours; a young one is looked at again (re-parented to us?)
+                    self._seen_pids.setdefault(pid, now)
+                    st = _stat(pid)
+                    if st is None:
+                        continue
+                    comm, ppid, own, kids, start = st
+                    if ppid != self.me and ppid not in self.procs:
+                        continue
+                    proc = Proc(pid, ppid, comm, start, now, own=own, children_cpu=kids)
+                    proc.argv = _cmdline(pid) or []
+                    self.procs[pid] = proc
+                    continue
+                if proc.reaped:
+                    continue
+                young = now - proc.seen < 1.0
+                if young or slow or self._long_lived(proc):
+                    st = _stat(pid)
+                    if st is None:
+                        continue
+                    comm, ppid, own, kids, _ = st
+                    proc.comm, proc.ppid = comm, ppid
+                    proc.own = max(proc.own, own, _schedstat(pid))
+                    proc.children_cpu = max(proc.children_cpu, kids)
+                    if young:
+                        proc.argv = _cmdline(pid) or proc.argv
+
+    def _long_lived(self, proc: Proc) -> bool:
+        comm = proc.comm
+        return comm.startswith("python") or comm.startswith("mpiexec") or comm.startswith("hydra")
+
+    # -- reaping ----------------------------------------------------------------------
+    def _reap_loop(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                self.idle.set()
+                return
+            except InterruptedError:
+                continue
+            if info is None:
+                continue
+            pid = info.si_pid
+            st = _stat(pid)  # the zombie's: its children's CPU is still readable
+            try:
+                _, status, usage = os.wait4(pid, 0)
+            except ChildProcessError:
+                continue
+            total = usage.ru_utime + usage.ru_stime
+            self.max_rss_kib = max(self.max_rss_kib, usage.ru_maxrss)
+            with self.lock:
+                self.total += total
+                self.exit_status[pid] = os.waitstatus_to_exitcode(status)
+                proc = self.procs.pop(pid, None)
+                if proc is None and st is not None:  # born and gone between two scans
+                    comm, ppid, _, _, start = st
+                    proc = Proc(pid, ppid, comm, start, time.monotonic())
+                if proc is not None:
+                    if st is not None:
+                        proc.children_cpu = st[3]
+                    proc.own = max(0.0, total - proc.children_cpu)
+                    proc.reaped = True
+                    proc.end = time.time()
+                    self.gone.append(proc)
+                self._seen_pids.pop(pid, None)
+
+    # -- results ----------------------------------------------------------------------
+    def finish(self, timeout: float = 60) -> None:
+        self.idle.wait(timeout)
+        self.stop.set()
+        with self.lock:
+            self.gone.extend(self.procs.values())
+            self.procs.clear()
+
+    def all(self) -> list[Proc]:
+        return list(self.gone) + list(self.procs.values())
+
+    def classify(self, daemon_pid: int) -> list[Proc]:
+        """Give every process its kind: by its argv, else its parent's (the daemon's unmatched children: saga)."""
+        procs = self.all()
+        by_pid = {p.pid: p for p in procs}  # pid reuse within one run is not expected
+
+        def kind_of(p: Proc, depth: int = 0) -> str:
+            if p.kind:
+                return p.kind
+            argv = p.argv
+            prog = os.path.basename(argv[0]) if argv else p.comm
+            text = " ".join(argv)
+            if p.pid == daemon_pid:
+                k = "daemon"
+            elif prog.startswith("hydra_pmi_proxy"):
+                k = "hydra proxies"
+            elif prog.startswith("mpiexec"):
+                k = "mpiexec"
+            elif prog.startswith("python") and "hpc.node_agent" in argv:
+                k = "node agents"
+            elif len(argv) > 3 and argv[3] == "payload-wrapper":
+                k = "payload wrappers"
+            elif "compass-bench-sleep" in text or prog in ("sleep", "touch"):
+                k = "payloads"
+            elif "worker_wrapper" in text or "job.sh" in text:
+                k = "batch script"
+            else:
+                parent = by_pid.get(p.ppid)
+                if p.ppid == daemon_pid:
+                    k = "saga helpers"
+                elif parent is not None and depth < 50:
+                    k = kind_of(parent, depth + 1)
+                    if k == "node agents":
+                        k = "payload wrappers"  # a wrapper seen only after its exec
+                    elif k == "daemon":
+                        k = "saga helpers"
+                    elif k == "payload wrappers" and prog not in ("bash", "sh"):
+                        k = "payload wrappers"  # the wrapper's own helpers (mv)
+                else:
+                    k = "saga helpers" if "radical" in text or prog in ("sh", "bash") else "other"
+            p.kind = k
+            return k
+
+        for p in procs:
+            kind_of(p)
+        return procs
+
+    def breakdown(self, daemon_pid: int) -> dict[str, tuple[float, int]]:
+        """CPU seconds and process count by kind, plus what no sample saw, by the tree it hid in.
+
+        A process we reaped knows its children's CPU exactly (``cutime``): what its
+        descendants' samples do not explain is "not sampled" under its kind (the tails of
+        wrappers and payloads after their last sample, helpers born and gone between scans).
+        """
+        procs = self.classify(daemon_pid)
+        out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for p in procs:
+            out[p.kind][0] += p.own
+            out[p.kind][1] += 1
+        result = {k: (out[k][0], int(out[k][1])) for k in KINDS if k in out}
+        # descendants (through parents that someone else reaped) of each process we reaped
+        by_pid = {p.pid: p for p in procs}
+        hidden: dict[str, float] = defaultdict(float)
+        explained: dict[int, float] = defaultdict(float)
+        for p in procs:
+            if p.reaped:
+                continue
+            q, depth = by_pid.get(p.ppid), 0
+            while q is not None and not q.reaped and depth < 50:
+                q, depth = by_pid.get(q.ppid), depth + 1
+            if q is not None and q.reaped:
+                explained[q.pid] += p.own
+        for p in procs:
+            if p.reaped:
+                hidden[p.kind] += p.children_cpu - explained.get(p.pid, 0.0)
+        for kind, cpu in hidden.items():
+            result[f"not sampled under {kind}"] = (cpu, 0)
+        result["not sampled, elsewhere"] = (self.total - sum(v[0] for v in result.values()), 0)
+        return result
