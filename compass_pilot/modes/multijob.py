@@ -15,8 +15,12 @@ One daemon per MOM node replaces hundreds of per-job pilots.  Each round it:
    and sends running heartbeats for all running jobs in that same request every
    ``hpc.heartbeat_interval``.
 
-Between rounds it sleeps on an Event for ``hpc.poll_interval`` seconds (30 s at a
-real site): the daemon is idle almost all the time.
+Between rounds it sleeps in ``select()`` for ``hpc.poll_interval`` seconds (30 s at a
+real site): the daemon is idle almost all the time.  The node agents wake it with a
+signed datagram when payloads start or end (:mod:`compass_pilot.modes.wakeups`); it
+then reads only the named jobs' files, stages their outputs out and reports them in
+one bulk request per burst, without waiting for the poll.  The poll stays the safety
+net: the files are the truth, a wake-up only says where to look now.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import select
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +48,7 @@ from compass_pilot.faults import crash_point
 from compass_pilot.filemodes import check_own_dir
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
+from compass_pilot.modes import wakeups
 from compass_pilot.progress import DaemonProgress
 from harvester_plugins import jobfiles
 from harvester_plugins.jobfiles import JobOutcome
@@ -102,6 +108,7 @@ class SubmissionState:
     job_name: str = ""  # the batch job's unique name, persisted before it is submitted (recovery finds it)
     submit_attempts: int = 0  # failed submission attempts so far
     submit_error: str = ""  # the batch system's last refusal
+    notify_key: str = ""  # the key its agents sign wake-ups with ("" = poll only); a restarted daemon re-adds it
 
     @property
     def reports_dir(self) -> Path:
@@ -169,6 +176,18 @@ class MultiJobDaemon:
         self._preflight_ok = False
         self._preflight_next = 0.0  # monotonic time of the next preflight re-check
         self._preflight_wait = site.hpc.no_jobs_backoff
+        self.listener: wakeups.NoticeReader | None = None  # opened on first need (None: poll only)
+        self._notify_host = ""
+        self._listener_opened = False
+        self._unsaved: set[str] = set()  # submissions changed by a wake-up, persisted by the next round
+        self.wakeups = 0  # bursts of notices acted on
+
+    def _open_listener(self) -> Any:
+        """The wake-up listener (once per daemon); None when ``hpc.notify_bind`` is off or binding failed."""
+        if not self._listener_opened:
+            self._listener_opened = True
+            self.listener, self._notify_host = wakeups.open_listener(self.site.hpc)
+        return self.listener
 
     # -- plumbing ------------------------------------------------------------------------
     @property
@@ -190,14 +209,46 @@ class MultiJobDaemon:
         except OSError:  # pipe full (already poked) or closed (loop over)
             pass
 
-    def _sleep(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for the next round, woken early by stop() / terminate()."""
+    def _drain_wake_pipe(self) -> None:
         try:
-            select.select([self._wake_r], [], [], max(0.0, seconds))
             while os.read(self._wake_r, 512):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+
+    def _wait(self, seconds: float, draining: bool) -> None:
+        """Wait up to ``seconds`` for the next round; act on the agents' wake-ups meanwhile.
+
+        Returns early for stop() / terminate() (the wake pipe), and after a wake-up that
+        changed what the next round would do: the last job of a draining daemon settled,
+        or a submission ended and there is room to fetch the next job set.
+        """
+        deadline = time.monotonic() + max(0.0, seconds)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            fds: list[Any] = [self._wake_r] if self.listener is None else [self._wake_r, self.listener]
+            try:
+                ready, _, _ = select.select(fds, [], [], left)
+            except InterruptedError:
+                continue
+            if self._wake_r in ready:
+                self._drain_wake_pipe()
+                return
+            if self.listener is not None and self.listener in ready:
+                burst = self.listener.gather(wake_fd=self._wake_r)
+                if burst:
+                    self.react(burst)
+                    if self._round_wanted(draining):
+                        return
+
+    def _round_wanted(self, draining: bool) -> bool:
+        """Whether a wake-up's changes call for a full round before the poll interval is over."""
+        if draining or self.stop_event.is_set():
+            return self.in_flight() == 0
+        hpc = self.site.hpc
+        return self._may_fetch and self.in_flight() < hpc.max_submissions and self.source.ready()
 
     def _act_on_requests(self) -> None:
         """What a signal asked for, done here on the daemon's thread (batch calls, locks and all)."""
@@ -296,9 +347,15 @@ class MultiJobDaemon:
     def _submit(self, submission: Any) -> int:
         from hpc.jobset import write_jobset
 
-        self._seq += 1
-        sub_id = f"sub-{int(time.time())}-{os.getpid()}-{self._seq}"
-        subdir = self.shared / sub_id
+        while True:  # unique even for two daemons of one process within one second (tests, a quick restart)
+            self._seq += 1
+            sub_id = f"sub-{int(time.time())}-{os.getpid()}-{self._seq}"
+            subdir = self.shared / sub_id
+            try:
+                subdir.mkdir()
+                break
+            except FileExistsError:
+                continue
         (subdir / "reports").mkdir(parents=True, exist_ok=True)
         site = _with_workdir(self.site, str(subdir / "jobs"))
         state = SubmissionState(
@@ -345,7 +402,8 @@ class MultiJobDaemon:
             if entry is not None:
                 entry.node = placement.node
         jobset = subdir / "jobset.json"
-        write_jobset(jobset, submission, config_to_dict(self.site), workdirs, str(subdir))
+        notify = self._notify_target(state)
+        write_jobset(jobset, submission, config_to_dict(self.site), workdirs, str(subdir), notify=notify)
         # the intent, with the batch job's unique name, is durable before the batch job exists:
         # a daemon killed right after qsub finds that job by name instead of leaving it orphaned
         state.job_name = sub_id
@@ -354,6 +412,17 @@ class MultiJobDaemon:
         self._persist(state)
         self.journal.checkpoint()  # the jobs and their work dirs are on disk before the batch job exists
         return self._try_submit(state)
+
+    def _notify_target(self, state: SubmissionState) -> Any:
+        """Where this submission's agents send wake-ups (a fresh key, kept in its state); None = poll only."""
+        from hpc.notify import NotifyTarget, new_key
+
+        listener = self._open_listener()
+        if listener is None:
+            return None
+        state.notify_key = new_key()
+        listener.add(state.sub_id, state.notify_key)
+        return NotifyTarget(self._notify_host, listener.port, state.sub_id, state.notify_key)
 
     def _try_submit(self, state: SubmissionState) -> int:
         """Hand a prepared submission to the batch system; on failure keep its jobs or fail them."""
@@ -484,6 +553,9 @@ class MultiJobDaemon:
                     entry.final = "unknown"  # not ours any more (e.g. a final report is pending)
             self.submissions[state.sub_id] = state
             adopted += 1
+            listener = self._open_listener() if state.notify_key else None
+            if listener is not None:  # its agents still reach us if this daemon listens on the same port
+                listener.add(state.sub_id, state.notify_key)
             if not state.batch_id:
                 self._recover_unsubmitted(state)
             log.warning("adopted submission %s (batch id %s) left by a previous daemon", state.sub_id, state.batch_id)
@@ -532,14 +604,10 @@ class MultiJobDaemon:
                 continue
             changed = self._collect(state)
             changed = self._fail_lost_nodes(state) or changed
-            if all(entry.final for entry in state.jobs.values()):
-                state.done = True
-                if state.sub_id in self._lost_node_subs:  # a dead node may hold its batch job open forever
-                    self._end_batch_job(state)
-                self._persist(state)
+            if self._close_if_settled(state):
                 continue
             if not self._batch_check_due(state):
-                if changed:
+                if changed or state.sub_id in self._unsaved:
                     self._persist(state)
                 continue
             status = self._batch_status(state)
@@ -556,6 +624,47 @@ class MultiJobDaemon:
                         self._finish_entry(state, entry, (code, diag))
                 state.done = True
             self._persist(state)
+
+    def _close_if_settled(self, state: SubmissionState) -> bool:
+        """Every job of ``state`` has its final: the submission is done (persisted); True if so."""
+        if not all(entry.final for entry in state.jobs.values()):
+            return False
+        state.done = True
+        if state.sub_id in self._lost_node_subs:  # a dead node may hold its batch job open forever
+            self._end_batch_job(state)
+        self._persist(state)
+        return True
+
+    def react(self, burst: wakeups.Burst) -> None:
+        """Node agents said these jobs started or ended: read only their files, report at once.
+
+        A notice names jobs; it proves nothing.  Only the named jobs' own files are read
+        (the same reading as the poll's), names that are not jobs of that submission are
+        ignored, and whatever the files do not show yet is left to the next poll.
+        """
+        self.wakeups += 1
+        log.debug(
+            "wake-up: %d started, %d ended",
+            sum(len(v) for v in burst.started.values()),
+            sum(len(v) for v in burst.ended.values()),
+        )
+        with self.journal.transaction():
+            for sub_id in burst.sub_ids():
+                state = self.submissions.get(sub_id)
+                if state is None or state.done or not state.batch_id:
+                    continue
+                named = burst.started.get(sub_id, set()) | burst.ended.get(sub_id, set())
+                if self._collect(state, only=named) and not self._close_if_settled(state):
+                    self._unsaved.add(sub_id)  # the next round persists it: one write, not one per burst
+        self._report_now()
+
+    def _report_now(self) -> None:
+        """Make the settled jobs durable, clean their work dirs and report everything pending in one request."""
+        self.journal.checkpoint()  # a final is in the journal before PanDA hears of it
+        for workdir in self._to_clean:
+            lifecycle.clean_workdir(workdir)
+        self._to_clean.clear()
+        self.act_on_commands(self.updater.flush())
 
     def agent_alive(self, state: SubmissionState, entry: JobEntry) -> bool:
         """Whether the node agent running ``entry`` has beaten within ``hpc.agent_timeout``.
@@ -614,16 +723,28 @@ class MultiJobDaemon:
         ended = getattr(self.backend, "ended", None)  # optional: the wrapper's exit marker
         return bool(ended is not None and ended(Path(state.subdir)))
 
-    def _collect(self, state: SubmissionState) -> bool:
-        """Read the node agents' files; True when a job changed state."""
+    def _collect(self, state: SubmissionState, only: set[int] | None = None) -> bool:
+        """Read the node agents' files (all jobs, or ``only`` these PandaIDs); True when a job changed state."""
         reports = state.reports_dir
-        try:
-            names = set(os.listdir(reports))
-        except FileNotFoundError:
-            return False
+        if only is None:
+            try:
+                names = set(os.listdir(reports))
+            except FileNotFoundError:
+                return False
+            keys = list(state.jobs)
+
+            def has_marker(name: str) -> bool:
+                return name in names
+        else:
+            keys = [str(i) for i in sorted(only) if str(i) in state.jobs]  # a name not of this submission: ignored
+
+            def has_marker(name: str) -> bool:
+                return os.path.exists(reports / name)
+
         changed = False
         results: list[tuple[JobEntry, JobOutcome]] = []
-        for key, entry in state.jobs.items():
+        for key in keys:
+            entry = state.jobs[key]
             if entry.final:
                 continue
             # the node agent's per-job files in Harvester's format, in the job's work dir
@@ -631,7 +752,7 @@ class MultiJobDaemon:
             if outcome is not None:
                 if entry.panda_id in self.specs:
                     results.append((entry, outcome))
-            elif entry.state == "starting" and f"{key}.started" in names:
+            elif entry.state == "starting" and has_marker(f"{key}.started"):
                 entry.state = "running"
                 entry.started_at = time.time()
                 entry.host = _marker_host(reports / f"{key}.started")
@@ -639,14 +760,31 @@ class MultiJobDaemon:
                 self.updater.queue(
                     JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1, node=entry.host)
                 )
-        # stage-out is the slow part (xrdcp to EOS): a pool of transfers, bookkeeping here
-        copytool = self.copytool if results else None  # made here, not raced for by the threads
-        finished = self._in_parallel(lambda item: self._report_from_result(*item, copytool), results)
-        for (entry, _), (report, error) in zip(results, finished, strict=True):
+        if results:
+            self._stage_out(state, results)
+        return changed or bool(results)
+
+    def _stage_out(self, state: SubmissionState, results: list[tuple[JobEntry, JobOutcome]]) -> None:
+        """Stage outputs out on a pool and settle each job as its own transfers end.
+
+        Stage-out is the slow part (xrdcp to EOS): a job whose outputs are at their
+        destination is reported then, in one bulk request with the others that got
+        there within :data:`~compass_pilot.modes.wakeups.COALESCE_WINDOW`, not after
+        the slowest transfer of the whole round.  The last ones go with the caller's flush.
+        """
+        copytool = self.copytool  # made here, not raced for by the threads
+        reported = time.monotonic()
+        left = len(results)
+        for (entry, _), (report, error) in self._as_completed(
+            lambda item: self._report_from_result(*item, copytool), results
+        ):
             if error is not None:
                 report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
             self._settle(state, entry, report)
-        return changed or bool(results)
+            left -= 1
+            if left and time.monotonic() - reported >= wakeups.COALESCE_WINDOW:
+                self._report_now()
+                reported = time.monotonic()
 
     def _report_from_result(self, entry: JobEntry, outcome: JobOutcome, copytool: Any) -> JobReport:
         """Stage a job's outputs out and build its final report from its node agent's outcome (I/O only)."""
@@ -680,20 +818,25 @@ class MultiJobDaemon:
         Only I/O runs in the threads: the journal and the updater stay on the caller's.
         """
 
-        def one(item: Any) -> tuple[Any, PilotError | None]:
-            try:
-                return work(item), None
-            except PilotError as exc:
-                return None, exc
-            except Exception as exc:
-                log.exception("unexpected error in a transfer")
-                return None, PilotError(f"{type(exc).__name__}: {exc}", ErrorCode.GENERAL)
-
+        one = _guarded(work)
         threads = min(self.site.hpc.transfer_threads, len(items))
         if threads <= 1:
             return [one(item) for item in items]
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
             return list(pool.map(one, items))
+
+    def _as_completed(self, work: Any, items: list[Any]) -> Iterator[tuple[Any, tuple[Any, PilotError | None]]]:
+        """``(item, outcome)`` in the order the work ends (outcomes as in :meth:`_in_parallel`)."""
+        one = _guarded(work)
+        threads = min(self.site.hpc.transfer_threads, len(items))
+        if threads <= 1:
+            for item in items:
+                yield item, one(item)
+            return
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
+            futures = {pool.submit(one, item): item for item in items}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
 
     # -- heartbeats and reporting --------------------------------------------------------
     def heartbeat_due(self) -> bool:
@@ -749,6 +892,10 @@ class MultiJobDaemon:
     def _forget_settled(self) -> None:
         """Keep only the most recent settled submissions in memory (their state.json stays)."""
         done = [s for s in self.submissions.values() if s.done]
+        for state in done:
+            self._unsaved.discard(state.sub_id)
+            if self.listener is not None:
+                self.listener.remove(state.sub_id)  # its late wake-ups are dropped as unknown
         for state in done[: max(0, len(done) - DONE_SUBMISSIONS_MEMORY)]:
             del self.submissions[state.sub_id]
             self._lost_node_subs.discard(state.sub_id)
@@ -885,9 +1032,12 @@ class MultiJobDaemon:
                     until = self._preflight_next - time.monotonic()
                 wait = max(wait, min(until, self.site.hpc.no_jobs_backoff_max))
             self.progress.tick(self, wait)
-            self._sleep(wait)
+            self._wait(wait, bool(draining))
         self._write_daemon_state()
         self.journal.close()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
         fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1  # a late signal writes nowhere
         for fd in fds:
             os.close(fd)
@@ -949,6 +1099,21 @@ class MultiJobDaemon:
             ],
         }
         atomic_write_text(self.shared / STATE_FILE, json.dumps(data, indent=1))
+
+
+def _guarded(work: Any) -> Any:
+    """``work`` returning ``(value, None)`` or ``(None, PilotError)``: one bad transfer fails its job only."""
+
+    def one(item: Any) -> tuple[Any, PilotError | None]:
+        try:
+            return work(item), None
+        except PilotError as exc:
+            return None, exc
+        except Exception as exc:
+            log.exception("unexpected error in a transfer")
+            return None, PilotError(f"{type(exc).__name__}: {exc}", ErrorCode.GENERAL)
+
+    return one
 
 
 def _int_or_zero(value: Any) -> int:
