@@ -15,6 +15,12 @@ Harvester's shared-file format, written by the node agents' own writer
 (``harvester_plugins.jobfiles.write_outcome``) → the wrapper's exit marker
 (``harvester_plugins.saga_backend.EXIT_MARKER``) once all its results are out.
 
+Like the node agents (``hpc.node_agent``), the simulated nodes wake the daemon when the
+job set names a ``notify`` target (:mod:`hpc.notify`): one ``S`` datagram per node with
+the PandaIDs it started, after their markers, and one ``E`` datagram per job after its
+outcome files — so the daemon's event path is what the figures measure, at the rate the
+real agents would send.  One socket per submission, no process per payload.
+
 No payload process is started.  ``status`` answers as ``qstat`` would: queued before the
 start, running until the exit marker, then finished; ``kill`` ends the submission's jobs
 at once (cancelled).
@@ -122,6 +128,7 @@ def _node_side(conn: Any) -> None:
     killed: set[str] = set()
     host = socket.gethostname()
     pending: dict[str, int] = {}  # subdir → results still to write
+    senders: dict[str, Any] = {}  # subdir → its agents' wake-up sender (NotifySender), when the job set has one
     # one writer per simulated node: a real agent's writes (fsync'd) run on its own node
     writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="simnode")
 
@@ -157,7 +164,8 @@ def _node_side(conn: Any) -> None:
                 jobset, subdir, wave, spread, seed = data
                 if subdir in killed:
                     continue
-                jobs = _start(Path(jobset), Path(subdir))
+                jobs, sender = _start(Path(jobset), Path(subdir))
+                senders[subdir] = sender
                 pending[subdir] = len(jobs)
                 rng = random.Random(seed)
                 for job in jobs:
@@ -165,7 +173,7 @@ def _node_side(conn: Any) -> None:
             elif kind == "end":
                 subdir, job, node_host = data
                 if subdir not in killed:
-                    ended.append((subdir, writers.submit(_finish, job, node_host)))
+                    ended.append((subdir, writers.submit(_finish, job, node_host, senders.get(subdir))))
         for subdir, future in ended:
             try:
                 future.result()
@@ -174,15 +182,20 @@ def _node_side(conn: Any) -> None:
             pending[subdir] -= 1
             if not pending[subdir]:
                 _exit_marker(Path(subdir), 0)
+                sender = senders.pop(subdir, None)
+                if sender is not None:
+                    sender.close()
 
 
-def _start(jobset: Path, subdir: Path) -> list[dict[str, Any]]:
-    """The batch job starts: every payload is 'running' (its started marker)."""
+def _start(jobset: Path, subdir: Path) -> tuple[list[dict[str, Any]], Any]:
+    """The batch job starts: every payload is 'running' (its started marker), each node says so (``S``)."""
+    from hpc import notify
     from hpc.jobset import atomic_write_text, read_jobset
 
     parsed = read_jobset(jobset)
     reports = Path(parsed.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
+    sender = notify.NotifySender(parsed.notify) if parsed.notify is not None else None
     now = time.time()
     jobs = []
     for node_jobs in parsed.node_jobs.values():
@@ -197,12 +210,15 @@ def _start(jobset: Path, subdir: Path) -> list[dict[str, Any]]:
                     "started": now,
                 }
             )
-    return jobs
+        if sender is not None and node_jobs:
+            sender.send(notify.STARTED, [nj.panda_id for nj in node_jobs])  # one per node, as an agent does
+    return jobs, sender
 
 
-def _finish(job: dict[str, Any], host: str) -> None:
-    """One virtual payload ends well: its outputs, then its outcome files (as a node agent writes them)."""
+def _finish(job: dict[str, Any], host: str, sender: Any = None) -> None:
+    """One virtual payload ends well: its outputs, its outcome files (as a node agent writes them), ``E``."""
     from harvester_plugins.jobfiles import JobOutcome, OutputFile, write_outcome
+    from hpc import notify
 
     workdir = Path(job["workdir"])
     outputs = []
@@ -226,6 +242,8 @@ def _finish(job: dict[str, Any], host: str) -> None:
         outputs=outputs,
     )
     write_outcome(workdir, outcome)
+    if sender is not None:
+        sender.send(notify.ENDED, [job["panda_id"]])  # after the files: the daemon reads them at once
 
 
 def _exit_marker(subdir: Path, code: int) -> None:
