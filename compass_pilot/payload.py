@@ -1,11 +1,15 @@
-"""Run one payload: own process group, logs to files, walltime watchdog, psutil samples.
+"""Run one payload: own process group, logs to files, walltime watchdog, memory samples.
 
 The old COMPASS pilots spent a CPU core each polling their payloads.  Here the only
 thing that wakes up is a waiter thread blocked in ``os.wait4`` (the kernel tells us
 when the payload ends) and a watchdog blocked on an ``Event`` with a timeout that is
-either the next psutil sample (default 60 s) or the walltime deadline, whichever
+either the next memory sample (default 60 s) or the walltime deadline, whichever
 comes first.  Killing always targets the whole process group, so a payload's
 children (coral.exe under a shell wrapper) cannot outlive it.
+
+A process that runs many payloads (the node agent, 32 per node) gives them one
+:class:`compass_pilot.reaper.PayloadReaper` instead: no thread per payload, one loop
+that the kernel wakes when any of them ends and that runs their timers.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from compass_pilot.errors import ErrorCode, code_for_signal
+
+if TYPE_CHECKING:  # psutil is imported where it is used: a node agent starts without it (~10 ms)
+    import psutil
+
+    from compass_pilot.reaper import PayloadReaper
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +244,8 @@ def _tree_rss(pid: int) -> int:
 
 def cpu_seconds(procs: list[psutil.Process]) -> float:
     """User + system CPU seconds of these processes (the ones already gone count as 0)."""
+    import psutil
+
     total = 0.0
     for proc in procs:
         try:
@@ -248,7 +257,16 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 
 
 class PayloadProcess:
-    """A payload running in its own session; non-blocking, with a blocking ``wait``."""
+    """A payload running in its own session; non-blocking, with a blocking ``wait``.
+
+    ``wrap=True`` (grid mode) runs it under the exit-code wrapper so a restarted pilot
+    can learn how it ended; ``wrap=False`` runs the command itself, one process per
+    payload (the node agent: its keeper process collects exit codes instead, see
+    :mod:`hpc.keeper`).  ``start()`` alone gives the payload its own waiter and
+    watchdog threads; ``start(reaper)`` hands both jobs to a shared
+    :class:`~compass_pilot.reaper.PayloadReaper` — then every call on this object
+    must come from the reaper's thread.
+    """
 
     def __init__(
         self,
@@ -261,9 +279,11 @@ class PayloadProcess:
         sample_interval: float = 60,
         stdout_name: str = "payload.stdout",
         stderr_name: str = "payload.stderr",
+        wrap: bool = True,
     ) -> None:
         wrap_command(cmd)  # refuse a shell string now, not in start()
         self.cmd = list(cmd)
+        self.wrap = wrap
         self.workdir = Path(workdir)
         self.env = env
         self.walltime = walltime
@@ -279,15 +299,33 @@ class PayloadProcess:
         self._killed_by = ""
         self._peak_rss = 0
         self._start = 0.0
-        self.create_time = 0.0
+        self._create_time: float | None = None
+        # timers when a reaper drives this payload (monotonic seconds; None = not set)
+        self._reaper: PayloadReaper | None = None
+        self._deadline: float | None = None
+        self._hard_kill_at: float | None = None
+        self._next_sample: float | None = None
 
-    def start(self) -> PayloadProcess:
+    @property
+    def create_time(self) -> float:
+        """The process's start time as psutil sees it (grid mode journals it to recognise the pid later)."""
+        if self._create_time is None:
+            import psutil
+
+            try:
+                self._create_time = psutil.Process(self.pid).create_time() if self.pid else 0.0
+            except psutil.Error:
+                self._create_time = 0.0
+        return self._create_time
+
+    def start(self, reaper: PayloadReaper | None = None) -> PayloadProcess:
         """Start the payload; raises OSError if it cannot be started at all."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / EXITCODE_NAME).unlink(missing_ok=True)
+        if self.wrap:
+            (self.workdir / EXITCODE_NAME).unlink(missing_ok=True)
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self._proc = subprocess.Popen(
-                wrap_command(self.cmd),
+                wrap_command(self.cmd) if self.wrap else self.cmd,
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -297,16 +335,48 @@ class PayloadProcess:
             )
         self.pid = self._proc.pid
         self._start = time.time()
-        try:
-            self.create_time = psutil.Process(self.pid).create_time()
-        except psutil.Error:
-            self.create_time = 0.0
+        if self.wrap:
+            _ = self.create_time  # now, while the pid is surely this process
         log.info("payload started pid=%d workdir=%s", self.pid, self.workdir)
-        threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
-        threading.Thread(target=self._watch, name=f"watch-{self.pid}", daemon=True).start()
+        self._go(reaper)
         return self
 
-    # -- the two threads ---------------------------------------------------------------
+    @classmethod
+    def adopt(
+        cls,
+        pid: int,
+        workdir: Path,
+        *,
+        start_time: float,
+        reaper: PayloadReaper,
+        walltime: float = 0,
+        grace: float = 60,
+        sample_interval: float = 60,
+        stdout_name: str = "payload.stdout",
+        stderr_name: str = "payload.stderr",
+    ) -> PayloadProcess:
+        """Take over a running payload that is already our child (re-parented to us when its
+        node agent died, see :mod:`hpc.keeper`); its walltime counts from ``start_time``."""
+        proc = cls(["adopted"], workdir, {}, walltime=walltime, grace=grace, sample_interval=sample_interval,
+                   stdout_name=stdout_name, stderr_name=stderr_name, wrap=False)  # fmt: skip
+        proc.pid = pid
+        proc._start = start_time
+        proc._go(reaper)
+        return proc
+
+    def _go(self, reaper: PayloadReaper | None) -> None:
+        if reaper is None:
+            threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
+            threading.Thread(target=self._watch, name=f"watch-{self.pid}", daemon=True).start()
+            return
+        self._reaper = reaper
+        now = time.monotonic()
+        if self.walltime > 0:
+            self._deadline = now + max(0.0, self._start + self.walltime - time.time())
+        self._next_sample = now + self.sample_interval
+        reaper.add(self)
+
+    # -- the two threads (or the reaper's calls) --------------------------------------
     def _reap(self) -> None:
         """Block in wait4 until the payload ends: the kernel wakes us, nobody polls."""
         assert self.pid is not None
@@ -314,15 +384,20 @@ class PayloadProcess:
             _, status, usage = os.wait4(self.pid, 0)
         except ChildProcessError:  # reaped elsewhere (should not happen)
             status, usage = 0, None
+        self.finish(status, usage)
+
+    def finish(self, status: int | None, usage: Any) -> None:
+        """Record how the payload ended (its ``wait4`` status and rusage; None = unknown)."""
         end = time.time()
-        exit_code = os.waitstatus_to_exitcode(status)
-        sig = -exit_code if exit_code < 0 else None
+        exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
+        sig = -exit_code if exit_code is not None and exit_code < 0 else None
         cpu = (usage.ru_utime + usage.ru_stime) if usage else 0.0
         rss = max(self._peak_rss, (usage.ru_maxrss * 1024) if usage else 0)
         if self._proc is not None:
             self._proc.returncode = exit_code  # so Popen does not try to reap it again
         # whatever the payload left behind in its group goes with it
         self._signal_group(signal.SIGKILL)
+        self._deadline = self._hard_kill_at = self._next_sample = None
         with self._lock:
             self._result = PayloadResult(
                 exit_code=None if sig else exit_code,
@@ -337,6 +412,28 @@ class PayloadProcess:
             )
         self._done.set()
         log.info("payload pid=%d ended exit=%s signal=%s killed_by=%s", self.pid, exit_code, sig, self._killed_by)
+
+    def due(self) -> float | None:
+        """When the reaper must next call :meth:`on_due` (monotonic), None when nothing is pending."""
+        times = [t for t in (self._deadline, self._hard_kill_at, self._next_sample) if t is not None]
+        return min(times) if times else None
+
+    def on_due(self, now: float) -> None:
+        """The reaper's timer: the SIGKILL after a grace period, the walltime, a memory sample."""
+        if self._done.is_set():
+            return
+        if self._hard_kill_at is not None and now >= self._hard_kill_at:
+            self._hard_kill_at = None
+            log.warning("payload pid=%s ignored SIGTERM: SIGKILL", self.pid)
+            self._signal_group(signal.SIGKILL)
+        if self._next_sample is not None and now >= self._next_sample:
+            assert self.pid is not None
+            self._peak_rss = max(self._peak_rss, _tree_rss(self.pid))
+            self._next_sample = now + self.sample_interval
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            log.warning("payload pid=%d exceeded walltime %.0f s", self.pid, self.walltime)
+            self.kill("walltime")
 
     def _watch(self) -> None:
         """Sample memory at a low rate and enforce the walltime; sleeps on the done event."""
@@ -372,6 +469,10 @@ class PayloadProcess:
                 self._killed_by = reason
         self._signal_group(signal.SIGTERM)
         wait = self.grace if grace is None else grace
+        if self._reaper is not None:  # the reaper's loop sends the SIGKILL when due
+            due = time.monotonic() + wait
+            self._hard_kill_at = due if self._hard_kill_at is None else min(self._hard_kill_at, due)
+            return
 
         def _hard_kill() -> None:
             if not self._done.wait(wait):
@@ -395,6 +496,8 @@ class PayloadProcess:
         """Current CPU seconds and RSS of the tree (for heartbeats)."""
         if self.pid is None or self._done.is_set():
             return {}
+        import psutil
+
         try:
             root = psutil.Process(self.pid)
             cpu = cpu_seconds([root, *root.children(recursive=True)])

@@ -13,11 +13,17 @@ What the Blue Waters pilot did, and what this does instead:
   and ``CalibDB.start()`` returns when it is ready; a failure gives every job of the
   node a result with code 1244 and the DB's diagnostic instead of 512 payloads
   finding out one by one.
-- Pilots spun at ~100 % CPU each.  Here one waiter thread per payload sits in
-  ``PayloadProcess.wait`` (itself woken by ``wait4``) and the main thread blocks in
-  ``os.read`` on a self-pipe that waiters and the SIGTERM handler write to: nothing
-  polls.  The only timed wake-up is the check for server kill requests
-  (``<reports>/<PandaID>.kill``, written by the daemon), at the daemon's poll interval.
+- Pilots spun at ~100 % CPU each.  Here ONE thread waits for all of a node's payloads
+  (:class:`compass_pilot.reaper.PayloadReaper`: a pidfd per payload in one epoll set,
+  plus a self-pipe the SIGTERM handler and the result writers write to): nothing
+  polls.  Each payload is one process, the command itself (no shell wrapper).  The
+  timed wake-ups are the payloads' own (walltime, memory sample at ``sample_interval``)
+  and the check for server kill requests (``<reports>/<PandaID>.kill``, written by the
+  daemon) at the daemon's poll interval.
+- A pilot killed while its payloads ran lost their exit codes.  Here ``main()`` first
+  forks a tiny keeper (:mod:`hpc.keeper`, a child subreaper): if the agent dies (kill -9,
+  OOM killer), its payloads become the keeper's children, and the keeper waits for them
+  and writes their outcomes as the agent would have.
 - A batch walltime overrun lost all results.  Here SIGTERM (what PBS / Slurm send at
   the walltime, forwarded by mpiexec / srun / aprun) kills every payload's process
   group and each job gets a failed result with code 1213 before the agent exits.
@@ -29,7 +35,10 @@ adler32, computed here where the data is), the job report, and last the job's
 attributes with ``jobStatus`` finished / failed and its error code.  A real Harvester
 and our daemon read the same files.  ``<reports>/<PandaID>.started`` (``pid time host``) is written when the
 payload starts (the daemon turns it into a running heartbeat).  A job that already has
-an outcome (a batch job requeued after a node failure) is not run again.
+an outcome (a batch job requeued after a node failure) is not run again.  When the
+job set names a daemon to wake (``notify``), the agent sends it one ``S`` datagram
+with the PandaIDs it started and an ``E`` datagram after each outcome it wrote
+(:mod:`hpc.notify`; a hint — the files stay the truth).
 
 Exit code (the worker wrapper records it; the monitor plugin turns it into the
 worker's status): 0 when every job of this node has its outcome — failed payloads
@@ -41,29 +50,31 @@ unreadable job set.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, expand
 from compass_pilot.errors import ErrorCode, PilotError, error_message
 from compass_pilot.exitcodes import ExitCode
 from compass_pilot.experiment import compass
 from compass_pilot.job import JobSpec, new_guid
-from compass_pilot.lifecycle import _pack_log
 from compass_pilot.payload import PayloadProcess, PayloadResult
+from compass_pilot.reaper import PayloadReaper
 from harvester_plugins import jobfiles
 from harvester_plugins.jobfiles import JobOutcome, OutputFile
+from hpc import notify
 from hpc.jobset import JobSet, NodeJob, atomic_write_text, read_jobset
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("hpc.node_agent")
 
@@ -73,6 +84,10 @@ CalibOpener = Callable[..., Any]
 
 _DONE = b"D"  # a payload's result is written
 _TERM = b"T"  # the batch system wants us gone
+#: Threads that judge ended payloads and write their outcomes (checksums, log tarball,
+#: six fsyncs each): a few, so 32 payloads ending together are not written one by one
+#: on a slow shared file system, and none while nothing has ended.
+_WRITERS = 4
 
 
 class _OneWriteHandler(logging.Handler):
@@ -111,7 +126,8 @@ class NodeRun:
     """One node's share of a job set: calibration DB, payloads, results.
 
     ``run()`` blocks until every job has a result; ``terminate()`` may be called from a
-    signal handler or any thread (it only writes one byte to a pipe).
+    signal handler or any thread (it only writes one byte to a pipe).  ``resume()`` is
+    what the keeper runs when the agent died: it adopts the payloads still running.
     """
 
     def __init__(
@@ -124,12 +140,14 @@ class NodeRun:
         grid: GridSection | None = None,
         payload: PayloadSection | None = None,
         node_dir: Path | None = None,
-        command_builder: CommandBuilder = compass.payload_command,
-        checker: Checker = compass.check_payload_output,
+        command_builder: CommandBuilder | None = None,
+        checker: Checker | None = None,
         calibdb_opener: CalibOpener | str | None = "auto",
         kill_check_interval: float = 30.0,
         term_grace: float = 5.0,
         report_names: dict[str, str] | None = None,
+        notify_target: notify.NotifyTarget | None = None,
+        terminate_at: float | None = None,
     ) -> None:
         self.jobs = list(jobs)
         self.report_names = jobfiles.names_from(report_names or {})
@@ -139,18 +157,20 @@ class NodeRun:
         self.grid = grid or GridSection()
         self.payload = payload or PayloadSection()  # what may run: only the demo without a site config
         self.node_dir = node_dir
-        self.command_builder = command_builder
-        self.checker = checker
-        self.calibdb_opener = _lazy_calibdb_opener() if calibdb_opener == "auto" else calibdb_opener
+        self.command_builder = command_builder or compass.payload_command
+        self.checker = checker or compass.check_payload_output
+        self.calibdb_opener = calibdb_opener  # "auto": calibdb.open_calibdb, looked up only when a DB is needed
         self.kill_check_interval = max(1.0, kill_check_interval)
         self.term_grace = term_grace
+        self.terminate_at = terminate_at  # time.monotonic() of the walltime guard; None = only SIGTERM
         self.host = socket.gethostname()
         self.procs: dict[int, PayloadProcess] = {}
         self.results: dict[int, JobOutcome] = {}
         self._lock = threading.Lock()
         self._rfd, self._wfd = os.pipe()
         self._terminating = False
-        self._finished = threading.Event()
+        self._sender = notify.NotifySender(notify_target) if notify_target is not None else None
+        self._writers: ThreadPoolExecutor | None = None
 
     @property
     def terminated(self) -> bool:
@@ -168,6 +188,11 @@ class NodeRun:
     # -- results ---------------------------------------------------------------------
     def has_outcome(self, nj: NodeJob) -> bool:
         return jobfiles.has_outcome(nj.workdir, self.report_names)
+
+    def _notify(self, kind: str, panda_ids: list[int]) -> None:
+        """Wake the daemon (a hint: it reads the files either way)."""
+        if self._sender is not None and panda_ids:
+            self._sender.send(kind, panda_ids)
 
     def _outputs(
         self, nj: NodeJob, stdout: str, verdict: tuple[int, str] | None
@@ -187,6 +212,8 @@ class NodeRun:
                     return self._outputs(nj, stdout, (ErrorCode.MISSING_OUTPUT, f"output {spec.lfn} was not produced"))
                 files.append(OutputFile.of(local, "output", spec.guid or new_guid(), per_file.get(spec.lfn)))
         if nj.job.log_file is not None:
+            from compass_pilot.lifecycle import _pack_log  # tarfile & co. only once a job has ended
+
             packed = _pack_log(nj.job, workdir)
             if packed is not None:
                 files.append(OutputFile.of(packed, "log", nj.job.log_file.guid or new_guid()))
@@ -227,6 +254,7 @@ class NodeRun:
         )
         jobfiles.write_outcome(nj.workdir, outcome, self.report_names)
         self.results[nj.panda_id] = outcome
+        self._notify(notify.ENDED, [nj.panda_id])
         if verdict:
             log.warning("job %d slot %d: failed %d: %s", nj.panda_id, nj.slot, code, diag)
         else:
@@ -235,85 +263,10 @@ class NodeRun:
     def _fail_without_run(self, nj: NodeJob, code: int, diag: str) -> None:
         self._write_result(nj, _empty_result(), (code, diag[:500]), None)
 
-    # -- the run ---------------------------------------------------------------------
-    def run(self) -> dict[int, JobOutcome]:
-        """Start the DB, run every payload concurrently, write results, stop the DB."""
-        self.reports_dir.mkdir(parents=True, exist_ok=True)
-        self.beat()
-        todo = []
-        for nj in self.jobs:
-            if self.has_outcome(nj):
-                log.info("job %d already has a result (requeued batch job?): not run again", nj.panda_id)
-            else:
-                todo.append(nj)
-        db = None
-        calib_env: dict[str, str] = {}
+    def _judge(self, nj: NodeJob, proc: PayloadProcess) -> None:
+        """Judge one ended payload and write its result (in a writer thread); wake the loop."""
         try:
-            if todo and self.calibdb_cfg is not None and self.calibdb_opener is not None:
-                try:
-                    db = self.calibdb_opener(self.calibdb_cfg, node_dir=self.node_dir)
-                    endpoint = db.start()
-                    calib_env = dict(endpoint.env)
-                    log.info("node %d: calibration DB ready (%s)", self.node, endpoint.backend)
-                except Exception as exc:  # any DB failure ends this node's jobs with 1244
-                    diag = getattr(exc, "diag", None) or str(exc) or type(exc).__name__
-                    log.error("node %d: calibration DB failed to start: %s", self.node, diag)
-                    for nj in todo:
-                        self._fail_without_run(nj, ErrorCode.CALIBDB_UNAVAILABLE, f"calibration DB: {diag}")
-                    return self.results  # stop() below still cleans up a half-started DB
-            elif todo and self.calibdb_cfg is not None:
-                # TODO(calibdb): remove once calibdb.open_calibdb has landed everywhere
-                log.warning("node %d: calibdb package not available: payloads run without a calibration DB", self.node)
-            self._run_payloads(todo, calib_env)
-            return self.results
-        finally:
-            if db is not None:
-                try:
-                    db.stop()
-                except Exception as exc:
-                    log.warning("node %d: calibration DB did not stop cleanly: %s", self.node, exc)
-            self.close()
-
-    def close(self) -> None:
-        """Release the wake-up pipe (``run()`` does it itself); safe to call twice."""
-        for fd in (self._rfd, self._wfd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._rfd = self._wfd = -1
-
-    def _start_one(self, nj: NodeJob, calib_env: dict[str, str]) -> PayloadProcess | None:
-        workdir = Path(nj.workdir)
-        try:
-            cmd, env = self.command_builder(nj.job, workdir, calib_env, self.payload)
-            proc = PayloadProcess(
-                cmd,
-                workdir,
-                env,
-                walltime=nj.job.walltime_limit,
-                grace=self.grid.payload_grace,
-                sample_interval=self.grid.sample_interval,
-            ).start()
-        except PilotError as exc:
-            self._fail_without_run(nj, exc.code, exc.pilot_error_diag())
-            return None
-        except OSError as exc:
-            self._fail_without_run(nj, ErrorCode.PAYLOAD_FAILED, f"{error_message(1305)}: cannot start: {exc}")
-            return None
-        try:
-            marker = self.reports_dir / f"{nj.panda_id}.started"  # a hint: no fsync
-            atomic_write_text(marker, f"{proc.pid} {time.time():.3f} {self.host}\n", durable=False)
-        except OSError as exc:  # a missing marker only delays the running heartbeat
-            log.warning("job %d: cannot write the started marker: %s", nj.panda_id, exc)
-        log.info("job %d slot %d: payload started pid=%s", nj.panda_id, nj.slot, proc.pid)
-        return proc
-
-    def _waiter(self, nj: NodeJob, proc: PayloadProcess) -> None:
-        """Block until one payload ends, judge it, write its result, signal the main thread."""
-        try:
-            result = proc.wait()
+            result = proc.wait(0)
             assert result is not None
             stdout = compass.tail(proc.stdout_path)
             stderr = compass.tail(proc.stderr_path)
@@ -331,6 +284,135 @@ class NodeRun:
             except OSError:
                 pass
 
+    # -- the run ---------------------------------------------------------------------
+    def run(self) -> dict[int, JobOutcome]:
+        """Start the DB, run every payload concurrently, write results, stop the DB."""
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+        self.beat()
+        todo = []
+        for nj in self.jobs:
+            if self.has_outcome(nj):
+                log.info("job %d already has a result (requeued batch job?): not run again", nj.panda_id)
+            else:
+                todo.append(nj)
+        db = None
+        calib_env: dict[str, str] = {}
+        opener = _lazy_calibdb_opener() if self.calibdb_opener == "auto" else self.calibdb_opener
+        try:
+            if todo and self.calibdb_cfg is not None and opener is not None:
+                try:
+                    db = opener(self.calibdb_cfg, node_dir=self.node_dir)  # type: ignore[operator]
+                    endpoint = db.start()
+                    calib_env = dict(endpoint.env)
+                    log.info("node %d: calibration DB ready (%s)", self.node, endpoint.backend)
+                except Exception as exc:  # any DB failure ends this node's jobs with 1244
+                    diag = getattr(exc, "diag", None) or str(exc) or type(exc).__name__
+                    log.error("node %d: calibration DB failed to start: %s", self.node, diag)
+                    for nj in todo:
+                        self._fail_without_run(nj, ErrorCode.CALIBDB_UNAVAILABLE, f"calibration DB: {diag}")
+                    return self.results  # stop() below still cleans up a half-started DB
+            elif todo and self.calibdb_cfg is not None:
+                # TODO(calibdb): remove once calibdb.open_calibdb has landed everywhere
+                log.warning("node %d: calibdb package not available: payloads run without a calibration DB", self.node)
+            reaper = PayloadReaper()
+            try:
+                running = self._start_all(todo, calib_env, reaper)
+                self._loop(reaper, running)
+            finally:
+                reaper.close()
+            return self.results
+        finally:
+            if db is not None:
+                try:
+                    db.stop()
+                except Exception as exc:
+                    log.warning("node %d: calibration DB did not stop cleanly: %s", self.node, exc)
+            self.close()
+
+    def resume(self, adopted: dict[int, tuple[int, float]], lost: str) -> dict[int, JobOutcome]:
+        """Finish the run of an agent that died: ``adopted`` maps PandaID → (pid, start time)
+        of its payloads still running as OUR children; every other job of the node without
+        an outcome fails with 1317 and ``lost`` as the reason (its exit status is gone)."""
+        reaper = PayloadReaper()
+        running = 0
+        try:
+            for nj in self.jobs:
+                if self.has_outcome(nj):
+                    continue
+                if nj.panda_id not in adopted:
+                    self._fail_without_run(nj, ErrorCode.LOST_CONTACT, lost)
+                    continue
+                pid, started = adopted[nj.panda_id]
+                self.procs[nj.panda_id] = PayloadProcess.adopt(
+                    pid,
+                    Path(nj.workdir),
+                    start_time=started,
+                    reaper=reaper,
+                    walltime=nj.job.walltime_limit,
+                    grace=self.grid.payload_grace,
+                    sample_interval=self.grid.sample_interval,
+                )
+                running += 1
+                log.warning("job %d: payload pid %d adopted from the dead agent", nj.panda_id, pid)
+            self._loop(reaper, running)
+            return self.results
+        finally:
+            reaper.close()
+            self.close()
+
+    def close(self) -> None:
+        """Release the wake-up pipe, the writers and the socket (``run()`` does it itself); safe to call twice."""
+        if self._writers is not None:
+            self._writers.shutdown(wait=True)
+            self._writers = None
+        if self._sender is not None:
+            self._sender.close()
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._rfd = self._wfd = -1
+
+    def _start_one(self, nj: NodeJob, calib_env: dict[str, str], reaper: PayloadReaper) -> PayloadProcess | None:
+        workdir = Path(nj.workdir)
+        try:
+            cmd, env = self.command_builder(nj.job, workdir, calib_env, self.payload)
+            proc = PayloadProcess(
+                cmd,
+                workdir,
+                env,
+                walltime=nj.job.walltime_limit,
+                grace=self.grid.payload_grace,
+                sample_interval=self.grid.sample_interval,
+                wrap=False,  # one process per payload: the keeper, not a shell, outlives the agent
+            ).start(reaper)
+        except PilotError as exc:
+            self._fail_without_run(nj, exc.code, exc.pilot_error_diag())
+            return None
+        except OSError as exc:
+            self._fail_without_run(nj, ErrorCode.PAYLOAD_FAILED, f"{error_message(1305)}: cannot start: {exc}")
+            return None
+        try:
+            marker = self.reports_dir / f"{nj.panda_id}.started"  # a hint: no fsync
+            atomic_write_text(marker, f"{proc.pid} {time.time():.3f} {self.host}\n", durable=False)
+        except OSError as exc:  # a missing marker only delays the running heartbeat
+            log.warning("job %d: cannot write the started marker: %s", nj.panda_id, exc)
+        log.info("job %d slot %d: payload started pid=%s", nj.panda_id, nj.slot, proc.pid)
+        return proc
+
+    def _start_all(self, todo: list[NodeJob], calib_env: dict[str, str], reaper: PayloadReaper) -> int:
+        """Start every payload, then ONE wake-up for all of them; returns how many run."""
+        started = []
+        for nj in todo:
+            proc = self._start_one(nj, calib_env, reaper)
+            if proc is not None:
+                self.procs[nj.panda_id] = proc
+                started.append(nj.panda_id)
+        self._notify(notify.STARTED, started)
+        return len(started)
+
     def beat(self) -> None:
         """Touch ``<reports>/agent-<node>.alive``: its mtime tells the daemon this node still lives."""
         try:
@@ -338,46 +420,58 @@ class NodeRun:
         except OSError as exc:
             log.warning("node %d: cannot write the agent heartbeat: %s", self.node, exc)
 
-    def _kill_checker(self) -> None:
+    def _check_kills(self) -> None:
         """Server kill requests arrive as files from the daemon; checked at its poll interval (and a beat)."""
-        while not self._finished.wait(self.kill_check_interval):
-            self.beat()
-            for panda_id, proc in list(self.procs.items()):
-                if (self.reports_dir / f"{panda_id}.kill").exists() and not proc.done.is_set():
-                    log.warning("job %d: killed on the server's request", panda_id)
-                    proc.kill("server")
+        self.beat()
+        for panda_id, proc in list(self.procs.items()):
+            if not proc.done.is_set() and (self.reports_dir / f"{panda_id}.kill").exists():
+                log.warning("job %d: killed on the server's request", panda_id)
+                proc.kill("server")
 
-    def _run_payloads(self, todo: list[NodeJob], calib_env: dict[str, str]) -> None:
-        waiters = []
-        for nj in todo:
-            proc = self._start_one(nj, calib_env)
-            if proc is None:
-                continue
-            self.procs[nj.panda_id] = proc
-            thread = threading.Thread(target=self._waiter, args=(nj, proc), name=f"wait-{nj.panda_id}", daemon=True)
-            thread.start()
-            waiters.append(thread)
-        if not waiters:
+    def _kill_all(self, why: str) -> None:
+        if self._terminating:
             return
-        threading.Thread(target=self._kill_checker, name="kill-check", daemon=True).start()
-        done = 0
-        try:
-            while done < len(waiters):
-                try:
-                    data = os.read(self._rfd, 256)
-                except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                    continue
-                done += data.count(_DONE)
-                if _TERM in data and not self._terminating:
-                    self._terminating = True
-                    n = len(self.procs)
-                    log.warning("node %d: SIGTERM: killing %d payload(s) (batch time limit)", self.node, n)
-                    for proc in self.procs.values():
-                        proc.kill("batch", grace=self.term_grace)
-        finally:
-            self._finished.set()
-        for thread in waiters:
-            thread.join(timeout=10)
+        self._terminating = True
+        live = [proc for proc in self.procs.values() if not proc.done.is_set()]
+        log.warning("node %d: %s: killing %d payload(s) (batch time limit)", self.node, why, len(live))
+        for proc in live:
+            proc.kill("batch", grace=self.term_grace)
+
+    def _loop(self, reaper: PayloadReaper, running: int) -> None:
+        """Until every started payload has ended and its result is written: one thread, no polling."""
+        if not running:
+            return
+        job_of = {proc.pid: self._job(panda_id) for panda_id, proc in self.procs.items()}
+        reaper.watch(self._rfd, "wake")
+        written = 0
+        next_check = time.monotonic() + self.kill_check_interval
+        while written < running:
+            now = time.monotonic()
+            timeout = next_check - now
+            if self.terminate_at is not None and not self._terminating:
+                timeout = min(timeout, self.terminate_at - now)
+            ended, ready = reaper.wait(max(0.0, timeout))
+            for proc in ended:
+                nj = job_of[proc.pid]
+                if self._writers is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix=f"results-{self.node}")
+                self._writers.submit(self._judge, nj, proc)
+            if ready:
+                data = os.read(self._rfd, 4096)
+                written += data.count(_DONE)
+                if _TERM in data:
+                    self._kill_all("SIGTERM")
+            now = time.monotonic()
+            if self.terminate_at is not None and now >= self.terminate_at:
+                self._kill_all("walltime guard")
+            if now >= next_check:
+                self._check_kills()
+                next_check = now + self.kill_check_interval
+
+    def _job(self, panda_id: int) -> NodeJob:
+        return next(nj for nj in self.jobs if nj.panda_id == panda_id)
 
 
 def run_node(jobs: list[NodeJob], **kwargs: Any) -> dict[int, JobOutcome]:
@@ -425,7 +519,29 @@ def _rank_and_size() -> tuple[int, int]:
     return comm.Get_rank(), comm.Get_size()
 
 
+def _setup_logging(rank: int | str, role: str = "node_agent") -> None:
+    handler = _OneWriteHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {role}[{rank}] %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def _guard_deadline(args: Any, jobset: JobSet, started: float) -> float | None:
+    """When the walltime guard ends the payloads (``time.monotonic()``), None when off.
+
+    Batch systems SIGKILL a few seconds after SIGTERM (Torque's kill_delay is 2 s): too
+    little for 32 payloads to end and report.  Ending them a little before the walltime
+    leaves every job a 1213 result instead of no result at all.  At most a tenth of the
+    walltime, so a short test or demo walltime is not eaten whole.
+    """
+    if args.walltime_guard <= 0:
+        return None
+    lead = min(args.walltime_guard, jobset.walltime / 10)
+    return started + max(0.0, jobset.walltime - lead)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # here: ~5 ms an importer of this module need not pay
+
     parser = argparse.ArgumentParser(prog="python -m hpc.node_agent", description=__doc__.splitlines()[0])
     parser.add_argument("--jobset", required=True, help="job set file written by the MOM-node daemon")
     parser.add_argument("--fake-nodes", action="store_true", help="one host plays several nodes (tests, demo)")
@@ -436,12 +552,23 @@ def main(argv: list[str] | None = None) -> int:
         default=120.0,
         help="end the payloads this long (at most walltime/10) before the job set's walltime (0 = only SIGTERM)",
     )
+    parser.add_argument(
+        "--no-keeper",
+        dest="keeper",
+        action="store_false",
+        help="no keeper process: payload exit codes die with the agent (debugging only)",
+    )
     args = parser.parse_args(argv)
+    started = time.monotonic()
+    tell: Callable[[str], None] = lambda info: None  # noqa: E731
+    if args.keeper:  # first, while this process has no thread: fork is safe
+        from hpc.keeper import fork_keeper
+
+        tell = fork_keeper(lambda info, signum, terminated: _take_over(args, started, info, signum, terminated))
 
     rank, size = _rank_and_size()
-    handler = _OneWriteHandler()
-    handler.setFormatter(logging.Formatter(f"%(asctime)s node_agent[{rank}] %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    tell(f"{rank} {size}")
+    _setup_logging(rank)
     orphaned = False
     try:
         jobset = read_jobset(args.jobset, only_node=rank)  # this node's specs only
@@ -458,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     node_dir = None
     if args.fake_nodes:
+        import tempfile
+
         # several fake nodes share one host: give each its own "node-local" DB directory
         base = Path(expand(jobset.calibdb.scratch_dir))
         base.mkdir(parents=True, exist_ok=True)
@@ -473,30 +602,85 @@ def main(argv: list[str] | None = None) -> int:
         kill_check_interval=jobset.kill_check_interval,
         term_grace=args.term_grace,
         report_names=jobset.report_files,
+        notify_target=jobset.notify,
+        terminate_at=_guard_deadline(args, jobset, started),
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: run.terminate())
-    guard = None
-    if args.walltime_guard > 0:
-        # Batch systems SIGKILL a few seconds after SIGTERM (Torque's kill_delay is 2 s):
-        # too little for 32 payloads to end and report.  Ending them a little before the
-        # walltime leaves every job a 1213 result instead of no result at all.
-        # At most a tenth of the walltime, so a short test or demo walltime is not eaten whole.
-        lead = min(args.walltime_guard, jobset.walltime / 10)
-        guard = threading.Timer(max(0.0, jobset.walltime - lead), run.terminate)
-        guard.daemon = True
-        guard.start()
     log.info("node %d: %d job(s) on host %s", node, len(run.jobs), run.host)
     try:
         results = run.run()
     finally:
-        if guard is not None:
-            guard.cancel()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if node_dir is not None:
             import shutil
 
             shutil.rmtree(node_dir, ignore_errors=True)
     return _exit_code(run, results, orphaned)
+
+
+def _take_over(args: Any, started: float, info: str | None, signum: int, terminated: bool) -> int:
+    """The keeper's part when the agent died of ``signum``: finish its node's jobs truthfully.
+
+    The payloads still running are now the keeper's children (it is their subreaper):
+    it waits for them and judges them exactly as the agent would have; a job whose
+    payload the agent had already reaped, or never started, fails with 1317.
+    """
+    from hpc import keeper
+
+    try:
+        rank, size = (int(word) for word in (info or "").split())
+    except ValueError:
+        _setup_logging("?", "node_keeper")
+        log.error("the node agent died (signal %d) before it knew its node: its jobs are left to the daemon", signum)
+        return ExitCode.FAILURE
+    _setup_logging(rank, "node_keeper")
+    try:
+        jobset = read_jobset(args.jobset, only_node=rank)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
+    if rank >= jobset.nodes:
+        return ExitCode.OK
+    run = NodeRun(
+        jobset.jobs_of(rank),
+        reports_dir=jobset.reports_dir,
+        node=rank,
+        calibdb=jobset.calibdb,
+        grid=jobset.grid,
+        payload=jobset.payload,
+        kill_check_interval=jobset.kill_check_interval,
+        term_grace=args.term_grace,
+        report_names=jobset.report_files,
+        notify_target=jobset.notify,
+        terminate_at=_guard_deadline(args, jobset, started),
+    )
+    adopted: dict[int, tuple[int, float]] = {}
+    for nj in run.jobs:
+        try:
+            pid, when, host = (Path(jobset.reports_dir) / f"{nj.panda_id}.started").read_text().split()[:3]
+            if host == run.host and keeper.is_our_child(int(pid)):
+                adopted[nj.panda_id] = (int(pid), float(when))
+        except (OSError, ValueError):
+            continue
+    log.error(
+        "node %d: the node agent died (signal %d): the keeper waits for its %d running payload(s)",
+        rank,
+        signum,
+        len(adopted),
+    )
+    signal.signal(signal.SIGTERM, lambda s, f: run.terminate())
+    if terminated:
+        run.terminate()
+    try:
+        results = run.resume(adopted, f"the node agent died (signal {signum}): the payload's exit status is lost")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for pid in keeper.leftover_children():  # what else the agent left (its calibration DB server)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return _exit_code(run, results, rank == 0 and size < jobset.nodes)
 
 
 def _exit_code(run: NodeRun, results: dict[int, JobOutcome], orphaned: bool) -> int:

@@ -26,25 +26,30 @@ def _start(site: Site, monkeypatch, n: int, **task) -> tuple[MultiJobDaemon, thr
 
 
 def _agents(shared: str) -> dict[str, psutil.Process]:
-    found = {}
-    for proc in psutil.process_iter(["cmdline", "environ"]):
+    """The node agents by rank: the processes running hpc.node_agent whose parent runs it too
+    (the parent is the agent's keeper, see hpc/keeper.py, with the same argv and env)."""
+    matching = {}
+    for proc in psutil.process_iter(["cmdline", "environ", "ppid"]):
         cmd = proc.info["cmdline"] or []
         if "hpc.node_agent" in cmd and shared in " ".join(cmd) and proc.info["environ"]:
-            found[proc.info["environ"].get("PMI_RANK", "?")] = proc
-    return found
+            matching[proc.pid] = proc
+    return {
+        proc.info["environ"].get("PMI_RANK", "?"): proc for proc in matching.values() if proc.info["ppid"] in matching
+    }
 
 
 def test_one_node_agent_killed(site: Site, monkeypatch) -> None:
+    """kill -9 of a node agent while its payloads run: its keeper adopts them, so they end
+    truthfully (here: finished) instead of failing with the node (1213 / 1317 before)."""
     _, thread = _start(site, monkeypatch, 8, extra_pars="--event-time 0.1")
     shared = site.data["hpc"]["shared_dir"]
     wait_for(lambda: "1" in _agents(shared), 60, "the node agent of node 1")
-    wait_for(lambda: site.dispatcher.summary()["jobs_by_status"].get("running", 0) >= 4, 60, "running jobs")
-    _agents(shared)["1"].kill()
+    agent = _agents(shared)["1"]
+    wait_for(lambda: len(agent.children()) == 4, 60, "the 4 payloads of node 1")
+    agent.kill()
     thread.join(120)
     assert not thread.is_alive()
-    assert site.dispatcher.summary()["jobs_by_status"] == {"failed": 4, "finished": 4}
-    codes = {r["error_code"] for r in site.dispatcher.store.query("SELECT error_code FROM jobs WHERE status='failed'")}
-    assert codes <= {ErrorCode.BATCH_TIME_LIMIT, ErrorCode.LOST_CONTACT}
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
     assert record("one node agent kill -9 (of 2)", site.dispatcher)[1:] == (0, 0)
 
 

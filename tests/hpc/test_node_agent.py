@@ -421,3 +421,38 @@ def test_rank_from_the_launcher_matches_mpi(mpiexec: str, tmp_path: Path) -> Non
         seen[source] = sorted(done.stdout.split("\n")[:-1])
     assert seen["launcher"] == ["0 4 False", "1 4 False", "2 4 False", "3 4 False"]  # no MPI_Init
     assert seen["mpi"] == ["0 4 True", "1 4 True", "2 4 True", "3 4 True"]
+
+
+def test_wakeups_tell_the_daemon_after_each_file(tmp_path: Path) -> None:
+    """One S datagram for the whole start pass (after the markers), an E after each outcome file."""
+    import select
+
+    from hpc import notify
+
+    listener = notify.NotifyListener("127.0.0.1", 0)
+    key = notify.new_key()
+    listener.add("sub-1", key)
+    reports = tmp_path / "reports"
+    jobs = _node_jobs(tmp_path, {1: OK, 2: "sleep 1; exit 3", 3: "sleep 1.5; echo End of Job"})
+    target = notify.NotifyTarget("127.0.0.1", listener.port, "sub-1", key)
+    run = NodeRun(jobs, reports_dir=reports, calibdb_opener=None, payload=SHELL, notify_target=target)
+    thread = threading.Thread(target=run.run)
+    thread.start()
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    try:
+        while sum(len(ids) for kind, ids in seen if kind == notify.ENDED) < 3:
+            assert select.select([listener], [], [], 20)[0], f"no wake-up within 20 s; got {seen}"
+            for notice in listener.drain():
+                assert notice.sub_id == "sub-1"
+                seen.append((notice.kind, notice.panda_ids))
+                for pid in notice.panda_ids:  # the files are there before the datagram
+                    if notice.kind == notify.STARTED:
+                        assert (reports / f"{pid}.started").exists()
+                    else:
+                        assert jobfiles.read_outcome(tmp_path / f"PandaJob_{pid}_1", pid) is not None
+    finally:
+        thread.join(timeout=20)
+        listener.close()
+    assert seen[0] == (notify.STARTED, (1, 2, 3))  # one datagram for the whole start pass
+    assert sorted(pid for kind, ids in seen[1:] for pid in ids if kind == notify.ENDED) == [1, 2, 3]
+    assert [kind for kind, _ in seen].count(notify.STARTED) == 1

@@ -102,10 +102,12 @@ def test_five_jobs_make_a_one_node_submission(mom) -> None:
     assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 5}
 
 
-def test_killed_node_agent_fails_only_its_jobs(mom, mocker) -> None:
+def test_killed_node_agent_loses_no_job(mom, mocker) -> None:
+    """kill -9 of node 1's agent: its keeper (hpc/keeper.py) adopts the running payloads
+    and writes their outcomes, so all 16 jobs end truthfully (finished), none twice."""
     site, client, dispatcher, submit = mom
-    # the batch system is never asked on a timer here: the worker's exit marker must
-    # be what tells the daemon the batch job is over and the dead node's jobs are orphans
+    # the batch system is never asked on a timer here: every job's outcome file (the
+    # keeper writes the dead agent's) and the worker's exit marker must say it all
     site.hpc.batch_check_interval = 3600
     submit(16, event_time=0.15)  # 2 nodes × 8 slots, ~3 s per payload
     backend = make_backend(site)
@@ -116,22 +118,23 @@ def test_killed_node_agent_fails_only_its_jobs(mom, mocker) -> None:
     victim = None
     deadline = time.time() + 60
     while victim is None and time.time() < deadline:
-        for proc in psutil.process_iter(["cmdline", "environ"]):
+        matching = {}
+        for proc in psutil.process_iter(["cmdline", "environ", "ppid"]):
             cmd = proc.info["cmdline"] or []
             env = proc.info["environ"] or {}
             if "hpc.node_agent" in cmd and env.get("PMI_RANK") == "1" and site.hpc.shared_dir in " ".join(cmd):
-                victim = proc
-                break
+                matching[proc.pid] = proc
+        # the agent, not its keeper: the keeper is the agent's parent with the same argv
+        victim = next((p for p in matching.values() if p.info["ppid"] in matching), None)
         time.sleep(0.2)
     assert victim is not None, "node agent of node 1 not found"
     time.sleep(1)
     victim.kill()
     thread.join(120)
     assert not thread.is_alive()
-    by_status = _summary(dispatcher.url)["jobs_by_status"]
-    assert by_status.get("finished") == 8 and by_status.get("failed") == 8
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 16}
     assert dispatcher.duplicate_finals() == []
-    assert status.call_count == 1  # once, when the marker appeared; not every round
+    assert status.call_count <= 1  # at most once, when the marker appeared; not every round
 
 
 def test_a_clean_run_never_asks_the_batch_system(mom, mocker) -> None:
