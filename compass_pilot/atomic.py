@@ -18,11 +18,16 @@ from pathlib import Path
 
 def atomic_write_text(target: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
     """Replace ``target`` with ``text`` atomically (and durably unless ``durable=False``)."""
+    atomic_write_bytes(target, text.encode("utf-8"), durable=durable)
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+    """Replace ``target`` with ``data`` atomically; the file is created 0600 (``mkstemp``)."""
     path = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())

@@ -338,7 +338,15 @@ def run(
             "sizing_5_waiting": made,
             "sizing_ok": made == [5],
             "dispatcher": dispatcher.summary().get("jobs_by_status"),
+            # what Harvester's propagator told the server about its workers (/api/v1/harvester/update_workers)
+            "workers_at_dispatcher": [
+                {"workerID": r["worker_id"], "status": r["status"], "nJobs": r["n_jobs"]}
+                for r in dispatcher.store.query("SELECT worker_id, status, n_jobs FROM harvester_workers")
+            ],
         }
+        if agents:  # the server must know each worker's final state as Harvester does
+            told = {(w["workerID"], w["status"]) for w in summary["workers_at_dispatcher"]}
+            summary["propagated_ok"] = told == {(w["workerID"], w["status"]) for w in worker_info}
         return rows, summary
     finally:
         dispatcher.stop()
@@ -365,6 +373,9 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     print(f"Harvester classes: {summary['harvester']}; workers: {summary['workers']}")
     print(f"sizing: 5 waiting jobs → workers of {summary['sizing_5_waiting']} job(s) (nJobs)")
     print(f"dispatcher: {summary['dispatcher']}")
+    if "propagated_ok" in summary:
+        verdict = "as in Harvester's DB" if summary["propagated_ok"] else "DIFFERENT from Harvester's DB"
+        print(f"workers the propagator reported to the dispatcher: {summary['workers_at_dispatcher']} ({verdict})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"rows": rows, **summary}))
     else:
         print_table(rows, summary)
-    return 0 if all(r["ok"] for r in rows) and summary["sizing_ok"] else 1
+    ok = all(r["ok"] for r in rows) and summary["sizing_ok"] and summary.get("propagated_ok", True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

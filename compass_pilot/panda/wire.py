@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlparse
 
-from compass_pilot.panda import harvester_api, page
+from compass_pilot.panda import harvester_api, logcache, page
 from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.auth import Authenticator, Identity, Refusal
 from compass_pilot.panda.fields import wire_to_attr
@@ -196,6 +196,34 @@ class _Handler(BaseHTTPRequestHandler):
             data = {k: ("True" if v is True else "False" if v is False else v) for k, v in data.items()}
         return data
 
+    def _upload_log(self) -> None:
+        """Harvester's worker log upload (``file_server/upload_jedi_log``): stored, its URL answered."""
+        try:
+            raw = self.rfile.read(self._content_length())
+        except _BadLength as exc:
+            self.close_connection = True
+            self._send(exc.status, {"success": False, "message": str(exc), "data": None})
+            return
+        directory = logcache.cache_dir(self.server.store.db_path)
+        try:
+            if directory is None:
+                raise logcache.UploadError("this dispatcher keeps no files (in-memory database)")
+            name, content = logcache.parse_upload(raw, self.headers.get("Content-Type") or "")
+            logcache.store(directory, name, content)
+        except logcache.UploadError as exc:
+            self._send(200, {"success": False, "message": str(exc), "data": None})
+            return
+        except OSError as exc:
+            message = f"failed to write log with {type(exc).__name__}"
+            self._send(200, {"success": False, "message": message, "data": None})
+            return
+        scheme = "https" if self.server.tls is not None else "http"
+        host = self.headers.get("Host") or ""
+        if not _HOST.match(host):  # the client's own Host header, echoed only if it is a plain host[:port]
+            host = "{}:{}".format(*self.server.server_address[:2])
+        url = f"{scheme}://{host}/cache/{logcache.SUBDIR}/{name}"
+        self._send(200, {"success": True, "message": "", "data": url})
+
     def _forbidden(self, method: str) -> None:
         self._send(403, f"ERROR : method {method} is forbidden", "text/plain")
 
@@ -240,6 +268,12 @@ class _Handler(BaseHTTPRequestHandler):
             query = parse_qs(parsed.query, keep_blank_values=True)
             fields = {k: v if len(v) > 1 else v[0] for k, v in query.items()}
             self._send(200, harvester_api.handle(store, path.rsplit("/", 1)[-1], fields, identity.name))
+        elif path.startswith(f"/cache/{logcache.SUBDIR}/"):
+            content = logcache.read(logcache.cache_dir(store.db_path), path.rsplit("/", 1)[-1])
+            if content is None:
+                self._send(404, {"error": f"no such log {path}"})
+            else:
+                self._send(200, content, "text/plain; charset=utf-8")
         elif path.startswith("/api/v1/") or path.startswith("/server/panda/"):
             self._forbidden(path.rsplit("/", 1)[-1])
         else:
@@ -255,10 +289,11 @@ class _Handler(BaseHTTPRequestHandler):
         legacy = path.startswith("/server/panda/")
         method = path.rsplit("/", 1)[-1]
         harvester = path.startswith("/api/v1/harvester/")
+        upload = path == "/api/v1/file_server/upload_jedi_log"
         if (
             (legacy and method not in LEGACY_METHODS)
             or (harvester and method not in harvester_api.POST_METHODS)
-            or (path.startswith("/api/v1/") and not harvester and method not in V1_METHODS)
+            or (path.startswith("/api/v1/") and not (harvester or upload) and method not in V1_METHODS)
         ):
             self._forbidden(method)  # checked before the body is read, as the server does
             return
@@ -266,6 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
         if identity is None:
             return
         self.identity = identity
+        if upload:
+            self._upload_log()
+            return
         try:
             fields = self._body(legacy)
         except _BadLength as exc:
@@ -477,6 +515,7 @@ def _v1_answer(code: int, command: str | None, message: str) -> dict[str, Any]:
 
 
 _ESCAPE = re.compile(rb"%[0-9A-Fa-f]{2}")
+_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:]{2,39}\](:[0-9]{1,5})?$")
 
 
 def _unquote_plus(raw: bytes) -> str:

@@ -5,14 +5,16 @@ answered in panda-server 1.0's ``{success, message, data}`` shape and stored."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from compass_pilot.panda import harvester_api
+from compass_pilot.panda import harvester_api, logcache
 from compass_pilot.panda.dispatcher import Dispatcher
 
 HEADERS = {"Accept": "application/json", "Connection": "close"}
@@ -189,3 +191,56 @@ def test_the_page_shows_instances_their_workers_and_errors(served) -> None:
     assert "<h2>Harvester instances</h2>" in html and "bw-mom1" in html and "failed 1, running 1" in html
     assert "qsub: &lt;script&gt;refused&lt;/script&gt;" in html  # escaped, never markup
     assert "quiet" not in html  # debug chatter stays off the page
+
+
+def upload(url: str, name: str, content: bytes) -> dict[str, Any]:
+    """``PandaCommunicator.upload_file``: the bytes zlib-compressed, a multipart field ``file``."""
+    files = {"file": (name, zlib.compress(content))}
+    answer = requests.post(f"{url}/api/v1/file_server/upload_jedi_log", files=files, headers=HEADERS, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_worker_logs_are_uploaded_kept_private_and_served(served) -> None:
+    url, db = served
+    answer = upload(url, "/var/log/harvester/worker_7.err", b"node agent exit 143\n")
+    assert answer["success"] is True and answer["data"] == f"{url}/cache/jedilog/worker_7.err"
+    stored = Path(db).parent / "cache" / "jedilog" / "worker_7.err"
+    assert stored.stat().st_mode & 0o777 == 0o600 and zlib.decompress(stored.read_bytes()) == b"node agent exit 143\n"
+    assert requests.get(answer["data"], timeout=10).text == "node agent exit 143\n"
+    assert upload(url, "worker_7.err", b"replaced\n")["success"] is True  # the server overwrites, as panda-server does
+    assert requests.get(answer["data"], timeout=10).text == "replaced\n"
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", ".bashrc", "a b", "x" * 300, "", "ok/..", "évil"])
+def test_hostile_upload_names_are_refused(served, name: str) -> None:
+    url, db = served
+    before = sorted(p.name for p in Path(db).parent.rglob("*"))
+    answer = upload(url, name, b"data")
+    if name == "../../etc/passwd":  # only the base name counts: it lands as a plain file in the log directory
+        assert answer["success"] is True and answer["data"].endswith("/cache/jedilog/passwd")
+        assert (Path(db).parent / "cache" / "jedilog" / "passwd").is_file()
+        return
+    assert answer["success"] is False
+    assert "refusing the file name" in answer["message"] or "no file name" in answer["message"]
+    assert sorted(p.name for p in Path(db).parent.rglob("*")) == before
+
+
+def test_an_upload_without_a_file_field_is_refused(served) -> None:
+    url, _ = served
+    answer = requests.post(
+        f"{url}/api/v1/file_server/upload_jedi_log", files={"other": ("a.log", b"x")}, headers=HEADERS, timeout=10
+    ).json()
+    assert answer == {"success": False, "message": "no 'file' field in the upload", "data": None}
+    answer = requests.post(f"{url}/api/v1/file_server/upload_jedi_log", json={"file": "x"}, headers=HEADERS, timeout=10)
+    assert answer.json()["success"] is False
+    assert requests.get(f"{url}/cache/jedilog/nothing.log", timeout=10).status_code == 404
+
+
+def test_the_upload_directory_keeps_the_newest(served, monkeypatch) -> None:
+    url, db = served
+    monkeypatch.setattr(logcache, "MAX_FILES", 3)
+    for i in range(5):
+        assert upload(url, f"w{i}.log", b"x")["success"] is True
+        os.utime(Path(db).parent / "cache" / "jedilog" / f"w{i}.log", (1000 + i, 1000 + i))
+    assert sorted(p.name for p in (Path(db).parent / "cache" / "jedilog").iterdir()) == ["w2.log", "w3.log", "w4.log"]
