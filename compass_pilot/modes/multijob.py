@@ -1133,10 +1133,14 @@ def _with_workdir(site: SiteConfig, workdir: str) -> SiteConfig:
 
 # -- CLI -------------------------------------------------------------------------------------
 def make_backend(site: SiteConfig) -> BatchBackend:
-    """The batch backend on the Harvester plugins (radical.saga)."""
-    from harvester_plugins.daemon_backend import PluginBatchBackend
+    """The batch backend: the Harvester plugins (radical.saga) in a broker child process.
 
-    return PluginBatchBackend(site)
+    radical.saga never enters the daemon's own memory (~30 MB, its monitor threads and
+    shells live in the broker); see :mod:`harvester_plugins.batch_broker`.
+    """
+    from harvester_plugins.batch_broker import BrokerBatchBackend
+
+    return BrokerBatchBackend(site)
 
 
 def _marker_host(marker: Path) -> str:
