@@ -10,7 +10,8 @@ through radical.saga ``fork://``), measured from the outside:
   and whoever re-parented it — this process is a child subreaper
   (``prctl(PR_SET_CHILD_SUBREAPER)``), so orphans (the batch job radical.saga detaches,
   hydra proxies) come back to it and their usage is counted when reaped;
-- **peak RSS** of the daemon (sampled) and of the largest single process in the tree.
+- **peak RSS** of the daemon (sampled), of its largest helper process (radical.saga's shell, a
+  batch broker) and of the largest single process in the tree.
 
 The dispatcher's own CPU (this process) is printed apart.  Issue 15 targets (printed,
 not asserted): overhead < 3 s, tree CPU < 5 s, daemon peak RSS < 50 MiB.  Run it
@@ -204,6 +205,7 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
         "dispatcher_cpu": (own.ru_utime - self0.ru_utime) + (own.ru_stime - self0.ru_stime),
         "daemon_rss": peak,
         "max_rss": tree.max_rss_kib * 1024,
+        "helper_rss": tree.peak_rss("saga helpers"),
         "counts": counts,
         "exit": tree.exit_status.get(proc.pid),
         "breakdown": breakdown,
@@ -297,7 +299,8 @@ def main() -> int:
 
     print(
         f"{'run':>3} | {'wall s':>6} | {'overhead s':>10} | {'→512 started':>12} | {'→512 running':>12} |"
-        f" {'end→ack p50/p95/max s':>21} | {'tree CPU s':>10} | {'daemon RSS MiB':>14} | {'max proc MiB':>12} |"
+        f" {'end→ack p50/p95/max s':>21} | {'tree CPU s':>10} | {'daemon RSS MiB':>14} |"
+        f" {'helper MiB':>10} | {'max proc MiB':>12} |"
         f" {'dispatcher CPU s':>16} | jobs (daemon exit)"
     )
     for i, r in enumerate(runs, 1):
@@ -306,7 +309,8 @@ def main() -> int:
         print(
             f"{i:>3} | {fmt(r['wall'], 1):>6} | {fmt(over, 1):>10} | {fmt(r['start_started']):>12} |"
             f" {fmt(r['start_running']):>12} | {lat:>21} | {r['tree_cpu']:>10.1f} | {r['daemon_rss'] / 2**20:>14.1f} |"
-            f" {r['max_rss'] / 2**20:>12.1f} | {r['dispatcher_cpu']:>16.1f} | {r['counts']} ({r['exit']})"
+            f" {r['helper_rss'] / 2**20:>10.1f} | {r['max_rss'] / 2**20:>12.1f} | {r['dispatcher_cpu']:>16.1f} |"
+            f" {r['counts']} ({r['exit']})"
         )
     if args.timeline:
         for i, r in enumerate(runs, 1):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 PR_SET_CHILD_SUBREAPER = 36
 HZ = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 #: the order the breakdown is printed in
 KINDS = (
     "daemon",
@@ -82,8 +83,8 @@ def _calibrate() -> float:
     return BOOT if ticks is None else (before + after) / 2 - ticks / HZ
 
 
-def _stat(pid: int) -> tuple[str, int, float, float, float] | None:
-    """(comm, ppid, own CPU s, children's CPU s, start epoch) from /proc/<pid>/stat (zombies too)."""
+def _stat(pid: int) -> tuple[str, int, float, float, float, int] | None:
+    """(comm, ppid, own CPU s, children's CPU s, start epoch, RSS bytes) from /proc/<pid>/stat (zombies too)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             raw = handle.read().decode("ascii", "replace")
@@ -91,10 +92,10 @@ def _stat(pid: int) -> tuple[str, int, float, float, float] | None:
         return None
     comm = raw[raw.index("(") + 1 : raw.rindex(")")]
     rest = raw[raw.rindex(")") + 2 :].split()
-    # rest[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17, starttime=22
+    # rest[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17, starttime=22, rss=24
     own = (int(rest[11]) + int(rest[12])) / HZ
     children = (int(rest[13]) + int(rest[14])) / HZ
-    return comm, int(rest[1]), own, children, BOOT + int(rest[19]) / HZ
+    return comm, int(rest[1]), own, children, BOOT + int(rest[19]) / HZ, int(rest[21]) * PAGE
 
 
 def _schedstat(pid: int) -> float:
@@ -128,6 +129,7 @@ class Proc:
     reaped: bool = False  # own is exact (rusage − children)
     end: float | None = None  # epoch when reaped by us
     kind: str = ""
+    rss: int = 0  # peak resident bytes seen by the scans
 
 
 class ProcTree:
@@ -184,10 +186,10 @@ class ProcTree:
                     st = _stat(pid)
                     if st is None:
                         continue
-                    comm, ppid, own, kids, start = st
+                    comm, ppid, own, kids, start, rss = st
                     if ppid != self.me and ppid not in self.procs:
                         continue
-                    proc = Proc(pid, ppid, comm, start, now, own=own, children_cpu=kids)
+                    proc = Proc(pid, ppid, comm, start, now, own=own, children_cpu=kids, rss=rss)
                     proc.argv = _cmdline(pid) or []
                     self.procs[pid] = proc
                     continue
@@ -198,8 +200,9 @@ class ProcTree:
                     st = _stat(pid)
                     if st is None:
                         continue
-                    comm, ppid, own, kids, _ = st
+                    comm, ppid, own, kids, _, rss = st
                     proc.comm, proc.ppid = comm, ppid
+                    proc.rss = max(proc.rss, rss)
                     proc.own = max(proc.own, own, _schedstat(pid))
                     proc.children_cpu = max(proc.children_cpu, kids)
                     if young:
@@ -234,7 +237,7 @@ class ProcTree:
                 self.exit_status[pid] = os.waitstatus_to_exitcode(status)
                 proc = self.procs.pop(pid, None)
                 if proc is None and st is not None:  # born and gone between two scans
-                    comm, ppid, _, _, start = st
+                    comm, ppid, _, _, start, _ = st
                     proc = Proc(pid, ppid, comm, start, time.monotonic())
                 if proc is not None:
                     if st is not None:
@@ -315,22 +318,39 @@ class ProcTree:
             out[p.kind][0] += p.own
             out[p.kind][1] += 1
         result = {k: (out[k][0], int(out[k][1])) for k in KINDS if k in out}
-        # descendants (through parents that someone else reaped) of each process we reaped
+        # Anchors: processes whose children's CPU (cutime) we know — reaped by us (exact) or
+        # node agents (sampled every scan, and they outlive their payloads: the last reading
+        # holds them all; a hydra proxy's last reading may precede its agent's exit, so it is
+        # no anchor).  What an anchor's children's CPU holds beyond what its descendants'
+        # samples (down to the next anchors) explain, no sample saw.
         by_pid = {p.pid: p for p in procs}
-        hidden: dict[str, float] = defaultdict(float)
+
+        def anchor(p: Proc) -> bool:
+            return p.reaped or p.kind == "node agents"
+
+        def nearest_anchor(p: Proc) -> Proc | None:
+            q, depth = by_pid.get(p.ppid), 0
+            while q is not None and not anchor(q) and depth < 50:
+                q, depth = by_pid.get(q.ppid), depth + 1
+            return q if q is not None and anchor(q) else None
+
         explained: dict[int, float] = defaultdict(float)
         for p in procs:
             if p.reaped:
-                continue
-            q, depth = by_pid.get(p.ppid), 0
-            while q is not None and not q.reaped and depth < 50:
-                q, depth = by_pid.get(q.ppid), depth + 1
-            if q is not None and q.reaped:
-                explained[q.pid] += p.own
+                continue  # in nobody's children's CPU but ours
+            a = nearest_anchor(p)
+            if a is not None:
+                explained[a.pid] += p.own + (p.children_cpu if anchor(p) else 0.0)
+        hidden: dict[str, float] = defaultdict(float)
         for p in procs:
-            if p.reaped:
+            if anchor(p):
                 hidden[p.kind] += p.children_cpu - explained.get(p.pid, 0.0)
         for kind, cpu in hidden.items():
-            result[f"not sampled under {kind}"] = (cpu, 0)
+            if abs(cpu) >= 0.005:
+                result[f"not sampled under {kind}"] = (cpu, 0)
         result["not sampled, elsewhere"] = (self.total - sum(v[0] for v in result.values()), 0)
         return result
+
+    def peak_rss(self, kind: str) -> int:
+        """The largest peak RSS the scans saw in one process of ``kind`` (e.g. a batch broker child)."""
+        return max((p.rss for p in self.all() if p.kind == kind), default=0)
