@@ -163,6 +163,7 @@ class MultiJobDaemon:
         self._stopping_hard = False
         self._term_deadline = 0.0  # monotonic: jobs still without a final then fail with 1201
         self._to_clean: list[Path] = []  # finished jobs' work dirs, removed after the round's commit
+        self._cleaner = lifecycle.WorkdirCleaner()  # removes them off the loop
         self.unhealthy = ""  # why the daemon cannot take jobs now ("" = healthy); in the state file
         self.breaker_open = False  # consecutive submission failures stopped fetching
         self._submit_failures = 0  # consecutive failed submission attempts
@@ -661,10 +662,13 @@ class MultiJobDaemon:
     def _report_now(self) -> None:
         """Make the settled jobs durable, clean their work dirs and report everything pending in one request."""
         self.journal.checkpoint()  # a final is in the journal before PanDA hears of it
-        for workdir in self._to_clean:
-            lifecycle.clean_workdir(workdir)
-        self._to_clean.clear()
+        self._clean_settled()
         self.act_on_commands(self.updater.flush())
+
+    def _clean_settled(self) -> None:
+        """Hand finished jobs' work dirs to the cleaner (only after the commit that holds their finals)."""
+        self._cleaner.remove(self._to_clean)
+        self._to_clean = []
 
     def agent_alive(self, state: SubmissionState, entry: JobEntry) -> bool:
         """Whether the node agent running ``entry`` has beaten within ``hpc.agent_timeout``.
@@ -873,9 +877,7 @@ class MultiJobDaemon:
             if self._may_fetch and not self.stop_event.is_set():
                 self.fetch_and_submit()
             self.watch()
-        for workdir in self._to_clean:
-            lifecycle.clean_workdir(workdir)
-        self._to_clean.clear()
+        self._clean_settled()
         if self.heartbeat_due():
             self.queue_heartbeats()
         commands = self.updater.flush()
@@ -1035,6 +1037,7 @@ class MultiJobDaemon:
             self._wait(wait, bool(draining))
         self._write_daemon_state()
         self.journal.close()
+        self._cleaner.close()
         if self.listener is not None:
             self.listener.close()
             self.listener = None
