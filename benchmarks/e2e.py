@@ -205,7 +205,7 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
         "dispatcher_cpu": (own.ru_utime - self0.ru_utime) + (own.ru_stime - self0.ru_stime),
         "daemon_rss": peak,
         "max_rss": tree.max_rss_kib * 1024,
-        "helper_rss": tree.peak_rss("saga helpers"),
+        "helper_rss": tree.peak_rss("batch broker", "saga helpers"),
         "counts": counts,
         "exit": tree.exit_status.get(proc.pid),
         "breakdown": breakdown,

@@ -37,16 +37,17 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 #: the order the breakdown is printed in
 KINDS = (
     "daemon",
+    "batch broker",
     "saga helpers",
     "batch script",
     "mpiexec",
     "hydra proxies",
     "node agents",
+    "node keepers",
     "payload wrappers",
     "payloads",
     "other",
 )
-_LONG_LIVED = {"daemon", "saga helpers", "batch script", "mpiexec", "hydra proxies", "node agents", "other"}
 
 
 def become_subreaper() -> None:
@@ -272,10 +273,14 @@ class ProcTree:
             text = " ".join(argv)
             if p.pid == daemon_pid:
                 k = "daemon"
+            elif prog.startswith("python") and "harvester_plugins.batch_broker" in argv:
+                k = "batch broker"
             elif prog.startswith("hydra_pmi_proxy"):
                 k = "hydra proxies"
             elif prog.startswith("mpiexec"):
                 k = "mpiexec"
+            elif p.comm == "node-keeper":  # hpc.keeper: the agent's forked parent, same argv
+                k = "node keepers"
             elif prog.startswith("python") and "hpc.node_agent" in argv:
                 k = "node agents"
             elif len(argv) > 3 and argv[3] == "payload-wrapper":
@@ -292,7 +297,7 @@ class ProcTree:
                     k = kind_of(parent, depth + 1)
                     if k == "node agents":
                         k = "payload wrappers"  # a wrapper seen only after its exec
-                    elif k == "daemon":
+                    elif k in ("daemon", "batch broker"):
                         k = "saga helpers"
                     elif k == "payload wrappers" and prog not in ("bash", "sh"):
                         k = "payload wrappers"  # the wrapper's own helpers (mv)
@@ -351,6 +356,6 @@ class ProcTree:
         result["not sampled, elsewhere"] = (self.total - sum(v[0] for v in result.values()), 0)
         return result
 
-    def peak_rss(self, kind: str) -> int:
-        """The largest peak RSS the scans saw in one process of ``kind`` (e.g. a batch broker child)."""
-        return max((p.rss for p in self.all() if p.kind == kind), default=0)
+    def peak_rss(self, *kinds: str) -> int:
+        """The largest peak RSS the scans saw in one process of these kinds (e.g. the batch broker child)."""
+        return max((p.rss for p in self.all() if p.kind in kinds), default=0)

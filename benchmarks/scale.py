@@ -186,6 +186,9 @@ def run_daemon_part(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         out["final"] = counts()
         if sum(out["final"].get(k, 0) for k in ("finished", "failed")) >= n_jobs:
             proc.wait(timeout=120)
+        lines = status.read_text().splitlines() if status.exists() else []
+        done = [json.loads(x) for x in lines if '"done"' in x]
+        out["wakeups"] = done[-1].get("wakeups") if done else None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -388,6 +391,14 @@ def main() -> int:
                     "  peak RSS: fill + hold / whole run",
                     f"{d['hold_rss'] / 2**20:.0f} / {d['peak_rss'] / 2**20:.0f} MiB",
                     "< 150 MiB",
+                ),
+                (
+                    "  wake-ups the simulated agents sent (S + E datagrams)",
+                    "daemon still running at the end: not counted"
+                    if d.get("wakeups") is None
+                    else f"{d['wakeups'].get('sent', 0)} sent, {d['wakeups'].get('failed', 0)} failed"
+                    + ("" if d["wakeups"].get("sent") else " — no notify target in the job sets: poll measured"),
+                    "",
                 ),
                 (
                     f"  drain: wave of endings → {done} finals acknowledged",

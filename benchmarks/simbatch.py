@@ -77,14 +77,19 @@ class SimBatchBackend:
             child.close()
         return self._conn
 
-    def close(self) -> None:
+    def close(self) -> dict[str, int]:
+        """Stop the simulated nodes; returns how many wake-up datagrams they sent (by kind)."""
+        stats: dict[str, int] = {}
         if self._proc is not None:
             try:
                 self._conn.send(("stop",))
-            except OSError:
+                if self._conn.poll(10):
+                    stats = self._conn.recv()
+            except (OSError, EOFError):
                 pass
             self._proc.join(10)
             self._proc = None
+        return stats
 
     def preflight(self) -> None:
         """Nothing to check: the simulated batch system is always there."""
@@ -129,6 +134,7 @@ def _node_side(conn: Any) -> None:
     host = socket.gethostname()
     pending: dict[str, int] = {}  # subdir → results still to write
     senders: dict[str, Any] = {}  # subdir → its agents' wake-up sender (NotifySender), when the job set has one
+    closed: list[Any] = []  # senders of ended submissions (their counts)
     # one writer per simulated node: a real agent's writes (fsync'd) run on its own node
     writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="simnode")
 
@@ -146,6 +152,11 @@ def _node_side(conn: Any) -> None:
                 return
             if message[0] == "stop":
                 writers.shutdown(wait=True)
+                sent = {"sent": 0, "failed": 0}
+                for sender in [*senders.values(), *closed]:
+                    sent["sent"] += sender.sent
+                    sent["failed"] += sender.failed
+                conn.send(sent)
                 return
             if message[0] == "submit":
                 _, jobset, subdir, start, wave, spread, seed = message
@@ -185,6 +196,7 @@ def _node_side(conn: Any) -> None:
                 sender = senders.pop(subdir, None)
                 if sender is not None:
                     sender.close()
+                    closed.append(sender)
 
 
 def _start(jobset: Path, subdir: Path) -> tuple[list[dict[str, Any]], Any]:
@@ -288,13 +300,15 @@ def run_daemon(site_path: str, *, runtime: float, hold_poll: float, fill_to: int
             time.sleep(0.5)
 
     threading.Thread(target=phases, daemon=True).start()
+    wakeups: dict[str, int] = {}
     try:
         code = daemon.run(max_cycles=fill_to)
     finally:
         client.close()
-        backend.close()
+        wakeups = backend.close()
     with open(status_path, "a", encoding="utf-8") as out:
-        out.write(json.dumps({"phase": "done", "time": time.time(), "final": len(daemon.final_states)}) + "\n")
+        done = {"phase": "done", "time": time.time(), "final": len(daemon.final_states), "wakeups": wakeups}
+        out.write(json.dumps(done) + "\n")
     return code
 
 
