@@ -200,7 +200,7 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
     breakdown = tree.breakdown(proc.pid)
     procs = tree.all()
     return {
-        "wall": marks.get("acked"),
+        "wall": _wall(finals, start_wall, marks.get("acked")),
         "tree_cpu": (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime),
         "dispatcher_cpu": (own.ru_utime - self0.ru_utime) + (own.ru_stime - self0.ru_stime),
         "daemon_rss": peak,
@@ -248,16 +248,23 @@ def timeline(
     jobset = marks.get("jobset")  # its mtime when first seen: the file goes with the run's clean-up
     batch = [p.start for p in procs if p.kind in ("batch script", "mpiexec")]
     agents = [p.start for p in procs if p.kind == "node agents"]
+    keepers = [p.start for p in procs if p.kind == "node keepers"]
+    broker = [p.start for p in procs if p.kind == "batch broker"]
     started = [j["started"] for j in jobs.values() if "started" in j]
     ended = [j["ended"] for j in jobs.values() if "ended" in j]
     outcome = [j["outcome"] for j in jobs.values() if "outcome" in j]
     acked = [t for t, _ in finals.values()]
-    return [
+    rows = [
+        ("batch broker started", rel(min(broker, default=None))),
         ("all jobs fetched (none activated; polled)", marks.get("fetched")),
         ("job set written (stage-in done before it)", rel(jobset)),
         ("batch job started (first batch shell / mpiexec)", rel(min(batch, default=None))),
-        ("first node agent process", rel(min(agents, default=None))),
-        ("last node agent process", rel(max(agents, default=None))),
+        ("first / last node agent started (the keeper's exec)", None),
+        ("  first", rel(min(keepers, default=None))),
+        ("  last", rel(max(keepers, default=None))),
+        ("first / last agent forked by its keeper (imports done)" if keepers else "first / last node agent", None),
+        ("  first", rel(min(agents, default=None))),
+        ("  last", rel(max(agents, default=None))),
         ("first payload started (marker)", rel(min(started, default=None))),
         (f"all {JOBS} payloads started (marker)", rel(nth(started, JOBS))),
         ("first job running at PanDA", rel(min(running.values(), default=None))),
@@ -268,6 +275,19 @@ def timeline(
         ("first final acknowledged", rel(min(acked, default=None))),
         (f"all {JOBS} finals acknowledged", rel(nth(acked, JOBS))),
     ]
+    if not keepers:  # no keeper (older agents): one pair of rows
+        rows = [r for r in rows if r[0] != "first / last node agent started (the keeper's exec)"]
+        i = next(i for i, r in enumerate(rows) if r[0] == "  first")
+        del rows[i : i + 2]
+    if not broker:
+        rows = rows[1:]
+    return rows
+
+
+def _wall(finals: dict[int, tuple[float, str]], t0: float, polled: float | None) -> float | None:
+    """Daemon start → the 512th final in the dispatcher's update log (exact), else the polled moment."""
+    times = sorted(t for t, _ in finals.values())
+    return times[JOBS - 1] - t0 if len(times) >= JOBS else polled
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -316,7 +336,7 @@ def main() -> int:
         for i, r in enumerate(runs, 1):
             print(f"time line of run {i} (s after daemon start):")
             for name, t in r["timeline"]:
-                print(f"  {fmt(t):>7}  {name}")
+                print(f"  {'' if name.startswith('first / last') else fmt(t):>7}  {name}")
     print("latency per job, s: p50 / p95 / max (n) per run:")
     for name in runs[0]["latency"]:
         cells = []
