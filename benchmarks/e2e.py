@@ -133,7 +133,7 @@ def dispatcher_times(dispatcher: Any) -> tuple[dict[int, float], dict[int, tuple
     return running, finals, diags
 
 
-def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float) -> dict[str, Any]:
+def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float, spy: bool = False) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="compass-bench-e2e-"))
     dispatcher, site_yaml, env = multijob.prepare_run(base, sleep, poll)
     argv = multijob.daemon_argv(site_yaml)
@@ -153,6 +153,8 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
             start_wall = time.time()
             start = time.monotonic()
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if spy:
+            start_py_spy(proc.pid, base / "daemon.pyspy")
         tree.start_reaper()
         daemon = psutil.Process(proc.pid)
         peak = 0
@@ -188,6 +190,7 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
         counts = dispatcher.store.status_counts()
         running, finals, diags = dispatcher_times(dispatcher)
         jobs = job_times(base, dict(watch.seen))
+        hot = py_spy_summary(base / "daemon.pyspy") if spy else []
     finally:
         watch.close()
         if proc is not None and proc.pid not in tree.exit_status:
@@ -198,10 +201,13 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
         else:
             shutil.rmtree(base, ignore_errors=True)
     breakdown = tree.breakdown(proc.pid)
+    profiler = breakdown.pop("profiler", (0.0, 0))[0]  # py-spy is our child, not the daemon's
     procs = tree.all()
     return {
         "wall": _wall(finals, start_wall, marks.get("acked")),
-        "tree_cpu": (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime),
+        "tree_cpu": (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime) - profiler,
+        "profiler_cpu": profiler,
+        "hot": hot,
         "dispatcher_cpu": (own.ru_utime - self0.ru_utime) + (own.ru_stime - self0.ru_stime),
         "daemon_rss": peak,
         "max_rss": tree.max_rss_kib * 1024,
@@ -284,6 +290,51 @@ def timeline(
     return rows
 
 
+def start_py_spy(pid: int, out: Path) -> None:
+    """Sample the daemon with py-spy (100 Hz, not pausing it); its CPU is taken out of the tree's."""
+    exe = shutil.which("py-spy")
+    if exe is None:
+        print("--py-spy: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return
+    subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def py_spy_summary(raw: Path, top: int = 15) -> list[tuple[float, str]]:
+    """The project's functions by share of the daemon's active samples (inclusive), from py-spy's raw output.
+
+    Active = on CPU or in a system call (py-spy counts a thread in ``fsync`` as busy), all
+    threads together: read it as where the daemon's time goes, not as CPU seconds.
+    """
+    total = 0
+    inclusive: dict[str, int] = {}
+    try:
+        lines = raw.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        try:
+            n = int(count)
+        except ValueError:
+            continue
+        total += n
+        seen = set()
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            if not any(part in where for part in ("compass_pilot/", "hpc/", "harvester_plugins/")):
+                continue
+            key = f"{name} ({'/'.join(where.rstrip(')').split(':')[0].split('/')[-2:])})"
+            if key not in seen:
+                seen.add(key)
+                inclusive[key] = inclusive.get(key, 0) + n
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+    return [(n / total * 100, key) for key, n in ranked] if total else []
+
+
 def _wall(finals: dict[int, tuple[float, str]], t0: float, polled: float | None) -> float | None:
     """Daemon start → the 512th final in the dispatcher's update log (exact), else the polled moment."""
     times = sorted(t for t, _ in finals.values())
@@ -303,12 +354,13 @@ def main() -> int:
     parser.add_argument("--log-level", default="WARNING", help="the daemon's log level (its log: <run>/daemon.log)")
     parser.add_argument("--scan", type=float, default=0.1, help="process scan interval for the CPU breakdown (s)")
     parser.add_argument("--timeline", action="store_true", help="print each run's phase time line")
+    parser.add_argument("--py-spy", action="store_true", help="sample the daemon with py-spy; print its hot functions")
     args = parser.parse_args()
     become_subreaper()
     runs = []
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs} …", file=sys.stderr)
-        runs.append(one_run(args.sleep, args.poll, args.keep, args.log_level, args.scan))
+        runs.append(one_run(args.sleep, args.poll, args.keep, args.log_level, args.scan, args.py_spy))
     for r in runs:
         tl = dict(r["timeline"])
         r["start_started"] = tl[f"all {JOBS} payloads started (marker)"]
@@ -355,6 +407,15 @@ def main() -> int:
             cpu, n = r["breakdown"].get(name, (0.0, 0))
             cells.append(f"{cpu:6.2f}" + (f" ({n:>4})" if n else "       "))
         print(f"  {name:<34} " + " | ".join(cells))
+
+    for i, r in enumerate(runs, 1):
+        if r["hot"]:
+            print(
+                f"daemon, run {i} (py-spy, its own {r['profiler_cpu']:.1f} CPU-s left out of the tree's):"
+                " project functions by share of active samples (all threads, inclusive):"
+            )
+            for share, name in r["hot"]:
+                print(f"  {share:5.1f} %  {name}")
 
     def med(key: str) -> float:
         values = [r[key] for r in ok if r[key] is not None]

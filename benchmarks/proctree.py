@@ -46,6 +46,7 @@ KINDS = (
     "node keepers",
     "payload wrappers",
     "payloads",
+    "profiler",
     "other",
 )
 
@@ -273,6 +274,8 @@ class ProcTree:
             text = " ".join(argv)
             if p.pid == daemon_pid:
                 k = "daemon"
+            elif prog == "py-spy":
+                k = "profiler"
             elif prog.startswith("python") and "harvester_plugins.batch_broker" in argv:
                 k = "batch broker"
             elif prog.startswith("hydra_pmi_proxy"):
