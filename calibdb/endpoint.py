@@ -9,7 +9,6 @@ a grid site, or the SQLite file of the embedded default.
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +118,8 @@ def connect(env: dict[str, str]) -> Any:
             path = env.get("COMPASS_CALIB_DSN", "")
             if not path or not os.path.isfile(path):
                 raise CalibDBError(f"can't connect to CDB database (sqlite): no file at COMPASS_CALIB_DSN={path!r}")
+            import sqlite3  # here: node agents import this module for its constants only
+
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
             conn.execute("SELECT 1 FROM calib LIMIT 1")
             return conn
@@ -151,6 +152,8 @@ def read_constants(conn: Any, run: int) -> dict[str, float]:
     """Calibration constants of one run: detector → constant."""
     # The one SQL difference between the two drivers: sqlite3's paramstyle is qmark,
     # pymysql's is format.
+    import sqlite3
+
     placeholder = "?" if isinstance(conn, sqlite3.Connection) else "%s"
     try:
         cur = conn.cursor()

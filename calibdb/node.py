@@ -42,8 +42,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from calibdb import backends
 from calibdb.endpoint import CONNECTION_KEYS, Endpoint, make_endpoint
 from calibdb.private import check_private_file, ensure_private_dir
@@ -70,6 +68,8 @@ _INSTANCE_FILES = (
 
 
 def _process_identity(pid: int) -> list[float]:
+    import psutil
+
     return [pid, psutil.Process(pid).create_time()]
 
 
@@ -77,6 +77,8 @@ def _alive(pid: int | None, create_time: float | None = None) -> bool:
     """The very process (pid *and* creation time) still runs; a zombie counts as dead."""
     if not pid:
         return False
+    import psutil  # here: a node agent with a file-based DB never needs it (~13 ms)
+
     try:
         proc = psutil.Process(int(pid))
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -286,6 +288,8 @@ class CalibDB:
             self.copy_seconds,
             self.ready_seconds,
         )
+        import psutil
+
         return {
             "pid": proc.pid,
             "create_time": psutil.Process(proc.pid).create_time(),
@@ -296,6 +300,8 @@ class CalibDB:
 
     def _orphan_server(self) -> int | None:
         """A mariadbd of this instance dir that no state records (its starter died mid-start)."""
+        import psutil
+
         try:
             pid = int((self.dir / "mysqld.pid").read_text().strip())
             cmdline = psutil.Process(pid).cmdline()

@@ -13,8 +13,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from harvester_plugins import compat
-
 PLUGIN_MODULES = {
     "submitter": ("harvester_plugins.submitter", "SagaSubmitter"),
     "monitor": ("harvester_plugins.monitor", "SagaMonitor"),
@@ -74,6 +72,8 @@ def queue_config_for_site(site: Any, *, access_point: str | None = None) -> dict
 
 def plugins_for_site(site: Any, *, access_point: str | None = None) -> BatchPlugins:
     """New plugin instances for a site, built exactly as Harvester's PluginFactory builds them."""
+    from harvester_plugins import compat  # here: node agents import this package for jobfiles only (~7 ms)
+
     queue_name = site.site.name
     queue_dict = queue_config_for_site(site, access_point=access_point)
     sections = compat.plugin_sections(queue_name, queue_dict)

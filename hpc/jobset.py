@@ -17,14 +17,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compass_pilot.atomic import atomic_write_text  # the one helper; node agents import it from here
 from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, build_section
 from compass_pilot.errors import BadJobSpec, ConfigError
 from compass_pilot.job import JobSpec
 from hpc.notify import NotifyTarget
-from hpc.packing import Submission
+
+if TYPE_CHECKING:  # node agents read job sets, only the daemon writes them
+    from hpc.packing import Submission
 
 VERSION = 1
 
