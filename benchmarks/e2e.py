@@ -133,7 +133,7 @@ def dispatcher_times(dispatcher: Any) -> tuple[dict[int, float], dict[int, tuple
     return running, finals, diags
 
 
-def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float, spy: bool = False) -> dict[str, Any]:
+def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float, spy: str | None) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="compass-bench-e2e-"))
     dispatcher, site_yaml, env = multijob.prepare_run(base, sleep, poll)
     argv = multijob.daemon_argv(site_yaml)
@@ -154,7 +154,7 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
             start = time.monotonic()
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         if spy:
-            start_py_spy(proc.pid, base / "daemon.pyspy")
+            start_py_spy(proc.pid, base / "daemon.pyspy", gil=spy == "gil")
         tree.start_reaper()
         daemon = psutil.Process(proc.pid)
         peak = 0
@@ -290,27 +290,29 @@ def timeline(
     return rows
 
 
-def start_py_spy(pid: int, out: Path) -> None:
+def start_py_spy(pid: int, out: Path, gil: bool = False) -> None:
     """Sample the daemon with py-spy (100 Hz, not pausing it); its CPU is taken out of the tree's."""
     exe = shutil.which("py-spy")
     if exe is None:
         print("--py-spy: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return
     subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out)],
+        [exe, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out)]
+        + (["--gil"] if gil else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
 
 def py_spy_summary(raw: Path, top: int = 15) -> list[tuple[float, str]]:
-    """The project's functions by share of the daemon's active samples (inclusive), from py-spy's raw output.
+    """The project's functions by share of the daemon's samples (inclusive), then any function's own share.
 
     Active = on CPU or in a system call (py-spy counts a thread in ``fsync`` as busy), all
     threads together: read it as where the daemon's time goes, not as CPU seconds.
     """
     total = 0
     inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
     try:
         lines = raw.read_text().splitlines()
     except OSError:
@@ -323,6 +325,10 @@ def py_spy_summary(raw: Path, top: int = 15) -> list[tuple[float, str]]:
             continue
         total += n
         seen = set()
+        leaf = stack.split(";")[-1]
+        leaf_name, _, leaf_where = leaf.partition(" (")
+        leaf_key = f"{leaf_name} ({'/'.join(leaf_where.rstrip(')').split('/')[-2:])})"  # keeps :line
+        own[leaf_key] = own.get(leaf_key, 0) + n
         for frame in stack.split(";"):
             name, _, where = frame.partition(" (")
             if not any(part in where for part in ("compass_pilot/", "hpc/", "harvester_plugins/")):
@@ -331,8 +337,11 @@ def py_spy_summary(raw: Path, top: int = 15) -> list[tuple[float, str]]:
             if key not in seen:
                 seen.add(key)
                 inclusive[key] = inclusive.get(key, 0) + n
+    if not total:
+        return []
     ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
-    return [(n / total * 100, key) for key, n in ranked] if total else []
+    leaves = sorted(own.items(), key=lambda kv: -kv[1])[:10]
+    return [(n / total * 100, key) for key, n in ranked] + [(n / total * 100, f"self: {key}") for key, n in leaves]
 
 
 def _wall(finals: dict[int, tuple[float, str]], t0: float, polled: float | None) -> float | None:
@@ -354,7 +363,13 @@ def main() -> int:
     parser.add_argument("--log-level", default="WARNING", help="the daemon's log level (its log: <run>/daemon.log)")
     parser.add_argument("--scan", type=float, default=0.1, help="process scan interval for the CPU breakdown (s)")
     parser.add_argument("--timeline", action="store_true", help="print each run's phase time line")
-    parser.add_argument("--py-spy", action="store_true", help="sample the daemon with py-spy; print its hot functions")
+    parser.add_argument(
+        "--py-spy",
+        nargs="?",
+        const="active",
+        choices=("active", "gil"),
+        help="sample the daemon with py-spy and print its hot functions; 'gil': only samples holding the GIL (≈ CPU)",
+    )
     args = parser.parse_args()
     become_subreaper()
     runs = []
@@ -412,7 +427,8 @@ def main() -> int:
         if r["hot"]:
             print(
                 f"daemon, run {i} (py-spy, its own {r['profiler_cpu']:.1f} CPU-s left out of the tree's):"
-                " project functions by share of active samples (all threads, inclusive):"
+                f" project functions by share of {'GIL-holding' if args.py_spy == 'gil' else 'active'} samples"
+                " (all threads, inclusive):"
             )
             for share, name in r["hot"]:
                 print(f"  {share:5.1f} %  {name}")
