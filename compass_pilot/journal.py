@@ -257,6 +257,14 @@ class Journal:
             for r in rows
         ]
 
+    def job_spec(self, panda_id: int, attempt_nr: int) -> dict[str, Any] | None:
+        """The PanDA spec a job was started with (the daemon keeps none in memory), or None."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT spec FROM jobs WHERE panda_id = ? AND attempt_nr = ?", (panda_id, attempt_nr)
+            ).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
     def final_sent_count(self, panda_id: int, attempt_nr: int) -> int:
         """How many acknowledged final reports this journal recorded for a job (the promise: ≤ 1)."""
         with self._lock:

@@ -76,7 +76,7 @@ class BatchBackend(Protocol):
     # optional: def ended(self, subdir: Path) -> bool — the batch job is over, known without asking it
 
 
-@dataclass
+@dataclass(slots=True)
 class JobEntry:
     """What the daemon tracks for one job of a submission."""
 
@@ -140,7 +140,10 @@ class MultiJobDaemon:
         self.journal = journal or Journal.claim(self.shared / "daemon-journal.sqlite")
         self.updater = StatusUpdater(client, self.journal)
         self.submissions: dict[str, SubmissionState] = {}
-        self.specs: dict[int, JobSpec] = {}
+        # PandaIDs whose final this daemon owes.  Their specs are NOT kept here: the journal has
+        # each one (written before the batch job exists) and a job's spec is read back when it
+        # ends (_spec) — at 30 × 512 jobs the parsed specs would be most of the daemon's memory.
+        self.held: set[int] = set()
         self.errors: Counter[int] = Counter()
         self.recent_errors: list[tuple[float, int, int, str]] = []
         self.final_states: dict[int, str] = {}  # PandaID → final state, the most recent FINAL_STATES_MEMORY
@@ -370,7 +373,7 @@ class MultiJobDaemon:
         workdirs: dict[int, str] = {}
         runnable = []
         for job in submission.jobs:
-            self.specs[job.panda_id] = job
+            self.held.add(job.panda_id)
             self.journal.job_started(job, str(lifecycle.job_workdir(site, job)), mode="multijob", sub_id=sub_id)
             self.updater.queue(
                 JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
@@ -461,7 +464,8 @@ class MultiJobDaemon:
         """The submission of a restarted daemon's unsubmitted state (same jobs, same packing)."""
         from hpc.packing import plan_submissions
 
-        jobs = [self.specs[e.panda_id] for e in state.jobs.values() if not e.final and e.panda_id in self.specs]
+        specs = [self._spec(e) for e in state.jobs.values() if not e.final and e.panda_id in self.held]
+        jobs = [job for job in specs if job is not None]
         if not jobs:
             state.done = True
             self._persist(state)
@@ -549,7 +553,7 @@ class MultiJobDaemon:
                 if entry.final or self.journal.final_acked(entry.panda_id, entry.attempt_nr):
                     entry.final = entry.final or "reported"
                 elif spec is not None:
-                    self.specs[entry.panda_id] = JobSpec.from_panda(spec)
+                    self.held.add(entry.panda_id)  # its spec stays in the journal (see _spec)
                 else:
                     entry.final = "unknown"  # not ours any more (e.g. a final report is pending)
             self.submissions[state.sub_id] = state
@@ -754,7 +758,7 @@ class MultiJobDaemon:
             # the node agent's per-job files in Harvester's format, in the job's work dir
             outcome = jobfiles.read_outcome(entry.workdir, entry.panda_id)
             if outcome is not None:
-                if entry.panda_id in self.specs:
+                if entry.panda_id in self.held:
                     results.append((entry, outcome))
             elif entry.state == "starting" and has_marker(f"{key}.started"):
                 entry.state = "running"
@@ -777,10 +781,11 @@ class MultiJobDaemon:
         the slowest transfer of the whole round.  The last ones go with the caller's flush.
         """
         copytool = self.copytool  # made here, not raced for by the threads
+        specs = {entry.panda_id: self._spec(entry) for entry, _ in results}  # journal reads: on this thread
         reported = time.monotonic()
         left = len(results)
         for (entry, _), (report, error) in self._as_completed(
-            lambda item: self._report_from_result(*item, copytool), results
+            lambda item: self._report_from_result(*item, copytool, specs[item[0].panda_id]), results
         ):
             if error is not None:
                 report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
@@ -790,9 +795,23 @@ class MultiJobDaemon:
                 self._report_now()
                 reported = time.monotonic()
 
-    def _report_from_result(self, entry: JobEntry, outcome: JobOutcome, copytool: Any) -> JobReport:
+    def _spec(self, entry: JobEntry) -> JobSpec | None:
+        """A held job's spec, read back from the journal (None if it is not there: the job then fails)."""
+        data = self.journal.job_spec(entry.panda_id, entry.attempt_nr)
+        if data is None:
+            return None
+        try:
+            return JobSpec.from_panda(data)
+        except BadJobSpec as exc:  # it parsed when it was taken: a damaged journal row
+            log.error("job %d: spec in the journal unreadable: %s", entry.panda_id, exc.diag)
+            return None
+
+    def _report_from_result(
+        self, entry: JobEntry, outcome: JobOutcome, copytool: Any, job: JobSpec | None
+    ) -> JobReport:
         """Stage a job's outputs out and build its final report from its node agent's outcome (I/O only)."""
-        job = self.specs[entry.panda_id]
+        if job is None:
+            raise PilotError(f"job {entry.panda_id}: its spec is missing from the daemon's journal", ErrorCode.GENERAL)
         result = outcome.payload_result()
         report = lifecycle.finish_job(job, Path(entry.workdir), result, self.site, copytool, verdict=outcome.verdict)
         report.node = report.node or outcome.node or ""  # the compute node it ran on, not this MOM node
@@ -800,7 +819,7 @@ class MultiJobDaemon:
 
     def _finish_entry(self, state: SubmissionState, entry: JobEntry, verdict: tuple[int, str]) -> None:
         """A job that ends without a result of its own (its batch job ended first)."""
-        if entry.panda_id not in self.specs:
+        if entry.panda_id not in self.held:
             return
         self._settle(state, entry, failed_report(entry.panda_id, entry.attempt_nr, verdict[0], verdict[1]))
 
@@ -809,7 +828,7 @@ class MultiJobDaemon:
         entry.final = report.state
         entry.state = report.state
         self._final(report)
-        self.specs.pop(entry.panda_id, None)  # settled: its spec is in the journal, not needed here
+        self.held.discard(entry.panda_id)  # settled
         if report.state == "finished":
             # removed only once this round's journal commit holds the report (see round())
             self._to_clean.append(Path(entry.workdir))
