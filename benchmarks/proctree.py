@@ -297,13 +297,11 @@ class ProcTree:
                 if p.ppid == daemon_pid:
                     k = "saga helpers"
                 elif parent is not None and depth < 50:
-                    k = kind_of(parent, depth + 1)
-                    if k == "node agents":
-                        k = "payload wrappers"  # a wrapper seen only after its exec
+                    k = kind_of(parent, depth + 1)  # a wrapper's own helpers (mv): wrappers, and so on
+                    if k in ("node agents", "node keepers"):
+                        k = "other"  # neither a payload nor a wrapper: an agent's helper (a DB server, …)
                     elif k in ("daemon", "batch broker"):
                         k = "saga helpers"
-                    elif k == "payload wrappers" and prog not in ("bash", "sh"):
-                        k = "payload wrappers"  # the wrapper's own helpers (mv)
                 else:
                     k = "saga helpers" if "radical" in text or prog in ("sh", "bash") else "other"
             p.kind = k
