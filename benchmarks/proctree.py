@@ -288,7 +288,7 @@ class ProcTree:
                 k = "node agents"
             elif len(argv) > 3 and argv[3] == "payload-wrapper":
                 k = "payload wrappers"
-            elif "compass-bench-sleep" in text or prog in ("sleep", "touch"):
+            elif "compass-bench-sleep" in text or p.comm.startswith("compass-bench") or prog in ("sleep", "touch"):
                 k = "payloads"
             elif "worker_wrapper" in text or "job.sh" in text:
                 k = "batch script"
