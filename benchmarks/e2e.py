@@ -211,6 +211,7 @@ def one_run(sleep: int, poll: float, keep: bool, log_level: str, interval: float
         "wall": _wall(finals, start_wall, marks.get("acked")),
         "tree_cpu": (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime) - profiler,
         "profiler_cpu": profiler,
+        "scan_cpu": tree.scan_cpu,
         "hot": hot,
         "dispatcher_cpu": (own.ru_utime - self0.ru_utime) + (own.ru_stime - self0.ru_stime),
         "daemon_rss": peak,
@@ -415,8 +416,10 @@ def main() -> int:
             v = r["latency"][name]
             cells.append(f"{fmt(pct(v, 50))} / {fmt(pct(v, 95))} / {fmt(pct(v, 100))} ({len(v)})")
         print(f"  {name:<36} " + " | ".join(cells))
+    scans = ", ".join(f"{r['scan_cpu']:.2f}" for r in runs)
     print(
-        "tree CPU by process kind, s (processes), per run; 'not sampled under K': CPU of K's descendants no sample saw:"
+        "tree CPU by process kind, s (processes), per run; 'not sampled under K': CPU of K's descendants"
+        f" no sample saw (the /proc scans took {scans} CPU-s, in the dispatcher column):"
     )
     names = [k for k in KINDS if any(k in r["breakdown"] for r in runs)]
     names += sorted({k for r in runs for k in r["breakdown"] if k not in KINDS})

@@ -148,6 +148,7 @@ class ProcTree:
         self.exit_status: dict[int, int] = {}
         self.total = 0.0  # exact: every reaped child's rusage (children included)
         self.max_rss_kib = 0
+        self.scan_cpu = 0.0  # the scanner's own CPU (in this process, not in the tree)
         self._seen_pids: dict[int, float] = {}  # pids not (yet) in the tree → first look
         self._last_slow = 0.0
         self._scanner = threading.Thread(target=self._scan_loop, daemon=True, name="proctree-scan")
@@ -166,7 +167,9 @@ class ProcTree:
     # -- scanning ---------------------------------------------------------------------
     def _scan_loop(self) -> None:
         while not self.stop.wait(self.interval):
+            before = time.thread_time()
             self.scan()
+            self.scan_cpu += time.thread_time() - before
 
     def scan(self) -> None:
         now = time.monotonic()
