@@ -14,15 +14,17 @@ from typing import Any
 
 from compass_pilot.config import load_site_config
 from compass_pilot.exitcodes import ExitCode, for_job_outcomes
-from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
+from compass_pilot.modes.multijob import BackgroundPreflight, MultiJobDaemon, make_backend
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    site = load_site_config(args.site)
+    backend = make_backend(site)
+    early = BackgroundPreflight(backend)  # the batch system is checked while the rest starts up
     from compass_pilot.panda.client import PandaClient, make_pilot_id
 
-    site = load_site_config(args.site)
     client = PandaClient(site.panda, site.site, pilot_id=make_pilot_id("daemon"))
-    daemon = MultiJobDaemon(site, client, make_backend(site))
+    daemon = MultiJobDaemon(site, client, backend, early_preflight=early)
     received: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:

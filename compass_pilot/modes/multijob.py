@@ -115,6 +115,38 @@ class SubmissionState:
         return Path(self.subdir) / "reports"
 
 
+class BackgroundPreflight:
+    """The backend's batch preflight, started before the rest of the daemon is up.
+
+    Why: opening the batch system's job service (radical.saga's PTY shell, in the broker
+    child) takes a second or more, and the daemon's own start-up (PanDA client, journal,
+    recovery) a few tenths: side by side, the first getJob comes that much earlier.  Its
+    outcome is read by the daemon's first :meth:`MultiJobDaemon.preflight`; nothing is
+    fetched before that, so a batch system that cannot be reached still costs no job.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        check = getattr(backend, "preflight", None)
+        if check is not None:
+            self._thread = threading.Thread(target=self._run, args=(check,), name="preflight", daemon=True)
+            self._thread.start()
+
+    def _run(self, check: Any) -> None:
+        try:
+            check()
+        except BaseException as exc:  # handed to the daemon's thread by result()
+            self._error = exc
+
+    def result(self) -> None:
+        """Wait for the check (the backend bounds it); raise what it raised."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class MultiJobDaemon:
     """The MOM-node loop; one instance per daemon process."""
 
@@ -127,6 +159,7 @@ class MultiJobDaemon:
         stop_event: threading.Event | None = None,
         copytool: Any = None,
         journal: Journal | None = None,
+        early_preflight: BackgroundPreflight | None = None,
     ) -> None:
         self.site = site
         self.client = client
@@ -180,6 +213,7 @@ class MultiJobDaemon:
         self._preflight_ok = False
         self._preflight_next = 0.0  # monotonic time of the next preflight re-check
         self._preflight_wait = site.hpc.no_jobs_backoff
+        self._early_preflight = early_preflight  # the backend's check, already under way (daemon_cli)
         self.listener: wakeups.NoticeReader | None = None  # opened on first need (None: poll only)
         self._notify_host = ""
         self._listener_opened = False
@@ -372,15 +406,17 @@ class MultiJobDaemon:
         start = utc_timestamp()
         workdirs: dict[int, str] = {}
         runnable = []
+        copytool = self.copytool
+        # stage-in starts now and runs while the jobs are journaled: nothing here is durable
+        # before the checkpoint below, so the order changes no crash window, only the wait
+        prepared = self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
         for job in submission.jobs:
             self.held.add(job.panda_id)
             self.journal.job_started(job, str(lifecycle.job_workdir(site, job)), mode="multijob", sub_id=sub_id)
             self.updater.queue(
                 JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
             )
-        copytool = self.copytool
-        prepared = self._in_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
-        for job, (workdir, error) in zip(submission.jobs, prepared, strict=True):
+        for job, (workdir, error) in zip(submission.jobs, prepared(), strict=True):
             if error is not None:
                 log.error("job %d: stage-in failed: %s", job.panda_id, error.pilot_error_diag())
                 self._final(failed_report(job.panda_id, job.attempt_nr, error.code, error.pilot_error_diag()))
@@ -833,23 +869,26 @@ class MultiJobDaemon:
             # removed only once this round's journal commit holds the report (see round())
             self._to_clean.append(Path(entry.workdir))
 
-    def _in_parallel(self, work: Any, items: list[Any]) -> list[tuple[Any, PilotError | None]]:
-        """``work(item)`` for every item on up to ``hpc.transfer_threads`` threads, in order.
+    def _start_parallel(self, work: Any, items: list[Any]) -> Any:
+        """Start ``work(item)`` for every item on up to ``hpc.transfer_threads`` threads now;
+        the returned function waits for the outcomes, in order.
 
         Each outcome is ``(value, None)`` or ``(None, PilotError)``; an unexpected exception
         becomes a PilotError naming it, so one bad transfer fails its job, not the daemon.
-        Only I/O runs in the threads: the journal and the updater stay on the caller's.
+        Only I/O runs in the threads: the journal and the updater stay on the caller's,
+        which does its own bookkeeping while the transfers run.
         """
-
         one = _guarded(work)
         threads = min(self.site.hpc.transfer_threads, len(items))
         if threads <= 1:
-            return [one(item) for item in items]
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
-            return list(pool.map(one, items))
+            return lambda: [one(item) for item in items]
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer")
+        futures = [pool.submit(one, item) for item in items]
+        pool.shutdown(wait=False)  # its threads end with the last transfer
+        return lambda: [future.result() for future in futures]
 
     def _as_completed(self, work: Any, items: list[Any]) -> Iterator[tuple[Any, tuple[Any, PilotError | None]]]:
-        """``(item, outcome)`` in the order the work ends (outcomes as in :meth:`_in_parallel`)."""
+        """``(item, outcome)`` in the order the work ends (outcomes as in :meth:`_start_parallel`)."""
         one = _guarded(work)
         threads = min(self.site.hpc.transfer_threads, len(items))
         if threads <= 1:
@@ -973,11 +1012,14 @@ class MultiJobDaemon:
         """
         from compass_pilot.preflight import PreflightError, check_proxy, check_workdir, daemon_proxy_need
 
+        early, self._early_preflight = self._early_preflight, None  # its answer is for this first check only
         try:
             check_workdir(self.site.hpc.shared_dir, self.site.site.min_free_mb)
             check_proxy(self.site, daemon_proxy_need(self.site))
             backend_check = getattr(self.backend, "preflight", None)
-            if backend_check is not None:
+            if early is not None:
+                early.result()
+            elif backend_check is not None:
                 backend_check()
         except PreflightError as exc:
             log.error("preflight failed, fetching no jobs: %s", exc)
