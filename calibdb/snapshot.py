@@ -60,13 +60,20 @@ def build_sqlite(dump: Path, out: Path) -> Path:
     tmp.unlink(missing_ok=True)
     conn = sqlite3.connect(tmp)
     try:
+        # A dump autocommits each statement: a journal file and fsyncs per INSERT (~85 ms of
+        # CPU for the demo's 46, paid by every fake node's agent).  The file is a private
+        # temp copy, renamed only when complete: no journal, no syncs, then ONE fsync below.
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
         conn.executescript(dump.read_text())
         conn.commit()
     except sqlite3.Error as exc:
+        conn.close()
         tmp.unlink(missing_ok=True)
         raise CalibDBError(f"SQL dump {dump} does not load into SQLite: {exc}") from None
-    finally:
-        conn.close()
+    conn.close()
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
     os.replace(tmp, out)
     return out
 

@@ -166,11 +166,24 @@ class NodeRun:
         self.host = socket.gethostname()
         self.procs: dict[int, PayloadProcess] = {}
         self.results: dict[int, JobOutcome] = {}
+        self.done_before: set[int] = set()  # jobs that had their outcome before this run (not run again)
         self._lock = threading.Lock()
         self._rfd, self._wfd = os.pipe()
         self._terminating = False
         self._sender = notify.NotifySender(notify_target) if notify_target is not None else None
         self._writers: ThreadPoolExecutor | None = None
+
+    def missing(self) -> list[int]:
+        """Jobs left without an outcome: neither written by this run nor there before it.
+
+        Judged from memory, not from the work dirs: the daemon removes a job's dir as soon as
+        it has reported the outcome, long before this agent ends.
+        """
+        return [
+            nj.panda_id
+            for nj in self.jobs
+            if nj.panda_id not in self.done_before and self.results.get(nj.panda_id) is None
+        ]
 
     @property
     def terminated(self) -> bool:
@@ -293,6 +306,7 @@ class NodeRun:
         for nj in self.jobs:
             if self.has_outcome(nj):
                 log.info("job %d already has a result (requeued batch job?): not run again", nj.panda_id)
+                self.done_before.add(nj.panda_id)
             else:
                 todo.append(nj)
         db = None
@@ -337,7 +351,10 @@ class NodeRun:
         running = 0
         try:
             for nj in self.jobs:
-                if self.has_outcome(nj):
+                # an outcome the agent wrote, or a work dir the daemon already removed after
+                # taking that outcome: nothing to do (never re-create a dir with a second result)
+                if self.has_outcome(nj) or not Path(nj.workdir).is_dir():
+                    self.done_before.add(nj.panda_id)
                     continue
                 if nj.panda_id not in adopted:
                     self._fail_without_run(nj, ErrorCode.LOST_CONTACT, lost)
@@ -687,7 +704,7 @@ def _exit_code(run: NodeRun, results: dict[int, JobOutcome], orphaned: bool) -> 
     """What the worker wrapper records for this rank: see the module docstring."""
     node = run.node
     failed = sum(1 for r in results.values() if r is not None and r.status == "failed")
-    missing = [nj.panda_id for nj in run.jobs if not run.has_outcome(nj)]
+    missing = run.missing()
     log.info("node %d: done, %d result(s), %d failed", node, len(results), failed)
     if missing:
         log.error("node %d: %d job(s) without an outcome: %s", node, len(missing), missing[:10])

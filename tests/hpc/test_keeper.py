@@ -102,7 +102,9 @@ def test_agent_killed_its_payloads_still_get_truthful_outcomes(tmp_path: Path) -
         assert outcomes[3] is not None and outcomes[3].error_code == ErrorCode.SIGSEGV
         log = (tmp_path / "agent.log").read_text()
         assert "node_keeper[0] ERROR node 0: the node agent died (signal 9)" in log
-        ended = sorted(i for n in listener.drain() if n.kind == notify.ENDED for i in n.panda_ids)
+        notices = listener.drain()
+        assert [n.panda_ids for n in notices if n.kind == notify.STARTED] == [(1, 2, 3)]  # the agent's one S
+        ended = sorted(i for n in notices if n.kind == notify.ENDED for i in n.panda_ids)
         assert ended == [1, 2, 3]  # the keeper wakes the daemon too
     finally:
         listener.close()
@@ -135,3 +137,42 @@ def test_agent_exit_code_passes_through_the_keeper(tmp_path: Path) -> None:
     (tmp_path / "jobset.json").write_text("{}")
     bad = _start_agent(tmp_path, tmp_path / "jobset.json")
     assert bad.wait(30) == ExitCode.USAGE
+
+
+def test_work_dirs_the_daemon_removed_are_neither_missing_nor_recreated(tmp_path: Path) -> None:
+    """The daemon removes a job's work dir once it has reported its outcome: the agent's exit
+    code must not count that job as lost, and a keeper must not write a second result for it."""
+    import shutil
+
+    go = tmp_path / "go"
+    scripts = {1: EVENTS, 2: f"while [ ! -e {go} ]; do sleep 0.1; done; {EVENTS}", 3: EVENTS}
+    keeper = _start_agent(tmp_path, _jobset(tmp_path, scripts))
+    try:
+        _wait_for(lambda: _outcome(tmp_path, 1) and _outcome(tmp_path, 3), 30, "jobs 1 and 3 done")
+        shutil.rmtree(tmp_path / "PandaJob_1_1")  # reported and cleaned by the daemon
+        shutil.rmtree(tmp_path / "PandaJob_3_1")
+        agent = _the_agent(keeper)
+        agent.kill()
+        agent.wait(10)
+        go.touch()
+        assert keeper.wait(30) == ExitCode.OK, (tmp_path / "agent.log").read_text()
+        assert not (tmp_path / "PandaJob_1_1").exists() and not (tmp_path / "PandaJob_3_1").exists()
+        assert _outcome(tmp_path, 2).status == "finished"  # type: ignore[union-attr]
+    finally:
+        _cleanup(keeper, tmp_path)
+
+
+def test_agent_alone_does_not_count_removed_dirs_as_lost(tmp_path: Path) -> None:
+    import shutil
+
+    go = tmp_path / "go"
+    scripts = {1: EVENTS, 2: f"while [ ! -e {go} ]; do sleep 0.1; done; {EVENTS}"}
+    keeper = _start_agent(tmp_path, _jobset(tmp_path, scripts))
+    try:
+        _wait_for(lambda: _outcome(tmp_path, 1) is not None, 30, "job 1 done")
+        shutil.rmtree(tmp_path / "PandaJob_1_1")
+        go.touch()
+        assert keeper.wait(30) == ExitCode.OK, (tmp_path / "agent.log").read_text()
+        assert "without an outcome" not in (tmp_path / "agent.log").read_text()
+    finally:
+        _cleanup(keeper, tmp_path)
