@@ -1,0 +1,150 @@
+"""One node agent alone: what it costs to start 32 payloads, wait for them and write their outcomes.
+
+``e2e.py`` measures the whole system (daemon, 16 agents, 512 payloads); this isolates ONE
+agent (one fake node, the launcher's rank in its environment as under hydra's mpiexec),
+so a change to the agent can be judged without the daemon's noise:
+
+    python benchmarks/node_agent.py [--slots 32] [--sleep 5] [--runs 3]
+
+Per run it prints: *→all started* (agent start → the last ``<reports>/<PandaID>.started``
+marker), *end→outcome* p50 / max (the payload's own last act — it writes the time — →
+the mtime of its ``worker_attributes.json``), *tree CPU* (user + system of the agent's
+whole process tree: keeper, agent, payloads; exact, from ``RUSAGE_CHILDREN``),
+*pre-fork* (the keeper's CPU: interpreter + imports, read from ``/proc`` once all have
+started), *post-fork* (the agent's own CPU up to then: job set, calibration DB, the
+launches), and the agent's peak thread count.  Payload = ``sh -c 'sleep N; date; echo End
+of Job'`` through the real COMPASS plug-in (~2.4 ms CPU each on this box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from compass_pilot.config import HPCSection, SiteConfig, config_to_dict
+from compass_pilot.job import JobSpec
+from hpc.jobset import write_jobset
+from hpc.packing import plan_submissions
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _job(panda_id: int, script: str) -> JobSpec:
+    import shlex
+
+    return JobSpec.from_panda(
+        {
+            "PandaID": panda_id,
+            "attemptNr": 1,
+            "jobName": f"P09-2016--275678-{panda_id}-2-7-{panda_id}-1",
+            "transformation": "sh",
+            "jobPars": f"-c {shlex.quote(script)}",
+            "prodSourceLabel": "managed",
+            "processingType": "reco",
+            "currentPriority": 2000,
+            "maxWalltime": 0,
+            "coreCount": 1,
+        }
+    )
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _agent_of(keeper: int) -> int | None:
+    """The keeper's child that runs the agent (the payloads are the agent's children)."""
+    try:
+        kids = [int(k) for k in Path(f"/proc/{keeper}/task/{keeper}/children").read_text().split()]
+    except OSError:
+        return None
+    for kid in kids:
+        try:
+            if b"hpc.node_agent" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                return kid
+        except OSError:
+            continue
+    return None
+
+
+def one_run(slots: int, sleep: float) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    try:
+        ids = range(1000, 1000 + slots)
+        jobs = [_job(i, f"sleep {sleep}; date +%s.%N > ended; echo End of Job") for i in ids]
+        (sub,) = plan_submissions(jobs, HPCSection(max_jobs=slots, max_nodes=1, slots_per_node=slots))
+        site = SiteConfig()
+        site.payload.commands = ["sh"]
+        site.calibdb.scratch_dir = str(tmp / "scratch")
+        workdirs = {i: str(tmp / f"PandaJob_{i}_1") for i in ids}
+        jobset = write_jobset(tmp / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp))
+        reports = tmp / "reports"
+        env = dict(os.environ, PMI_RANK="0", PMI_SIZE="1")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpc.node_agent", "--jobset", str(jobset), "--fake-nodes"],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        started = pre = post = float("nan")
+        threads = 0
+        while proc.poll() is None:  # a benchmark may sample; the product never polls
+            agent = _agent_of(proc.pid) or proc.pid
+            try:
+                threads = max(threads, len(os.listdir(f"/proc/{agent}/task")))
+                names = os.listdir(reports) if started != started and reports.is_dir() else []
+                if sum(1 for n in names if n.endswith(".started")) == slots:
+                    started = time.monotonic() - t0
+                    post = _cpu(agent)
+                    pre = _cpu(proc.pid) if agent != proc.pid else 0.0
+            except OSError:
+                pass
+            time.sleep(0.005)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        lat = sorted(
+            (Path(d) / "worker_attributes.json").stat().st_mtime - float((Path(d) / "ended").read_text())
+            for d in workdirs.values()
+        )
+        return {
+            "rc": proc.returncode,
+            "started": started,
+            "end_p50": statistics.median(lat) * 1e3,
+            "end_max": lat[-1] * 1e3,
+            "tree": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
+            "pre": pre,
+            "post": post,
+            "threads": threads,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slots", type=int, default=32)
+    parser.add_argument("--sleep", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    print(f"one node agent, {args.slots} x sleep {args.sleep:g} (fake node; box load {os.getloadavg()[0]:.1f})")
+    print("run  rc  →all started  end→outcome p50/max  tree CPU  pre-fork  post-fork  threads")
+    for n in range(args.runs):
+        r = one_run(args.slots, args.sleep)
+        print(
+            f"{n + 1:3d} {r['rc']:3d} {r['started']:10.3f} s {r['end_p50']:8.0f} /{r['end_max']:5.0f} ms"
+            f" {r['tree']:8.3f} s {r['pre']:7.2f} s {r['post']:8.2f} s {r['threads']:7d}"
+        )
+
+
+if __name__ == "__main__":
+    main()
