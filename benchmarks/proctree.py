@@ -7,12 +7,13 @@ helpers, mpiexec and hydra proxies, node agents, payload wrappers, the payloads)
 How (cheap enough to run beside the measured tree on a 2-core box):
 
 - this process is a child subreaper, so every orphan of the tree comes back to it;
-- a scanner thread lists ``/proc`` every ``interval`` s and reads ``stat`` + ``cmdline``
-  of each new pid whose parent is in the tree (the cmdline again while the process is
-  young: a fork shows its parent's cmdline until it execs), and samples the CPU
-  (``stat`` utime+stime, ``schedstat`` ns) of the long-lived kinds each scan and of
-  payload-side processes once a second;
-- the reaper waits with ``WNOWAIT`` first, so it can still read the zombie's
+- a scanner *process* (its own GIL; started before this one becomes a subreaper, and
+  re-parented away, so it is neither in the tree nor in its CPU) lists ``/proc`` every
+  ``interval`` s and reads ``stat`` + ``cmdline`` of each new pid whose parent is in the
+  tree (the cmdline again while the process is young: a fork shows its parent's cmdline
+  until it execs), and samples the CPU (``stat`` utime+stime, ``schedstat`` ns) of the
+  long-lived kinds each scan and of payload-side processes once a second;
+- the reaper thread waits with ``WNOWAIT`` first, so it can still read the zombie's
   ``/proc/<pid>/stat`` (its children's CPU, ``cutime``+``cstime``), then ``wait4`` for
   its exact rusage: a reaped process's own CPU = rusage − children's CPU.
 
@@ -25,11 +26,16 @@ printed as its own line, "not sampled", never spread over the kinds.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import select
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36
 HZ = os.sysconf("SC_CLK_TCK")
@@ -134,42 +140,15 @@ class Proc:
     rss: int = 0  # peak resident bytes seen by the scans
 
 
-class ProcTree:
-    """Scanner + reaper for the tree under this (subreaper) process."""
+class Scanner:
+    """Samples, from ``/proc``, every process descending from ``root`` (runs in its own process: see serve)."""
 
-    def __init__(self, interval: float = 0.1) -> None:
-        self.me = os.getpid()
-        self.interval = interval
+    def __init__(self, root: int) -> None:
+        self.root = root
         self.procs: dict[int, Proc] = {}
-        self.gone: list[Proc] = []  # reaped or vanished, pids may be reused
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.idle = threading.Event()
-        self.exit_status: dict[int, int] = {}
-        self.total = 0.0  # exact: every reaped child's rusage (children included)
-        self.max_rss_kib = 0
-        self.scan_cpu = 0.0  # the scanner's own CPU (in this process, not in the tree)
+        self.gone: list[Proc] = []  # vanished from /proc (pids may be reused)
         self._seen_pids: dict[int, float] = {}  # pids not (yet) in the tree → first look
         self._last_slow = 0.0
-        self._scanner = threading.Thread(target=self._scan_loop, daemon=True, name="proctree-scan")
-        self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="proctree-reap")
-        global BOOT
-        BOOT = _calibrate()
-
-    def start(self) -> ProcTree:
-        self._scanner.start()
-        return self
-
-    def start_reaper(self) -> None:
-        """Start reaping (after the first child exists: no child = the reaper would end)."""
-        self._reaper.start()
-
-    # -- scanning ---------------------------------------------------------------------
-    def _scan_loop(self) -> None:
-        while not self.stop.wait(self.interval):
-            before = time.thread_time()
-            self.scan()
-            self.scan_cpu += time.thread_time() - before
 
     def scan(self) -> None:
         now = time.monotonic()
@@ -177,45 +156,151 @@ class ProcTree:
         if slow:
             self._last_slow = now
         try:
-            pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+            listed = {int(n) for n in os.listdir("/proc") if n.isdigit()}
         except OSError:
             return
-        with self.lock:
-            for pid in pids:
-                proc = self.procs.get(pid)
-                if proc is None:
-                    first = self._seen_pids.get(pid)
-                    if first is not None and not (slow and now - first < 5.0):
-                        continue  # not ours; a young one is looked at again (re-parented to us?)
-                    self._seen_pids.setdefault(pid, now)
-                    st = _stat(pid)
-                    if st is None:
-                        continue
-                    comm, ppid, own, kids, start, rss = st
-                    if ppid != self.me and ppid not in self.procs:
-                        continue
-                    proc = Proc(pid, ppid, comm, start, now, own=own, children_cpu=kids, rss=rss)
-                    proc.argv = _cmdline(pid) or []
-                    self.procs[pid] = proc
+        for pid in [p for p in self.procs if p not in listed]:
+            self.gone.append(self.procs.pop(pid))
+        for pid in listed:
+            proc = self.procs.get(pid)
+            if proc is None:
+                first = self._seen_pids.get(pid)
+                if first is not None and not (slow and now - first < 5.0):
+                    continue  # not ours; a young one is looked at again (re-parented to the root?)
+                self._seen_pids.setdefault(pid, now)
+                st = _stat(pid)
+                if st is None:
                     continue
-                if proc.reaped:
+                comm, ppid, own, kids, start, rss = st
+                if ppid != self.root and ppid not in self.procs:
                     continue
-                young = now - proc.seen < 1.0
-                if young or slow or self._long_lived(proc):
-                    st = _stat(pid)
-                    if st is None:
-                        continue
-                    comm, ppid, own, kids, _, rss = st
-                    proc.comm, proc.ppid = comm, ppid
-                    proc.rss = max(proc.rss, rss)
-                    proc.own = max(proc.own, own, _schedstat(pid))
-                    proc.children_cpu = max(proc.children_cpu, kids)
-                    if young:
-                        proc.argv = _cmdline(pid) or proc.argv
+                proc = Proc(pid, ppid, comm, start, now, own=own, children_cpu=kids, rss=rss)
+                proc.argv = _cmdline(pid) or []
+                self.procs[pid] = proc
+                self._seen_pids.pop(pid, None)
+                continue
+            young = now - proc.seen < 1.0
+            if young or slow or _long_lived(proc):
+                st = _stat(pid)
+                if st is None:
+                    continue
+                comm, ppid, own, kids, _, rss = st
+                proc.comm, proc.ppid = comm, ppid
+                proc.rss = max(proc.rss, rss)
+                proc.own = max(proc.own, own, _schedstat(pid))
+                proc.children_cpu = max(proc.children_cpu, kids)
+                if young:
+                    proc.argv = _cmdline(pid) or proc.argv
 
-    def _long_lived(self, proc: Proc) -> bool:
-        comm = proc.comm
-        return comm.startswith("python") or comm.startswith("mpiexec") or comm.startswith("hydra")
+    def dump(self) -> list[list[Any]]:
+        return [
+            [p.pid, p.ppid, p.comm, p.start, p.argv, p.own, p.children_cpu, p.rss]
+            for p in [*self.gone, *self.procs.values()]
+        ]
+
+
+def _long_lived(proc: Proc) -> bool:
+    comm = proc.comm
+    return comm.startswith("python") or comm.startswith("mpiexec") or comm.startswith("hydra")
+
+
+def serve(root: int, interval: float, commands: int) -> None:
+    """The scanner process: ``start`` (a line on fd ``commands``) begins a run, ``stop`` answers it on stdout.
+
+    Why a process of its own: in the benchmark's process the scans compete for the GIL
+    with the embedded dispatcher, and each of their thousands of small reads gives it up
+    — scans then came seconds apart, just when payloads start and end.
+    """
+    global BOOT
+    BOOT = _calibrate()
+    try:
+        os.nice(-10)  # a starved scanner samples late; it is light, so let it run first where allowed
+    except OSError:
+        pass
+    scanner: Scanner | None = None
+    gaps: list[float] = []
+    cpu0 = 0.0
+    last = 0.0
+    source = os.fdopen(commands, "r")
+    while True:
+        ready, _, _ = select.select([source], [], [], interval if scanner else None)
+        if ready:
+            line = source.readline()
+            if not line:
+                return
+            if line.strip() == "start":
+                scanner, gaps, cpu0, last = Scanner(root), [], time.process_time(), time.monotonic()
+                scanner.scan()
+            elif line.strip() == "stop" and scanner is not None:
+                scanner.scan()
+                out = {"procs": scanner.dump(), "gaps": gaps, "cpu": time.process_time() - cpu0}
+                sys.stdout.write(json.dumps(out) + "\n")
+                sys.stdout.flush()
+                scanner = None
+            continue
+        if scanner is not None:
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+            scanner.scan()
+
+
+class ScannerClient:
+    """The benchmark's end of the scanner process; start it BEFORE becoming a subreaper.
+
+    Started through a shell that exits at once, so the scanner is re-parented away from
+    this process: it is not in the tree it measures, its CPU not in the tree's.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        read_cmd, self._cmd = os.pipe()
+        self._answers, write_out = os.pipe()
+        argv = [sys.executable, __file__, str(os.getpid()), str(interval), str(read_cmd)]
+        # (a background job's stdin is /dev/null: the commands come on an fd of their own)
+        shell = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@" &', *argv], stdout=write_out, pass_fds=(read_cmd,))
+        shell.wait()
+        os.close(read_cmd)
+        os.close(write_out)
+        self._out = os.fdopen(self._answers, "r")
+
+    def begin(self) -> None:
+        os.write(self._cmd, b"start\n")
+
+    def end(self) -> dict[str, Any]:
+        os.write(self._cmd, b"stop\n")
+        line = self._out.readline()
+        return json.loads(line) if line else {"procs": [], "gaps": [], "cpu": 0.0}
+
+    def close(self) -> None:
+        os.close(self._cmd)  # EOF: the scanner exits
+        self._out.close()
+
+
+class ProcTree:
+    """One run's accounting: the scanner process's samples + this process's reaper (a subreaper thread)."""
+
+    def __init__(self, scanner: ScannerClient) -> None:
+        self.scanner = scanner
+        self.procs: list[Proc] = []  # after finish()
+        self.lock = threading.Lock()
+        self.idle = threading.Event()
+        self.exit_status: dict[int, int] = {}
+        self.total = 0.0  # exact: every reaped child's rusage (children included)
+        self.max_rss_kib = 0
+        self.scan_cpu = 0.0  # the scanner process's CPU (not in the tree)
+        self.gaps: list[float] = []  # seconds between scans
+        self._reaped: dict[int, tuple[Any, float, float]] = {}  # pid → (zombie's stat, rusage CPU, epoch)
+        self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="proctree-reap")
+        global BOOT
+        BOOT = _calibrate()
+
+    def start(self) -> ProcTree:
+        self.scanner.begin()
+        return self
+
+    def start_reaper(self) -> None:
+        """Start reaping (after the first child exists: no child = the reaper would end)."""
+        self._reaper.start()
 
     # -- reaping ----------------------------------------------------------------------
     def _reap_loop(self) -> None:
@@ -236,33 +321,37 @@ class ProcTree:
             except ChildProcessError:
                 continue
             total = usage.ru_utime + usage.ru_stime
-            self.max_rss_kib = max(self.max_rss_kib, usage.ru_maxrss)
             with self.lock:
+                self.max_rss_kib = max(self.max_rss_kib, usage.ru_maxrss)
                 self.total += total
                 self.exit_status[pid] = os.waitstatus_to_exitcode(status)
-                proc = self.procs.pop(pid, None)
-                if proc is None and st is not None:  # born and gone between two scans
-                    comm, ppid, _, _, start, _ = st
-                    proc = Proc(pid, ppid, comm, start, time.monotonic())
-                if proc is not None:
-                    if st is not None:
-                        proc.children_cpu = st[3]
-                    proc.own = max(0.0, total - proc.children_cpu)
-                    proc.reaped = True
-                    proc.end = time.time()
-                    self.gone.append(proc)
-                self._seen_pids.pop(pid, None)
+                self._reaped[pid] = (st, total, time.time())
 
     # -- results ----------------------------------------------------------------------
     def finish(self, timeout: float = 60) -> None:
+        """Wait for the tree to be gone, then merge the scanner's samples with what the reaper knows exactly."""
         self.idle.wait(timeout)
-        self.stop.set()
+        answer = self.scanner.end()
+        self.gaps, self.scan_cpu = answer["gaps"], answer["cpu"]
+        procs = {}
+        for pid, ppid, comm, start, argv, own, kids, rss in answer["procs"]:
+            procs[pid] = Proc(pid, ppid, comm, start, 0.0, argv=argv, own=own, children_cpu=kids, rss=rss)
         with self.lock:
-            self.gone.extend(self.procs.values())
-            self.procs.clear()
+            for pid, (st, total, end) in self._reaped.items():
+                proc = procs.get(pid)
+                if proc is None:  # born and gone between two scans
+                    if st is None:
+                        continue
+                    proc = procs[pid] = Proc(pid, st[1], st[0], st[4], 0.0)
+                if st is not None:
+                    proc.children_cpu = st[3]
+                proc.own = max(0.0, total - proc.children_cpu)
+                proc.reaped = True
+                proc.end = end
+        self.procs = list(procs.values())
 
     def all(self) -> list[Proc]:
-        return list(self.gone) + list(self.procs.values())
+        return list(self.procs)
 
     def classify(self, daemon_pid: int) -> list[Proc]:
         """Give every process its kind: by its argv, else its parent's (the daemon's unmatched children: saga)."""
@@ -363,3 +452,7 @@ class ProcTree:
     def peak_rss(self, *kinds: str) -> int:
         """The largest peak RSS the scans saw in one process of these kinds (e.g. the batch broker child)."""
         return max((p.rss for p in self.all() if p.kind in kinds), default=0)
+
+
+if __name__ == "__main__":  # the scanner process (ScannerClient starts it)
+    serve(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
