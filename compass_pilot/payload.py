@@ -337,7 +337,8 @@ class PayloadProcess:
         self._start = time.time()
         if self.wrap:
             _ = self.create_time  # now, while the pid is surely this process
-        log.info("payload started pid=%d workdir=%s", self.pid, self.workdir)
+        # a reaper's owner (the node agent) logs each start and end itself, with the PandaID
+        log.log(logging.DEBUG if reaper else logging.INFO, "payload started pid=%d workdir=%s", self.pid, self.workdir)
         self._go(reaper)
         return self
 
@@ -411,7 +412,14 @@ class PayloadProcess:
                 end_time=end,
             )
         self._done.set()
-        log.info("payload pid=%d ended exit=%s signal=%s killed_by=%s", self.pid, exit_code, sig, self._killed_by)
+        log.log(
+            logging.DEBUG if self._reaper else logging.INFO,
+            "payload pid=%d ended exit=%s signal=%s killed_by=%s",
+            self.pid,
+            exit_code,
+            sig,
+            self._killed_by,
+        )
 
     def due(self) -> float | None:
         """When the reaper must next call :meth:`on_due` (monotonic), None when nothing is pending."""
