@@ -213,13 +213,16 @@ class BrokerBatchBackend:
         root = str(Path(__file__).resolve().parents[1])  # the child runs this very code, not another install
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", MODULE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", MODULE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:  # no fork / no fd left: a passing condition, never the jobs' fault
+            raise BrokerDied(f"cannot start the batch broker: {exc}") from None
         child = _Child(proc, repr(self.site))
         self._finalizer = weakref.finalize(self, child.stop)
         self.starts += 1
@@ -451,6 +454,10 @@ def main() -> int:
     answer_fd = os.dup(1)  # the answer channel is ours alone: fd 1 (stray prints) goes to stderr
     os.set_inheritable(answer_fd, False)
     os.dup2(2, 1)
+    try:  # before any log handler exists: radical.utils then patches logging without a warning
+        import radical.saga  # noqa: F401
+    except ImportError:  # said by the preflight (check_batch), with its exit code
+        pass
     return serve(sys.stdin.buffer, answer_fd)
 
 
