@@ -343,10 +343,13 @@ class NodeRun:
                     log.warning("node %d: calibration DB did not stop cleanly: %s", self.node, exc)
             self.close()
 
-    def resume(self, adopted: dict[int, tuple[int, float]], lost: str) -> dict[int, JobOutcome]:
+    def resume(
+        self, adopted: dict[int, tuple[int, float]], lost: str, lost_code: int = ErrorCode.LOST_CONTACT
+    ) -> dict[int, JobOutcome]:
         """Finish the run of an agent that died: ``adopted`` maps PandaID → (pid, start time)
         of its payloads still running as OUR children; every other job of the node without
-        an outcome fails with 1317 and ``lost`` as the reason (its exit status is gone)."""
+        an outcome fails with ``lost_code`` (1317; 1213 when the batch system was ending the
+        run anyway) and ``lost`` as the reason (its exit status is gone)."""
         reaper = PayloadReaper()
         running = 0
         try:
@@ -357,7 +360,7 @@ class NodeRun:
                     self.done_before.add(nj.panda_id)
                     continue
                 if nj.panda_id not in adopted:
-                    self._fail_without_run(nj, ErrorCode.LOST_CONTACT, lost)
+                    self._fail_without_run(nj, lost_code, lost)
                     continue
                 pid, started = adopted[nj.panda_id]
                 self.procs[nj.panda_id] = PayloadProcess.adopt(
@@ -689,7 +692,14 @@ def _take_over(args: Any, started: float, info: str | None, signum: int, termina
     if terminated:
         run.terminate()
     try:
-        results = run.resume(adopted, f"the node agent died (signal {signum}): the payload's exit status is lost")
+        # SIGTERM (the batch system's end) killed the agent before its handler was set: the
+        # jobs it could not finish end as the batch limit ends them, not as a lost node
+        ending = terminated or signum == signal.SIGTERM
+        results = run.resume(
+            adopted,
+            f"the node agent died (signal {signum}): the payload's exit status is lost",
+            ErrorCode.BATCH_TIME_LIMIT if ending else ErrorCode.LOST_CONTACT,
+        )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for pid in keeper.leftover_children():  # what else the agent left (its calibration DB server)

@@ -176,3 +176,20 @@ def test_agent_alone_does_not_count_removed_dirs_as_lost(tmp_path: Path) -> None
         assert "without an outcome" not in (tmp_path / "agent.log").read_text()
     finally:
         _cleanup(keeper, tmp_path)
+
+
+def test_agent_killed_while_the_batch_system_ends_the_job(tmp_path: Path) -> None:
+    """SIGTERM reached the keeper but the agent died before acting on it (here: stopped, then
+    killed): the keeper ends the adopted payloads itself and every job gets 1213."""
+    scripts = {1: "sleep 60", 2: "sleep 60"}
+    keeper = _start_agent(tmp_path, _jobset(tmp_path, scripts))
+    try:
+        _wait_for(lambda: len(list((tmp_path / "reports").glob("*.started"))) == 2, 30, "2 started markers")
+        agent = _the_agent(keeper)
+        agent.send_signal(signal.SIGSTOP)
+        keeper.send_signal(signal.SIGTERM)  # forwarded, but the stopped agent cannot act on it
+        agent.kill()
+        assert keeper.wait(20) == ExitCode.INTERRUPTED_SIGTERM, (tmp_path / "agent.log").read_text()
+        assert {pid: _outcome(tmp_path, pid).error_code for pid in scripts} == {1: 1213, 2: 1213}  # type: ignore[union-attr]
+    finally:
+        _cleanup(keeper, tmp_path)
