@@ -123,7 +123,7 @@ class NoticeReader:
 
     def __init__(self, listener: NotifyListener) -> None:
         self.listener = listener
-        self._notices: deque[notify.Notice] = deque()
+        self._notices: deque[tuple[float, notify.Notice]] = deque()  # (monotonic arrival, notice)
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
         os.set_blocking(self._ready_w, False)
@@ -161,42 +161,47 @@ class NoticeReader:
                 return
             notices = self.listener.drain()
             if notices:
-                self._notices.extend(notices)
+                now = time.monotonic()
+                self._notices.extend((now, notice) for notice in notices)
                 try:
                     os.write(self._ready_w, b"!")
                 except OSError:  # the pipe is full: the daemon has a byte to wake on already
                     pass
 
-    def take(self) -> list[notify.Notice]:
-        """The notices received so far (and the wake-up bytes consumed)."""
+    def take(self) -> tuple[list[notify.Notice], float]:
+        """The notices received so far and when the first of them arrived (monotonic; 0 = none)."""
         try:
             while os.read(self._ready_r, 4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
         out: list[notify.Notice] = []
+        first = 0.0
         while self._notices:
-            out.append(self._notices.popleft())
-        return out
+            arrived, notice = self._notices.popleft()
+            first = first or arrived
+            out.append(notice)
+        return out, first
 
     def gather(self, window: float = COALESCE_WINDOW, wake_fd: int | None = None) -> Burst:
-        """Every notice waiting now, plus those arriving within ``window`` s of the first one.
+        """Every notice waiting now, plus those arriving within ``window`` s after the first one arrived.
 
         Blocks only in ``select()`` (a stop request on ``wake_fd`` ends the gathering at
         once); an empty burst when nothing verifiable was waiting.
         """
         burst = Burst()
-        burst.add(self.take())
+        notices, first = self.take()
+        burst.add(notices)
         if not burst:
             return burst
-        deadline = time.monotonic() + window
+        deadline = first + window  # notices that waited while the daemon was busy wait no longer
         fds = [self._ready_r] if wake_fd is None else [self._ready_r, wake_fd]
         while (left := deadline - time.monotonic()) > 0:
             try:
                 ready, _, _ = select.select(fds, [], [], left)
             except InterruptedError:
                 continue
-            burst.add(self.take())
+            burst.add(self.take()[0])
             if wake_fd is not None and wake_fd in ready:
                 break
         return burst

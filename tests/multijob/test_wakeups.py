@@ -165,3 +165,45 @@ def test_a_restarted_daemon_hears_the_agents_of_recovered_submissions(mom) -> No
     assert second.wakeups >= 1
     assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 8}
     assert dispatcher.duplicate_finals() == []
+
+
+def test_listener_settings_and_a_burst_gathered_per_submission(tmp_path: Path) -> None:
+    """Where the listener binds, a taken fixed port, and a burst of notices folded per submission."""
+    from compass_pilot.config import load_site_config
+    from compass_pilot.modes import wakeups
+
+    hpc = load_site_config(None).hpc
+    hpc.batch_url, hpc.fake_nodes = "fork://localhost", False
+    assert wakeups.bind_address(hpc) == "127.0.0.1"  # every agent on this host: loopback only
+    hpc.batch_url = "pbspro://localhost"
+    assert wakeups.bind_address(hpc) == "0.0.0.0"
+    hpc.notify_bind = "off"
+    assert wakeups.bind_address(hpc) is None and wakeups.open_listener(hpc) == (None, "")
+    hpc.notify_bind = "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        hpc.notify_port = taken.getsockname()[1]
+        reader, host = wakeups.open_listener(hpc)  # that port is busy: any free one instead
+    assert reader is not None and host == "127.0.0.1" and reader.port != hpc.notify_port
+    try:
+        keys = {"sub-a": notify.new_key(), "sub-b": notify.new_key()}
+        for sub_id, key in keys.items():
+            reader.add(sub_id, key)
+        for sub_id, key in keys.items():
+            sender = NotifySender(NotifyTarget(host, reader.port, sub_id, key))
+            for panda_id in range(1, 41):
+                sender.send(notify.ENDED if panda_id % 2 else notify.STARTED, [panda_id])
+            sender.close()
+        started: dict[str, set[int]] = {}
+        ended: dict[str, set[int]] = {}
+        deadline = time.time() + 30
+        while sum(map(len, [*started.values(), *ended.values()])) < 80:
+            assert time.time() < deadline, "notices lost on the loopback"
+            burst = reader.gather()
+            for into, part in ((started, burst.started), (ended, burst.ended)):
+                for sub_id, ids in part.items():
+                    into.setdefault(sub_id, set()).update(ids)
+        assert sorted(started) == sorted(ended) == ["sub-a", "sub-b"]
+        assert ended["sub-a"] == set(range(1, 41, 2)) and started["sub-b"] == set(range(2, 41, 2))
+    finally:
+        reader.close()
