@@ -115,7 +115,9 @@ def write_jobset(
         "notify": notify.to_dict() if notify is not None else {},
     }
     target = Path(path)
-    atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True))
+    # compact: json's C encoder; with indent it falls back to pure Python (0.3 s instead of 0.13 s for 512 jobs,
+    # on the way from the fetch to the batch job)
+    atomic_write_text(target, json.dumps(data, sort_keys=True))
     return target
 
 

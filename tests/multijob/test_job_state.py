@@ -31,3 +31,17 @@ def test_running_jobs_hold_no_spec_and_finish_from_the_journals(mom) -> None:  #
     # each final was built from the spec read back from the journal: outputs staged out, all finished
     assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 8}
     assert daemon.held == set() and dispatcher.duplicate_finals() == []
+
+
+def test_state_file_holds_every_field_of_the_submission_and_its_jobs() -> None:
+    from dataclasses import asdict
+
+    from compass_pilot.modes.multijob import JobEntry, SubmissionState
+
+    state = SubmissionState("sub-1", "long", 2, 3600, "/shared/sub-1", batch_id="42.pbs", notify_key="k")
+    for i in range(3):
+        state.jobs[str(10 + i)] = JobEntry(10 + i, 1, f"/shared/sub-1/jobs/{i}", state="running", node=i, host="n1")
+    data = state.to_dict()
+    assert data == asdict(state)  # what a restarted daemon and `status` read back
+    jobs = {k: JobEntry(**v) for k, v in data.pop("jobs").items()}
+    assert SubmissionState(**data, jobs=jobs) == state
