@@ -121,11 +121,13 @@ def _keep(child: int, rfd: int, takeover: Takeover) -> int:
 
 
 def _read_all(fd: int) -> str:
+    """What the dead agent told us; never blocks (a process it forked may still hold the pipe)."""
+    os.set_blocking(fd, False)
     chunks = []
     while True:
         try:
             data = os.read(fd, 4096)
-        except OSError:
+        except OSError:  # BlockingIOError: all there is has been read
             break
         if not data:
             break

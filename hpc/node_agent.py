@@ -581,7 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     tell: Callable[[str], None] = lambda info: None  # noqa: E731
-    if args.keeper:  # first, while this process has no thread: fork is safe
+    # COMPASS_AGENT_KEEPER=off: for a launcher or MPI library that must have the agent
+    # itself as the process it started (the job set's command line is the daemon's)
+    if args.keeper and os.environ.get("COMPASS_AGENT_KEEPER", "on") != "off":
+        # first, while this process has no thread: fork is safe
         from hpc.keeper import fork_keeper
 
         tell = fork_keeper(lambda info, signum, terminated: _take_over(args, started, info, signum, terminated))

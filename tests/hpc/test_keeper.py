@@ -49,8 +49,8 @@ def _jobset(tmp_path: Path, scripts: dict[int, str], target: notify.NotifyTarget
     return write_jobset(tmp_path / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp_path), notify=target)
 
 
-def _start_agent(tmp_path: Path, jobset: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PMI_RANK="0", PMI_SIZE="1")
+def _start_agent(tmp_path: Path, jobset: Path, *extra: str, **env_extra: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PMI_RANK="0", PMI_SIZE="1", **env_extra)
     cmd = [sys.executable, "-m", "hpc.node_agent", "--jobset", str(jobset), "--fake-nodes", "--term-grace", "1", *extra]
     with open(tmp_path / "agent.log", "wb") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -193,3 +193,15 @@ def test_agent_killed_while_the_batch_system_ends_the_job(tmp_path: Path) -> Non
         assert {pid: _outcome(tmp_path, pid).error_code for pid in scripts} == {1: 1213, 2: 1213}  # type: ignore[union-attr]
     finally:
         _cleanup(keeper, tmp_path)
+
+
+def test_the_keeper_can_be_turned_off_for_a_site(tmp_path: Path) -> None:
+    proc = _start_agent(tmp_path, _jobset(tmp_path, {1: f"sleep 1; {EVENTS}"}), COMPASS_AGENT_KEEPER="off")
+    try:
+        _wait_for(lambda: (tmp_path / "reports" / "1.started").exists(), 30, "the started marker")
+        kids = psutil.Process(proc.pid).children()
+        assert kids and not any("hpc.node_agent" in " ".join(k.cmdline()) for k in kids)  # only the payload
+        assert proc.wait(30) == ExitCode.OK
+        assert _outcome(tmp_path, 1).status == "finished"  # type: ignore[union-attr]
+    finally:
+        _cleanup(proc, tmp_path)
