@@ -90,8 +90,9 @@ class _Child:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
+            poller = select.poll()  # not select(): a busy daemon's fds may pass FD_SETSIZE
+            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+            if not poller.poll(left * 1000):
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
