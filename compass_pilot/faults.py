@@ -10,7 +10,8 @@ Unarmed (every production run), a point costs one dictionary lookup.
 Points: ``daemon-after-submit`` (the batch job exists, ``state.json`` does not know its
 id), ``updater-after-ack`` (the server acknowledged a final, the journal has not
 committed the ack), ``grid-after-payload-start`` (the payload runs, its pid is not in
-the journal).
+the journal), ``broker-after-submit`` (in the batch broker child: the batch job exists,
+the daemon has not heard its id).
 """
 
 from __future__ import annotations
