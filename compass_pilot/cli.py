@@ -203,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=lambda a: _delegate("compass_pilot.status", "cmd_status")(a))
 
     dispatcher = add("dispatcher", help="embedded PanDA-compatible job dispatcher")
-    _delegate("compass_pilot.panda.commands", "add_dispatcher_args")(dispatcher)
+    _delegate("compass_pilot.panda.command_args", "add_dispatcher_args")(dispatcher)
     dispatcher.set_defaults(func=lambda a: _delegate("compass_pilot.panda.commands", "cmd_dispatcher")(a))
 
     submit = add("submit", help="define the jobs of a task file in the dispatcher")
-    _delegate("compass_pilot.panda.commands", "add_submit_args")(submit)
+    _delegate("compass_pilot.panda.command_args", "add_submit_args")(submit)
     submit.set_defaults(func=lambda a: _delegate("compass_pilot.panda.commands", "cmd_submit")(a))
 
     demo = add("demo", help="dispatcher + synthetic production + pilots, end to end")

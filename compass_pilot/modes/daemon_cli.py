@@ -18,6 +18,9 @@ from compass_pilot.modes.multijob import BackgroundPreflight, MultiJobDaemon, ma
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from compass_pilot.leanimports import decline_charset_guessers
+
+    decline_charset_guessers()  # before requests is imported: 3.4 MiB of the daemon's RSS it never uses
     site = load_site_config(args.site)
     backend = make_backend(site)
     early = BackgroundPreflight(backend)  # the batch system is checked while the rest starts up

@@ -30,8 +30,8 @@ from typing import Any
 
 from compass_pilot.errors import ConfigError
 from compass_pilot.filemodes import write_private_text
+from compass_pilot.panda.constants import ROLES
 
-ROLES = ("pilot", "admin")
 TOKEN_PREFIX = "cpt1"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@:+=/ -]{1,200}$")
 #: a proxy's own CN (RFC 3820: a number; legacy Globus: "proxy", "limited proxy")

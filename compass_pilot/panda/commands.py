@@ -15,52 +15,13 @@ from pathlib import Path
 import requests
 import yaml
 
-from compass_pilot.argtypes import positive
 from compass_pilot.errors import ConfigError
 from compass_pilot.exitcodes import ExitCode, ExitError
 from compass_pilot.filemodes import write_private_text
-from compass_pilot.panda.auth import ROLES, create_key, issue_token, load_key
+from compass_pilot.panda.auth import create_key, issue_token, load_key
+from compass_pilot.panda.command_args import add_dispatcher_args, add_submit_args  # noqa: F401  (their home was here)
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
 from compass_pilot.panda.tasks import TaskError
-from compass_pilot.panda.wire import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
-
-
-def add_dispatcher_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default="compass-dispatcher.sqlite", help="SQLite file (created if missing)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
-    parser.add_argument("--port", type=int, default=25080, help="25080 is PanDA's http port; 0 = any free port")
-    parser.add_argument("--cert", help="server certificate (PEM): serve HTTPS")
-    parser.add_argument("--key", help="server key (PEM)")
-    parser.add_argument(
-        "--ca", help="CA file or hashed CA dir: client certificates (X509 proxies) are then verified and required"
-    )
-    parser.add_argument("--token-key", help="key file (0600) verifying the bearer tokens made by 'dispatcher token'")
-    parser.add_argument(
-        "--pilot-dn", action="append", default=[], help="DN of a production pilot (repeat; proxy CNs are ignored)"
-    )
-    parser.add_argument("--admin-dn", action="append", default=[], help="DN allowed to submit and kill (repeat)")
-    parser.add_argument("--sent-timeout", type=float, default=1800, help="sent but silent → failed 102 (s)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=7200, help="no heartbeat → failed 100 (s)")
-    parser.add_argument("--check-interval", type=float, default=60, help="seconds between timeout checks")
-    parser.add_argument(
-        "--max-connections",
-        type=positive,
-        default=MAX_CONNECTIONS,
-        help="connections served at once; more get 503 (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-connections-per-client",
-        type=positive,
-        default=MAX_CONNECTIONS_PER_CLIENT,
-        help="connections from one address served at once; more get 503 (default %(default)s)",
-    )
-    actions = parser.add_subparsers(dest="dispatcher_action", metavar="{token}")
-    token = actions.add_parser("token", help="issue a signed bearer token for a pilot or an admin")
-    token.add_argument("--identity", required=True, help="who the token names (jobs are bound to it)")
-    token.add_argument("--role", choices=ROLES, default="pilot")
-    token.add_argument("--key-file", required=True, help="signing key (created 0600 if missing)")
-    token.add_argument("--days", type=float, default=30, help="validity in days")
-    token.add_argument("--out", help="write the token to this file (0600) instead of printing it")
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -155,15 +116,6 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     dispatcher.stop()
     print(f"dispatcher on {dispatcher.url}/ stopped", flush=True)
     return ExitCode.OK  # asked to stop is how a service ends: not a failure
-
-
-def add_submit_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", help="task YAML file")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--db", help="the dispatcher's SQLite file")
-    where.add_argument("--url", help="a running dispatcher's URL")
-    parser.add_argument("--token-file", help="admin bearer token for --url (from 'dispatcher token --role admin')")
-    parser.add_argument("--ca", help="CA file verifying an https dispatcher")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

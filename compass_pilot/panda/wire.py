@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, unquote_plus, urlencode, urlparse
 from compass_pilot.panda import harvester_api, logcache, page
 from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.auth import Authenticator, Identity, Refusal
+from compass_pilot.panda.constants import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 from compass_pilot.panda.fields import wire_to_attr
 from compass_pilot.panda.store import GROUP_COMMIT, VALID_STATES, JobStore, opt_int, submit_task
 
@@ -48,10 +49,6 @@ log = logging.getLogger("compass_pilot.panda.dispatcher")
 
 MAX_BODY = 32 * 1024 * 1024  # the largest request body read
 REQUEST_TIMEOUT = 30.0  # seconds a connection may stall (TLS handshake, headers, body): slowloris bound
-#: Open connections served at once (each holds a thread): beyond it a new one gets 503 and is closed.
-MAX_CONNECTIONS = 512
-#: Open connections from one client address: one host cannot take every thread, whatever it sends.
-MAX_CONNECTIONS_PER_CLIENT = 64
 #: What an over-limit connection is told before it is closed (no thread, no parsing).
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"

@@ -18,6 +18,7 @@ DAEMON_THEN_MODULES = (
     "from compass_pilot.cli import main\n"
     "rc = main(sys.argv[1:])\n"
     "print('radical modules in the daemon:', sorted(m for m in sys.modules if m.startswith('radical')))\n"
+    "print('charset guessers in the daemon:', [m for m in ('charset_normalizer', 'chardet') if sys.modules.get(m)])\n"
     "sys.exit(rc)\n"
 )
 
@@ -58,6 +59,7 @@ def test_broker_killed_mid_run_is_replaced_and_the_daemon_never_loads_radical_sa
     assert record("batch broker kill -9 with a submission running", site.dispatcher)[1:] == (0, 0)
     logs = daemon_logs(site)
     assert "radical modules in the daemon: []" in logs
+    assert "charset guessers in the daemon: []" in logs  # compass_pilot.leanimports
     assert logs.count("batch broker started") >= 2
 
 
