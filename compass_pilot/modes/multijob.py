@@ -32,8 +32,7 @@ import select
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -825,18 +824,38 @@ class MultiJobDaemon:
         """
         copytool = self.copytool  # made here, not raced for by the threads
         specs = {entry.panda_id: self._spec(entry) for entry, _ in results}  # journal reads: on this thread
-        reported = time.monotonic()
-        left = len(results)
-        for (entry, _), (report, error) in self._as_completed(
-            lambda item: self._report_from_result(*item, copytool, specs[item[0].panda_id]), results
-        ):
-            if error is not None:
-                report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
-            self._settle(state, entry, report)
-            left -= 1
-            if left and time.monotonic() - reported >= wakeups.COALESCE_WINDOW:
-                self._report_now()
-                reported = time.monotonic()
+        one = _guarded(lambda item: self._report_from_result(*item, copytool, specs[item[0].panda_id]))
+        threads = min(self.site.hpc.transfer_threads, len(results))
+        if threads <= 1:
+            started = time.monotonic()
+            for n, item in enumerate(results, 1):
+                self._settle_result(state, item[0], one(item))
+                if n < len(results) and time.monotonic() - started >= wakeups.COALESCE_WINDOW:
+                    self._report_now()
+                    started = time.monotonic()
+            return
+        unsent_since = 0.0  # monotonic time the oldest settled, unreported job settled (0: none)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
+            pending = {pool.submit(one, item): item for item in results}
+            while pending:
+                # a slow transfer must not hold back the jobs already out: wake at the window's end
+                timeout = (
+                    None if not unsent_since else max(0.0, unsent_since + wakeups.COALESCE_WINDOW - time.monotonic())
+                )
+                done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._settle_result(state, pending.pop(future)[0], future.result())
+                    unsent_since = unsent_since or time.monotonic()
+                if pending and unsent_since and time.monotonic() - unsent_since >= wakeups.COALESCE_WINDOW:
+                    self._report_now()
+                    unsent_since = 0.0
+
+    def _settle_result(self, state: SubmissionState, entry: JobEntry, outcome: tuple[Any, PilotError | None]) -> None:
+        """A job's final from its stage-out's outcome (a failed transfer fails the job with its code)."""
+        report, error = outcome
+        if error is not None:
+            report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
+        self._settle(state, entry, report)
 
     def _spec(self, entry: JobEntry) -> JobSpec | None:
         """A held job's spec, read back from the journal (None if it is not there: the job then fails)."""
@@ -893,19 +912,6 @@ class MultiJobDaemon:
         futures = [pool.submit(one, item) for item in items]
         pool.shutdown(wait=False)  # its threads end with the last transfer
         return lambda: [future.result() for future in futures]
-
-    def _as_completed(self, work: Any, items: list[Any]) -> Iterator[tuple[Any, tuple[Any, PilotError | None]]]:
-        """``(item, outcome)`` in the order the work ends (outcomes as in :meth:`_start_parallel`)."""
-        one = _guarded(work)
-        threads = min(self.site.hpc.transfer_threads, len(items))
-        if threads <= 1:
-            for item in items:
-                yield item, one(item)
-            return
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
-            futures = {pool.submit(one, item): item for item in items}
-            for future in as_completed(futures):
-                yield futures[future], future.result()
 
     # -- heartbeats and reporting --------------------------------------------------------
     def heartbeat_due(self) -> bool:

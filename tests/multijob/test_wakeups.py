@@ -207,3 +207,53 @@ def test_listener_settings_and_a_burst_gathered_per_submission(tmp_path: Path) -
         assert ended["sub-a"] == set(range(1, 41, 2)) and started["sub-b"] == set(range(2, 41, 2))
     finally:
         reader.close()
+
+
+class _HeldCopytool:
+    """The real local copytool, except that the first job to stage out waits until released."""
+
+    def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
+        self.real = real
+        self.lock = threading.Lock()
+        self.held_dir = ""
+        self.release = threading.Event()
+
+    def stage_in(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.real.stage_in(*args, **kwargs)
+
+    def stage_out(self, local, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.held_dir = self.held_dir or str(Path(local).parent)
+            held = self.held_dir == str(Path(local).parent)
+        if held:
+            self.release.wait(120)
+        return self.real.stage_out(local, *args, **kwargs)
+
+
+def test_each_job_is_reported_when_its_own_outputs_are_out(mom) -> None:  # noqa: F811
+    """One job's stage-out hangs: the others' finals reach PanDA meanwhile, not after it."""
+    from compass_pilot.copytools import make_copytool
+
+    site, client, dispatcher, submit = mom
+    _slow_poll(site)
+    submit(8)
+    copytool = _HeldCopytool(make_copytool(site.storage))
+    relay = Relay(Path(site.hpc.shared_dir))
+    relay.start()
+    daemon = MultiJobDaemon(site, client, make_backend(site), copytool=copytool)
+    thread = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 120
+        while _summary(dispatcher.url)["jobs_by_status"].get("finished", 0) < 7:
+            assert time.time() < deadline, "the other jobs' finals waited for the held stage-out"
+            time.sleep(0.2)
+        assert copytool.held_dir and not copytool.release.is_set()
+        assert _summary(dispatcher.url)["jobs_by_status"].get("finished") == 7  # all but the held one
+    finally:
+        copytool.release.set()
+        thread.join(120)
+        relay.stop()
+    assert not thread.is_alive()
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 8}
+    assert dispatcher.duplicate_finals() == []
