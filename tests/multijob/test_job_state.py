@@ -14,6 +14,8 @@ from tests.multijob.test_daemon import _summary, mom  # noqa: F401  (the fixture
 def test_running_jobs_hold_no_spec_and_finish_from_the_journals(mom) -> None:  # noqa: F811
     site, client, dispatcher, submit = mom
     submit(8, event_time=0.4)  # ~8 s payloads
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, JobSpec)}  # earlier tests' specs (same ids)
     daemon = MultiJobDaemon(site, client, make_backend(site))
     thread = threading.Thread(target=daemon.run, kwargs={"once": True}, daemon=True)
     thread.start()
@@ -24,7 +26,7 @@ def test_running_jobs_hold_no_spec_and_finish_from_the_journals(mom) -> None:  #
     held = set(daemon.held)
     assert held  # jobs in flight, past the round that fetched them
     gc.collect()
-    alive = [o for o in gc.get_objects() if isinstance(o, JobSpec) and o.panda_id in held]
+    alive = [o for o in gc.get_objects() if isinstance(o, JobSpec) and o.panda_id in held and id(o) not in before]
     assert alive == []  # neither in the daemon's maps nor in the submitted plan
     thread.join(120)
     assert not thread.is_alive()
