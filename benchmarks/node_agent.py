@@ -33,27 +33,13 @@ from compass_pilot.config import HPCSection, SiteConfig, config_to_dict
 from compass_pilot.job import JobSpec
 from hpc.jobset import write_jobset
 from hpc.packing import plan_submissions
+from tests.hpc.conftest import shell_job_dict  # the tests' shell payload, one definition
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _job(panda_id: int, script: str) -> JobSpec:
-    import shlex
-
-    return JobSpec.from_panda(
-        {
-            "PandaID": panda_id,
-            "attemptNr": 1,
-            "jobName": f"P09-2016--275678-{panda_id}-2-7-{panda_id}-1",
-            "transformation": "sh",
-            "jobPars": f"-c {shlex.quote(script)}",
-            "prodSourceLabel": "managed",
-            "processingType": "reco",
-            "currentPriority": 2000,
-            "maxWalltime": 0,
-            "coreCount": 1,
-        }
-    )
+    return JobSpec.from_panda(shell_job_dict(panda_id, script))
 
 
 def _cpu(pid: int) -> float:

@@ -614,7 +614,23 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(expand(jobset.calibdb.scratch_dir))
         base.mkdir(parents=True, exist_ok=True)
         node_dir = Path(tempfile.mkdtemp(prefix=f"compass-node{node}-", dir=base))
-    run = NodeRun(
+    run = _node_run(jobset, node, args, started, node_dir)
+    signal.signal(signal.SIGTERM, lambda signum, frame: run.terminate())
+    log.info("node %d: %d job(s) on host %s", node, len(run.jobs), run.host)
+    try:
+        results = run.run()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if node_dir is not None:
+            import shutil
+
+            shutil.rmtree(node_dir, ignore_errors=True)
+    return _exit_code(run, results, orphaned)
+
+
+def _node_run(jobset: JobSet, node: int, args: Any, started: float, node_dir: Path | None = None) -> NodeRun:
+    """The run of ``node``'s jobs as the job set and the command line say: the agent's and the keeper's alike."""
+    return NodeRun(
         jobset.jobs_of(node),
         reports_dir=jobset.reports_dir,
         node=node,
@@ -628,17 +644,6 @@ def main(argv: list[str] | None = None) -> int:
         notify_target=jobset.notify,
         terminate_at=_guard_deadline(args, jobset, started),
     )
-    signal.signal(signal.SIGTERM, lambda signum, frame: run.terminate())
-    log.info("node %d: %d job(s) on host %s", node, len(run.jobs), run.host)
-    try:
-        results = run.run()
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if node_dir is not None:
-            import shutil
-
-            shutil.rmtree(node_dir, ignore_errors=True)
-    return _exit_code(run, results, orphaned)
 
 
 def _take_over(args: Any, started: float, info: str | None, signum: int, terminated: bool) -> int:
@@ -664,19 +669,7 @@ def _take_over(args: Any, started: float, info: str | None, signum: int, termina
         return ExitCode.USAGE
     if rank >= jobset.nodes:
         return ExitCode.OK
-    run = NodeRun(
-        jobset.jobs_of(rank),
-        reports_dir=jobset.reports_dir,
-        node=rank,
-        calibdb=jobset.calibdb,
-        grid=jobset.grid,
-        payload=jobset.payload,
-        kill_check_interval=jobset.kill_check_interval,
-        term_grace=args.term_grace,
-        report_names=jobset.report_files,
-        notify_target=jobset.notify,
-        terminate_at=_guard_deadline(args, jobset, started),
-    )
+    run = _node_run(jobset, rank, args, started)
     adopted: dict[int, tuple[int, float]] = {}
     for nj in run.jobs:
         try:
