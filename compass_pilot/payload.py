@@ -14,6 +14,7 @@ that the kernel wakes when any of them ends and that runs their timers.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -256,6 +257,68 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
     return total
 
 
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_HERE = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC  # enough for fchdir
+#: Signals Python ignores at start-up that a payload must not inherit ignored (what Popen's
+#: ``restore_signals`` resets too): with SIGPIPE ignored, ``producer | head`` never ends.
+_RESTORED = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
+
+
+def _which(exe: str, env: dict[str, str]) -> str:
+    """``exe`` looked up in the payload's own PATH, as ``Popen(env=...)`` does (not the agent's PATH)."""
+    if os.sep in exe:
+        return exe
+    for directory in os.get_exec_path(env):
+        candidate = os.path.join(directory, exe)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), exe)
+
+
+def spawn(argv: list[str], workdir: Path, env: dict[str, str], stdout: Path, stderr: Path) -> int:
+    """Start ``argv`` in ``workdir`` as the leader of a new session; its pid.
+
+    ``os.posix_spawn`` (glibc: ``clone(CLONE_VM | CLONE_VFORK)``, no page tables copied)
+    instead of ``subprocess.Popen``: the same child — own session and process group, stdin
+    from /dev/null, stdout and stderr appended to files, default signal dispositions — for a
+    fifth of the parent's CPU, which a node agent launching 32 payloads (16 fake nodes: 512
+    on one box) pays on the critical path to "all running".  ``posix_spawn`` has no working
+    directory: the caller's is switched to ``workdir`` around the call and restored, so the
+    caller's other threads must use absolute paths only (the node agent does).  File
+    descriptors the child must not get are close-on-exec: Python's own are, and the node
+    agent marks inherited ones so (:func:`hpc.node_agent.main`).  Raises ``OSError`` when the
+    command cannot be started (glibc reports the failed exec to the parent).
+    """
+    out = os.open(stdout, _APPEND, 0o644)
+    try:
+        err = os.open(stderr, _APPEND, 0o644)
+        try:
+            home = os.open(".", _HERE)
+            try:
+                os.chdir(workdir)
+                try:
+                    return os.posix_spawn(
+                        _which(argv[0], env),
+                        argv,
+                        env,
+                        file_actions=[
+                            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                            (os.POSIX_SPAWN_DUP2, out, 1),
+                            (os.POSIX_SPAWN_DUP2, err, 2),
+                        ],
+                        setsid=True,
+                        setsigdef=_RESTORED,
+                    )
+                finally:
+                    os.fchdir(home)
+            finally:
+                os.close(home)
+        finally:
+            os.close(err)
+    finally:
+        os.close(out)
+
+
 class PayloadProcess:
     """A payload running in its own session; non-blocking, with a blocking ``wait``.
 
@@ -323,17 +386,21 @@ class PayloadProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.wrap:
             (self.workdir / EXITCODE_NAME).unlink(missing_ok=True)
-        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self._proc = subprocess.Popen(
-                wrap_command(self.cmd) if self.wrap else self.cmd,
-                cwd=self.workdir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        self.pid = self._proc.pid
+        argv = wrap_command(self.cmd) if self.wrap else self.cmd
+        if reaper is not None:  # the node agent: 32 launches per node, each one counts
+            self.pid = spawn(argv, self.workdir, self.env, self.stdout_path, self.stderr_path)
+        else:
+            with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+                self._proc = subprocess.Popen(
+                    argv,
+                    cwd=self.workdir,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            self.pid = self._proc.pid
         self._start = time.time()
         if self.wrap:
             _ = self.create_time  # now, while the pid is surely this process

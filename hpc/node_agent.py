@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,9 +150,11 @@ class NodeRun:
         notify_target: notify.NotifyTarget | None = None,
         terminate_at: float | None = None,
     ) -> None:
-        self.jobs = list(jobs)
+        # absolute paths: the payload launches switch this process's working directory for a moment
+        # (compass_pilot.payload.spawn), and the result writers run meanwhile
+        self.jobs = [replace(nj, workdir=os.path.abspath(nj.workdir)) for nj in jobs]
         self.report_names = jobfiles.names_from(report_names or {})
-        self.reports_dir = Path(reports_dir)
+        self.reports_dir = Path(os.path.abspath(reports_dir))
         self.node = node
         self.calibdb_cfg = calibdb
         self.grid = grid or GridSection()
@@ -539,6 +542,27 @@ def _rank_and_size() -> tuple[int, int]:
     return comm.Get_rank(), comm.Get_size()
 
 
+def _close_inherited_on_exec() -> None:
+    """Mark every descriptor above stderr that this process inherited close-on-exec.
+
+    Payloads are started with ``posix_spawn``, which (unlike ``Popen``) closes nothing:
+    Python's own descriptors are close-on-exec already, but what the launcher passed down
+    (hydra's PMI socket, a batch shell's descriptors) would otherwise leak into all 32
+    payloads and outlive this agent in them.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, already closed
+                pass
+
+
 def _setup_logging(rank: int | str, role: str = "node_agent") -> None:
     handler = _OneWriteHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s {role}[{rank}] %(levelname)s %(message)s"))
@@ -589,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tell = fork_keeper(lambda info, signum, terminated: _take_over(args, started, info, signum, terminated))
 
+    _close_inherited_on_exec()
     rank, size = _rank_and_size()
     tell(f"{rank} {size}")
     _setup_logging(rank)

@@ -79,3 +79,46 @@ def test_watched_fd_wakes_the_loop(reaper: PayloadReaper, tmp_path: Path) -> Non
     finally:
         os.close(rfd)
         os.close(wfd)
+
+
+def test_spawned_payload_is_a_clean_session_leader_in_its_workdir(tmp_path: Path) -> None:
+    """The node agent's launch (posix_spawn): what Popen gave — workdir, own session, stdin from
+    /dev/null, logs appended, SIGPIPE not ignored, the payload's PATH — without the agent's cwd changing."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "only-in-payload-path"
+    tool.write_text("#!/bin/sh\necho found\n")
+    tool.chmod(0o755)
+    script = (
+        'pwd; ps -o sid= -p $$; read x && echo got-input; grep -E "^SigIgn" /proc/self/status; only-in-payload-path'
+    )
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "payload.stdout").write_text("earlier\n")
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    here = os.getcwd()
+    r = PayloadReaper()
+    try:
+        proc = PayloadProcess(["bash", "-c", script], workdir, env, wrap=False).start(r)
+        assert os.getcwd() == here
+        _run_all(r)
+    finally:
+        r.close()
+    assert proc.wait(0).exit_code == 0
+    lines = (workdir / "payload.stdout").read_text().splitlines()
+    assert lines[0] == "earlier" and lines[1] == str(workdir)
+    assert int(lines[2]) == proc.pid  # leads its own session (so killpg reaches its whole tree)
+    assert "got-input" not in lines  # stdin is /dev/null
+    sigign = int(lines[3].split()[1], 16)
+    assert not sigign & (1 << (signal.SIGPIPE - 1))  # Python ignores SIGPIPE; the payload must not
+    assert lines[4] == "found"  # looked up in the payload's PATH, not the agent's
+
+
+def test_spawn_of_a_missing_command_raises_oserror(tmp_path: Path) -> None:
+    r = PayloadReaper()
+    try:
+        with pytest.raises(OSError):
+            PayloadProcess(["no-such-command-here"], tmp_path, _env(), wrap=False).start(r)
+        assert r.pending == 0
+    finally:
+        r.close()

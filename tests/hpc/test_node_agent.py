@@ -390,6 +390,16 @@ def test_mpi_fewer_ranks_than_nodes_fails_orphans_at_once(mpiexec: str, tmp_path
     assert "no MPI rank was started for node 2" in results[3].error_diag
 
 
+def test_mpi_payloads_inherit_no_descriptor_of_the_launcher(mpiexec: str, tmp_path: Path) -> None:
+    """hydra hands each rank its PMI socket; a payload (posix_spawn closes nothing) must get only 0, 1, 2."""
+    fds = "ls /proc/$$/fd | tr '\\n' ' '; echo; echo End of Job"
+    jobset = _small_jobset(tmp_path, {1: fds, 2: fds})
+    done = _agent_under_mpiexec(mpiexec, jobset, 2)
+    assert done.returncode == ExitCode.OK, done.stderr
+    for pid in (1, 2):
+        assert (tmp_path / f"PandaJob_{pid}_1" / "payload.stdout").read_text().splitlines()[0] == "0 1 2 "
+
+
 def test_mpi_walltime_guard_ends_payloads_before_the_batch_limit(mpiexec: str, tmp_path: Path) -> None:
     jobset = _small_jobset(tmp_path, {1: "sleep 60", 2: "sleep 60"}, walltime=3)
     start = time.monotonic()
