@@ -276,6 +276,11 @@ def run_daemon(site_path: str, *, runtime: float, hold_poll: float, fill_to: int
     submissions are in flight, then runs at ``hold_poll`` seconds per round as a site
     would; ``status_path`` gets one JSON line per phase for the benchmark to read.
     """
+    from compass_pilot.leanimports import decline_charset_guessers
+
+    # as `compass-pilot daemon` does before requests is imported: the figures are the daemon's
+    if not decline_charset_guessers():
+        log.warning("requests was imported before the daemon: its charset guesser counts in the RSS")
     from compass_pilot.config import load_site_config
     from compass_pilot.modes.multijob import MultiJobDaemon
     from compass_pilot.panda.client import PandaClient
