@@ -74,6 +74,7 @@ class StorageSection:
     input_root: str = ""  # local dir or root://host:port//path
     output_root: str = ""
     link_inputs: bool = False  # local copytool: symlink instead of copy
+    link_outputs: bool = True  # local copytool: hard-link an output on the same file system instead of copying it
     output_endpoint: str = "EOS"  # inputs whose ddmEndPointIn is this are read from output_root (merging)
     retries: int = 3
     timeout: float = 600.0  # seconds per transfer

@@ -265,6 +265,23 @@ class Journal:
             ).fetchone()
         return json.loads(row[0]) if row and row[0] else None
 
+    def job_specs(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, Any]]:
+        """The specs of many jobs (``(panda_id, attempt_nr)`` keys) in one query; missing ones are absent."""
+        found: dict[tuple[int, int], dict[str, Any]] = {}
+        wanted = set(keys)
+        ids = sorted({panda_id for panda_id, _ in wanted})
+        with self._lock:
+            for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit is 999 on old builds
+                chunk = ids[start : start + 500]
+                rows = self._conn.execute(
+                    f"SELECT panda_id, attempt_nr, spec FROM jobs WHERE panda_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                for panda_id, attempt_nr, spec in rows:
+                    if (panda_id, attempt_nr) in wanted and spec:
+                        found[(panda_id, attempt_nr)] = spec
+        return {key: json.loads(spec) for key, spec in found.items()}
+
     def final_sent_count(self, panda_id: int, attempt_nr: int) -> int:
         """How many acknowledged final reports this journal recorded for a job (the promise: ≤ 1)."""
         with self._lock:

@@ -90,6 +90,12 @@ def _pack_log(job: JobSpec, workdir: Path) -> Path | None:
     return target
 
 
+def _pack_log_unless(packed: bool, job: JobSpec, workdir: Path) -> None:
+    """Pack the log, unless it was packed already and the tarball is there."""
+    if not (packed and job.log_file is not None and (workdir / job.log_file.lfn).is_file()):
+        _pack_log(job, workdir)
+
+
 def _stage_out(job: JobSpec, workdir: Path, copytool: object, include_outputs: bool) -> list[OutputFileReport]:
     reports = []
     specs = list(job.output_files) if include_outputs else []
@@ -115,11 +121,14 @@ def finish_job(
     copytool: object,
     timing: Timing | None = None,
     verdict: tuple[int, str] | str | None = "check",
+    log_packed: bool = False,
 ) -> JobReport:
     """Judge the payload, stage out outputs (and the log), and build the final report.
 
     ``verdict`` is the payload check already made elsewhere (the node agent makes it
-    next to the logs); by default it is made here from the log files.
+    next to the logs); by default it is made here from the log files.  ``log_packed``:
+    the node agent already packed the log tarball (it lists it in its outcome), so a
+    tarball found in the work dir is staged out as it is instead of packed again.
     """
     timing = timing or Timing()
     stdout = compass.tail(workdir / STDOUT_NAME)
@@ -140,7 +149,7 @@ def finish_job(
     if verdict is not None:
         code, diag = verdict  # type: ignore[misc]
         logs: list[OutputFileReport] = []
-        _pack_log(job, workdir)
+        _pack_log_unless(log_packed, job, workdir)
         try:
             logs = _stage_out(job, workdir, copytool, include_outputs=False)
         except PilotError as exc:
@@ -151,7 +160,7 @@ def finish_job(
         report.output_files = logs
         report.pilot_timing = timing.pilot_timing()
         return report
-    _pack_log(job, workdir)
+    _pack_log_unless(log_packed, job, workdir)
     try:
         files = _stage_out(job, workdir, copytool, include_outputs=True)
     except PilotError as exc:

@@ -816,26 +816,43 @@ class MultiJobDaemon:
         return changed or bool(results)
 
     def _stage_out(self, state: SubmissionState, results: list[tuple[JobEntry, JobOutcome]]) -> None:
-        """Stage outputs out on a pool and settle each job as its own transfers end.
+        """Stage outputs out on a pool and settle the jobs in chunks as their transfers end.
 
-        Stage-out is the slow part (xrdcp to EOS): a job whose outputs are at their
-        destination is reported then, in one bulk request with the others that got
+        Stage-out is the slow part (xrdcp to EOS): jobs whose outputs are at their
+        destination are reported then, in one bulk request with the others that got
         there within :data:`~compass_pilot.modes.wakeups.COALESCE_WINDOW`, not after
         the slowest transfer of the whole round.  The last ones go with the caller's flush.
+
+        A copytool with ``burst()`` (the local one) writes without an fsync per file;
+        each chunk is made durable by ONE sync before its jobs settle — a final is
+        journaled, hence reported, only for outputs that are on disk for good.
         """
         copytool = self.copytool  # made here, not raced for by the threads
-        specs = {entry.panda_id: self._spec(entry) for entry, _ in results}  # journal reads: on this thread
-        one = _guarded(lambda item: self._report_from_result(*item, copytool, specs[item[0].panda_id]))
+        make_burst = getattr(copytool, "burst", None)
+        burst = make_burst() if make_burst is not None else None
+        tool = burst if burst is not None else copytool
+        specs = self._specs([entry for entry, _ in results])  # journal reads: on this thread
+        one = _guarded(lambda item: self._report_from_result(*item, tool, specs.get(item[0].panda_id)))
+        ready: list[tuple[JobEntry, tuple[Any, PilotError | None]]] = []
+
+        def settle_ready() -> None:
+            failed = burst.sync() if burst is not None else {}
+            for entry, outcome in ready:
+                self._settle_result(state, entry, _unless_lost(outcome, failed))
+            ready.clear()
+
         threads = min(self.site.hpc.transfer_threads, len(results))
         if threads <= 1:
             started = time.monotonic()
             for n, item in enumerate(results, 1):
-                self._settle_result(state, item[0], one(item))
+                ready.append((item[0], one(item)))
                 if n < len(results) and time.monotonic() - started >= wakeups.COALESCE_WINDOW:
+                    settle_ready()
                     self._report_now()
                     started = time.monotonic()
+            settle_ready()
             return
-        unsent_since = 0.0  # monotonic time the oldest settled, unreported job settled (0: none)
+        unsent_since = 0.0  # monotonic time the oldest finished, unreported transfer ended (0: none)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
             pending = {pool.submit(one, item): item for item in results}
             while pending:
@@ -845,11 +862,13 @@ class MultiJobDaemon:
                 )
                 done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in done:
-                    self._settle_result(state, pending.pop(future)[0], future.result())
+                    ready.append((pending.pop(future)[0], future.result()))
                     unsent_since = unsent_since or time.monotonic()
                 if pending and unsent_since and time.monotonic() - unsent_since >= wakeups.COALESCE_WINDOW:
+                    settle_ready()
                     self._report_now()
                     unsent_since = 0.0
+        settle_ready()
 
     def _settle_result(self, state: SubmissionState, entry: JobEntry, outcome: tuple[Any, PilotError | None]) -> None:
         """A job's final from its stage-out's outcome (a failed transfer fails the job with its code)."""
@@ -858,9 +877,17 @@ class MultiJobDaemon:
             report = failed_report(entry.panda_id, entry.attempt_nr, error.code, error.pilot_error_diag())
         self._settle(state, entry, report)
 
+    def _specs(self, entries: list[JobEntry]) -> dict[int, JobSpec | None]:
+        """The specs of these held jobs, read back from the journal in one query."""
+        rows = self.journal.job_specs([(e.panda_id, e.attempt_nr) for e in entries])
+        return {e.panda_id: self._parse_spec(e, rows.get((e.panda_id, e.attempt_nr))) for e in entries}
+
     def _spec(self, entry: JobEntry) -> JobSpec | None:
         """A held job's spec, read back from the journal (None if it is not there: the job then fails)."""
-        data = self.journal.job_spec(entry.panda_id, entry.attempt_nr)
+        return self._parse_spec(entry, self.journal.job_spec(entry.panda_id, entry.attempt_nr))
+
+    @staticmethod
+    def _parse_spec(entry: JobEntry, data: dict[str, Any] | None) -> JobSpec | None:
         if data is None:
             return None
         try:
@@ -877,7 +904,9 @@ class MultiJobDaemon:
         if job is None:
             raise PilotError(f"job {entry.panda_id}: its spec is missing from the daemon's journal", ErrorCode.GENERAL)
         result = outcome.payload_result()
-        report = lifecycle.finish_job(job, Path(entry.workdir), result, self.site, copytool, verdict=outcome.verdict)
+        report = lifecycle.finish_job(
+            job, Path(entry.workdir), result, self.site, copytool, verdict=outcome.verdict, log_packed=True
+        )
         report.node = report.node or outcome.node or ""  # the compute node it ran on, not this MOM node
         return report
 
@@ -1193,6 +1222,23 @@ def _guarded(work: Any) -> Any:
             return None, PilotError(f"{type(exc).__name__}: {exc}", ErrorCode.GENERAL)
 
     return one
+
+
+def _unless_lost(outcome: tuple[Any, PilotError | None], lost: dict[str, PilotError]) -> tuple[Any, PilotError | None]:
+    """A job's stage-out outcome, failed if one of its outputs could not be made durable.
+
+    A failed job keeps its report; only the log that is not on disk is left out of it.
+    """
+    report, error = outcome
+    if error is not None or not lost or report is None:
+        return outcome
+    gone = [f for f in report.output_files if f.surl in lost]
+    if not gone:
+        return outcome
+    if report.state != "finished":
+        report.output_files = [f for f in report.output_files if f.surl not in lost]
+        return report, None
+    return None, lost[gone[0].surl]
 
 
 def _int_or_zero(value: Any) -> int:

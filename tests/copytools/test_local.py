@@ -185,10 +185,11 @@ def test_stage_out_corruption_at_destination_is_1229(
     tool: LocalCopyTool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bytes that change on their way to the destination are caught before they get the final name."""
+    tool.storage.link_outputs = False  # a copy: a link has no second set of bytes to go wrong
     real_copy = local._copy_to_temp
 
-    def flaky_storage(src: Path, directory: Path, name: str) -> tuple[Path, int, str]:
-        tmp, size, checksum = real_copy(src, directory, name)
+    def flaky_storage(src: Path, directory: Path, name: str, durable: bool = True) -> tuple[Path, int, str]:
+        tmp, size, checksum = real_copy(src, directory, name, durable)
         with open(tmp, "r+b") as handle:  # one flipped byte, as a bad disk or controller would
             first = handle.read(1)
             handle.seek(0)
@@ -251,3 +252,76 @@ def test_relative_work_dir_named_like_an_option(
     (tmp_path / "-work").mkdir()
     got = tool.stage_in(spec, RAW, Path("-work"))
     assert got == tmp_path / "-work" / spec.lfn and got.is_file()
+
+
+def test_stage_in_is_not_synced(tool: LocalCopyTool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input is a cache of storage (fetched again after a crash): no fsync, but still verified."""
+
+    def no_fsync(fd: int) -> None:
+        raise AssertionError("stage-in must not fsync")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    src, spec = _raw(tool)
+    got = tool.stage_in(spec, RAW, tmp_path / "work")
+    assert got.read_bytes() == src.read_bytes()
+    src.write_bytes(b"changed under us")
+    with pytest.raises(StageInError) as err:
+        tool.stage_in(spec, RAW, tmp_path / "work")
+    assert err.value.code == ErrorCode.CHECKSUM_MISMATCH
+
+
+def test_stage_out_links_on_the_same_file_system(tool: LocalCopyTool, tmp_path: Path) -> None:
+    local_file = tmp_path / "work" / "m.root"
+    local_file.write_bytes(os.urandom(20_000))
+    local_file.chmod(0o600)
+    report = tool.stage_out(local_file, "P09/mDST/m.root", guid="g")
+    dest = tool.output_root / "P09/mDST/m.root"
+    assert dest.stat().st_ino == local_file.stat().st_ino  # a second name, no second copy
+    assert oct(dest.stat().st_mode & 0o777) == "0o644"
+    assert (report.fsize, report.adler32, report.surl) == (20_000, adler32_of(local_file), str(dest))
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m.root"]
+
+
+def test_stage_out_copies_across_file_systems(tmp_path: Path, tiny_fs: Path) -> None:
+    local_file = tmp_path / "m.root"
+    local_file.write_bytes(os.urandom(10_000))
+    tool = LocalCopyTool(StorageSection(input_root=str(tmp_path), output_root=str(tiny_fs)))
+    report = tool.stage_out(local_file, "P09/m.root", guid="g")
+    dest = tiny_fs / "P09/m.root"
+    assert dest.read_bytes() == local_file.read_bytes() and dest.stat().st_dev != local_file.stat().st_dev
+    assert report.adler32 == adler32_of(local_file)
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_burst_syncs_once_and_names_what_it_could_not_sync(
+    tool: LocalCopyTool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link: bool
+) -> None:
+    """A burst writes without an fsync per file; its sync says which copies are not durable, and removes them."""
+    tool.storage.link_outputs = link
+    burst = tool.burst()
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
+    reports = []
+    for n in range(3):
+        produced = tmp_path / "work" / f"out{n}.root"
+        produced.write_bytes(os.urandom(5_000))
+        reports.append(burst.stage_out(produced, f"P09/mDST/out{n}.root", guid=f"g{n}"))
+    assert fsynced == []  # nothing synced per file
+    bad = reports[1].surl
+
+    def failing_syncfs(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    def fsync_file(path: Path) -> None:
+        if str(path) == bad:
+            raise OSError(5, "Input/output error", str(path))
+        real_fsync_file(path)
+
+    real_fsync_file = local._fsync_file
+    monkeypatch.setattr(local, "_syncfs", failing_syncfs)
+    monkeypatch.setattr(local, "_fsync_file", fsync_file)
+    failed = burst.sync()
+    assert list(failed) == [bad] and failed[bad].code == ErrorCode.STAGE_OUT_FAILED
+    assert sorted(p.name for p in (tool.output_root / "P09/mDST").iterdir()) == ["out0.root", "out2.root"]
+    assert burst.sync() == {}  # each copy is synced by one sync only
