@@ -46,6 +46,9 @@ class ReportJournal(Protocol):
     def report_acked(self, report: JobReport, command: str | None) -> None: ...
     def final_acked(self, panda_id: int, attempt_nr: int) -> bool: ...
 
+    # optional, for bursts: finals_acked(keys) -> set of keys, reports_queued(reports),
+    # reports_acked([(report, command)])
+
 
 @dataclass
 class SourceStats:
@@ -169,10 +172,34 @@ class StatusUpdater:
         return transaction() if transaction is not None else contextlib.nullcontext()
 
     def queue_many(self, reports: list[JobReport]) -> None:
-        """Queue a batch of updates with one journal commit (heartbeat rounds, submissions)."""
-        with self._journal_tx():
-            for report in reports:
-                self.queue(report)
+        """Queue a batch of updates (a burst's finals, a submission's starts): one journal query for
+        what PanDA already acknowledged, one statement for the lot, one commit — not three per job."""
+        if not reports:
+            return
+        finals_acked = getattr(self.journal, "finals_acked", None)
+        queued_many = getattr(self.journal, "reports_queued", None)
+        if finals_acked is None or queued_many is None:  # a journal without batch calls: one by one
+            with self._journal_tx():
+                for report in reports:
+                    self.queue(report)
+            return
+        keys = [(r.panda_id, r.attempt_nr) for r in reports]
+        with self._lock:
+            unknown = [key for key in keys if key not in self._acked_final]
+        acked = finals_acked(unknown) if unknown else set()
+        to_journal: list[JobReport] = []
+        with self._journal_tx(), self._lock:
+            for report, key in zip(reports, keys, strict=True):
+                if key in self._acked_final or key in acked:
+                    log.info("job %d attempt %d: final state already acknowledged, not re-sent", *key)
+                    continue
+                current = self._pending.get(key)
+                if current is not None and current.is_final and not report.is_final:
+                    continue  # never downgrade a pending final state
+                self._pending[key] = report
+                self._volatile.discard(key)
+                to_journal.append(report)
+            queued_many(to_journal)
 
     def pending(self) -> int:
         with self._lock:
@@ -201,6 +228,7 @@ class StatusUpdater:
         if any(r.is_final for r in batch):
             crash_point("updater-after-final-ack")  # acknowledged by PanDA, not yet in the journal
         commands: dict[int, str | None] = {}
+        answered: list[tuple[JobReport, str | None]] = []
         with self._journal_tx(), self._lock:
             for report, answer in zip(batch, answers, strict=False):
                 key = (report.panda_id, report.attempt_nr)
@@ -233,7 +261,14 @@ class StatusUpdater:
                     self._remember_acked(key)
                     self.stats.finals_acked += 1
                 if self.journal is not None and not volatile:
-                    self.journal.report_acked(report, command)
+                    answered.append((report, command))
+            if answered and self.journal is not None:
+                acked_many = getattr(self.journal, "reports_acked", None)
+                if acked_many is not None:
+                    acked_many(answered)  # one statement per table for the whole answer
+                else:
+                    for report, command in answered:
+                        self.journal.report_acked(report, command)
         return commands
 
     def settle_owed_finals(self) -> int:

@@ -168,47 +168,68 @@ class Journal:
         self.set_state(panda_id, attempt_nr, "running", pid=pid, create_time=create_time)
 
     # -- reports (the ReportJournal protocol of compass_pilot.bulk) ----------------------
+    _QUEUE_SQL = (
+        "INSERT INTO reports(panda_id, attempt_nr, state, report, is_final, queued)"
+        " SELECT ?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE panda_id = ? AND attempt_nr = ?"
+        " AND final_acked = 1)"
+        " ON CONFLICT(panda_id, attempt_nr) DO UPDATE SET state = excluded.state, report = excluded.report,"
+        " is_final = excluded.is_final, queued = excluded.queued"
+        " WHERE reports.is_final = 0 OR excluded.is_final = 1"
+    )
+
+    @staticmethod
+    def _queue_row(report: JobReport, now: float) -> tuple[Any, ...]:
+        return (
+            report.panda_id,
+            report.attempt_nr,
+            report.state,
+            json.dumps(report.to_dict()),
+            int(report.is_final),
+            now,
+            report.panda_id,
+            report.attempt_nr,
+        )
+
     def report_queued(self, report: JobReport) -> None:
         """Persist the newest pending report of a job; a final one is never replaced by a non-final,
         and nothing more is queued for a job whose final state PanDA already acknowledged."""
-        self._write(
-            "INSERT INTO reports(panda_id, attempt_nr, state, report, is_final, queued)"
-            " SELECT ?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE panda_id = ? AND attempt_nr = ?"
-            " AND final_acked = 1)"
-            " ON CONFLICT(panda_id, attempt_nr) DO UPDATE SET state = excluded.state, report = excluded.report,"
-            " is_final = excluded.is_final, queued = excluded.queued"
-            " WHERE reports.is_final = 0 OR excluded.is_final = 1",
-            (
-                report.panda_id,
-                report.attempt_nr,
-                report.state,
-                json.dumps(report.to_dict()),
-                int(report.is_final),
-                time.time(),
-                report.panda_id,
-                report.attempt_nr,
-            ),
-        )
+        self._write(self._QUEUE_SQL, self._queue_row(report, time.time()))
+
+    def reports_queued(self, reports: list[JobReport]) -> None:
+        """:meth:`report_queued` for many reports: one statement prepared once, one commit (a burst's finals)."""
+        if not reports:
+            return
+        now = time.time()
+        with self.transaction():
+            self._conn.executemany(self._QUEUE_SQL, [self._queue_row(r, now) for r in reports])
 
     def report_acked(self, report: JobReport, command: str | None) -> None:
         """The server answered this report; a final one ends the job's business with PanDA."""
+        self.reports_acked([(report, command)])
+
+    def reports_acked(self, answered: list[tuple[JobReport, str | None]]) -> None:
+        """:meth:`report_acked` for a whole bulk answer: each statement prepared once, one commit."""
+        if not answered:
+            return
+        now = time.time()
+        finals = [(r.state, now, r.panda_id, r.attempt_nr) for r, _ in answered if r.is_final]
         with self.transaction():
-            self._conn.execute(
+            self._conn.executemany(
                 "INSERT INTO sent(panda_id, attempt_nr, state, acked, command) VALUES (?,?,?,?,?)",
-                (report.panda_id, report.attempt_nr, report.state, time.time(), command),
+                [(r.panda_id, r.attempt_nr, r.state, now, command) for r, command in answered],
             )
-            self._conn.execute(
+            self._conn.executemany(
                 "DELETE FROM reports WHERE panda_id = ? AND attempt_nr = ? AND state = ?",
-                (report.panda_id, report.attempt_nr, report.state),
+                [(r.panda_id, r.attempt_nr, r.state) for r, _ in answered],
             )
-            if report.is_final:
-                self._conn.execute(
+            if finals:
+                self._conn.executemany(
                     "UPDATE jobs SET final_acked = 1, state = ?, updated = ? WHERE panda_id = ? AND attempt_nr = ?",
-                    (report.state, time.time(), report.panda_id, report.attempt_nr),
+                    finals,
                 )
-                self._conn.execute(
+                self._conn.executemany(
                     "INSERT OR IGNORE INTO jobs(panda_id, attempt_nr, state, final_acked, updated) VALUES (?,?,?,1,?)",
-                    (report.panda_id, report.attempt_nr, report.state, time.time()),
+                    [(panda_id, attempt_nr, state, now) for state, now, panda_id, attempt_nr in finals],
                 )
 
     def prune(self, older_than: float) -> int:
@@ -227,6 +248,22 @@ class Journal:
             ).rowcount
             self._conn.execute("DELETE FROM sent WHERE acked < ?", (cutoff,))
         return int(gone)
+
+    def finals_acked(self, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Which of these ``(panda_id, attempt_nr)`` have an acknowledged final: one query, not one per job."""
+        wanted = set(keys)
+        ids = sorted({panda_id for panda_id, _ in wanted})
+        acked: set[tuple[int, int]] = set()
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = self._conn.execute(
+                    "SELECT panda_id, attempt_nr FROM jobs WHERE final_acked = 1"
+                    f" AND panda_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                acked.update(key for key in map(tuple, rows) if key in wanted)
+        return acked  # type: ignore[return-value]
 
     def final_acked(self, panda_id: int, attempt_nr: int) -> bool:
         with self._lock:

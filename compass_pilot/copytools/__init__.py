@@ -58,7 +58,8 @@ def check_rel_path(path: str, *, stage_in: bool) -> str:
         raise error(f"refused {direction} storage path {path!r}: must be a non-empty string")
     if "\x00" in path:
         raise error(f"refused {direction} storage path {path!r}: contains a NUL byte")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+    printable_ascii = path.isascii() and path.isprintable()  # the usual path: no loop per character
+    if not printable_ascii and any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
         raise error(f"refused {direction} storage path {path!r}: contains a control character")
     if path.startswith("/"):
         raise error(f"refused {direction} storage path {path!r}: must be relative to the storage root")

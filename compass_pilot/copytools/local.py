@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import logging
 import os
 import tempfile
@@ -103,14 +104,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_TEMP_SEQ = itertools.count()
+
+
 def _link_to_temp(src: Path, directory: Path, name: str) -> tuple[Path, int, str] | None:
     """Hard-link ``src`` under a fresh temp name in ``directory``; None where a link cannot be made.
 
     Returns (temp, size, adler32) like :func:`_copy_to_temp`; the mode is made 0644 as a
     copy's would be (the inode is the work dir file's: nothing reads that name any more).
     """
-    for _ in range(100):
-        tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.{os.urandom(4).hex()}.part"
+    for _ in range(100):  # a link never overwrites: a name taken (another host, same pid) means the next one
+        tmp = directory / f".{name}.{os.getpid()}.{next(_TEMP_SEQ)}.part"
         try:
             os.link(src, tmp)
             break
@@ -298,7 +302,7 @@ class DurableBurst:
     def __init__(self, tool: LocalCopyTool) -> None:
         self.tool = tool
         self._lock = threading.Lock()
-        self._written: list[Path] = []
+        self._written: list[str] = []
 
     def stage_in(self, spec: FileSpec, src_path: str, workdir: Path) -> Path:
         return self.tool.stage_in(spec, src_path, workdir)
@@ -306,7 +310,7 @@ class DurableBurst:
     def stage_out(self, local: Path, dest_path: str, *, guid: str) -> OutputFileReport:
         report = self.tool.stage_out(local, dest_path, guid=guid, durable=False)
         with self._lock:
-            self._written.append(Path(report.surl))
+            self._written.append(report.surl)
         return report
 
     def sync(self) -> dict[str, PilotError]:
@@ -320,10 +324,10 @@ class DurableBurst:
         if not written:
             return {}
         failed: dict[str, PilotError] = {}
-        directories = sorted({path.parent for path in written})
+        directories = sorted({os.path.dirname(path) for path in written})
         try:
             for directory in {os.stat(d).st_dev: d for d in directories}.values():
-                _syncfs(directory)  # one journal commit for the whole burst
+                _syncfs(Path(directory))  # one journal commit for the whole burst
             if SYNCFS_REPORTS_ERRORS:
                 return {}
         except OSError as exc:
@@ -331,16 +335,16 @@ class DurableBurst:
         # file by file: which file failed is known (and an older kernel's syncfs said nothing)
         for path in written:
             try:
-                _fsync_file(path)
+                _fsync_file(Path(path))
             except OSError as exc:
-                failed[str(path)] = _oserror(exc, False, f"stage-out of {path.name}: sync")
+                failed[path] = _oserror(exc, False, f"stage-out of {os.path.basename(path)}: sync")
         for directory in directories:
             try:
-                _fsync_dir(directory)
+                _fsync_dir(Path(directory))
             except OSError as exc:
                 for path in written:
-                    if path.parent == directory:
-                        failed.setdefault(str(path), _oserror(exc, False, f"stage-out of {path.name}: directory sync"))
+                    if os.path.dirname(path) == directory:
+                        failed.setdefault(path, _oserror(exc, False, f"stage-out of {path}: directory sync"))
         for surl, error in failed.items():
             with contextlib.suppress(OSError):
                 os.unlink(surl)

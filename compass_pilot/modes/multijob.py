@@ -225,6 +225,7 @@ class MultiJobDaemon:
         self._listener_opened = False
         self._unsaved: set[str] = set()  # submissions changed by a wake-up, persisted by the next round
         self.wakeups = 0  # bursts of notices acted on
+        self._finals_batch: list[JobReport] | None = None  # finals of a stage-out chunk, queued together
 
     def _open_listener(self) -> Any:
         """The wake-up listener (once per daemon); None when ``hpc.notify_bind`` is off or binding failed."""
@@ -333,7 +334,10 @@ class MultiJobDaemon:
             )
             del self.recent_errors[:-20]
         report.site_name = report.site_name or self.site.site.name
-        self.updater.queue(report)
+        if self._finals_batch is not None:
+            self._finals_batch.append(report)  # queued with the rest of its chunk (settle_ready)
+        else:
+            self.updater.queue(report)
 
     def in_flight(self) -> int:
         return sum(1 for s in self.submissions.values() if not s.done)
@@ -794,6 +798,7 @@ class MultiJobDaemon:
 
         changed = False
         results: list[tuple[JobEntry, JobOutcome]] = []
+        running: list[JobReport] = []
         for key in keys:
             entry = state.jobs[key]
             if entry.final:
@@ -808,9 +813,8 @@ class MultiJobDaemon:
                 entry.started_at = time.time()
                 entry.host = _marker_host(reports / f"{key}.started")
                 changed = True
-                self.updater.queue(
-                    JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1, node=entry.host)
-                )
+                running.append(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1, node=entry.host))
+        self.updater.queue_many(running)
         if results:
             self._stage_out(state, results)
         return changed or bool(results)
@@ -837,8 +841,13 @@ class MultiJobDaemon:
 
         def settle_ready() -> None:
             failed = burst.sync() if burst is not None else {}
-            for entry, outcome in ready:
-                self._settle_result(state, entry, _unless_lost(outcome, failed))
+            self._finals_batch = []
+            try:
+                for entry, outcome in ready:
+                    self._settle_result(state, entry, _unless_lost(outcome, failed))
+            finally:
+                batch, self._finals_batch = self._finals_batch, None
+                self.updater.queue_many(batch)  # one journal statement for the chunk, not two per job
             ready.clear()
 
         threads = min(self.site.hpc.transfer_threads, len(results))

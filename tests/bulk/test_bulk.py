@@ -129,3 +129,36 @@ def test_heartbeats_are_sent_but_not_journaled(served, tmp_path: Path) -> None:
     updater.flush()
     assert journal.final_acked(*keys[1]) and journal.pending_reports() == []
     journal.close()
+
+
+def test_a_burst_of_finals_is_queued_and_acknowledged_in_batches(served, tmp_path: Path) -> None:
+    """queue_many / the flush's acks: the same promises as one by one (nothing acked re-sent, no
+    pending final downgraded, every ack journaled), with one statement per batch."""
+    from compass_pilot.journal import Journal
+
+    _dispatcher, client = served
+    jobs = JobSource(client).fetch(6)
+    journal = Journal.claim(tmp_path / "journal.sqlite")
+    updater = StatusUpdater(client, journal)
+    keys = [(int(j["PandaID"]), int(j["attemptNr"])) for j in jobs]
+    updater.queue_many([JobReport(p, "failed", a, pilot_error_code=1305) for p, a in keys[:3]])
+    updater.flush()
+    assert all(journal.final_acked(*k) for k in keys[:3]) and journal.pending_reports() == []
+    assert journal.finals_acked(keys) == set(keys[:3])
+    # a second burst naming acked jobs again, a downgrade and two new finals
+    fresh = StatusUpdater(client, journal)  # a restarted daemon: nothing in memory, the journal knows
+    fresh.queue(JobReport(keys[3][0], "failed", keys[3][1], pilot_error_code=1305))
+    fresh.queue_many(
+        [JobReport(p, "failed", a, pilot_error_code=1305) for p, a in keys[:3]]
+        + [JobReport(keys[3][0], "running", keys[3][1])]
+        + [JobReport(p, "failed", a, pilot_error_code=1305) for p, a in keys[4:]]
+    )
+    assert sorted((r.panda_id, r.state) for r in journal.pending_reports()) == sorted(
+        (p, "failed") for p, _ in keys[3:]
+    )
+    before = client.calls.count("update_jobs")
+    fresh.flush()
+    assert client.calls.count("update_jobs") == before + 1
+    assert all(journal.final_sent_count(*k) == 1 for k in keys)  # exactly one acked final each
+    assert fresh.pending() == 0 and journal.pending_reports() == []
+    journal.close()
