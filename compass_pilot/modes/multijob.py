@@ -712,9 +712,12 @@ class MultiJobDaemon:
 
     def _report_now(self) -> None:
         """Make the settled jobs durable, clean their work dirs and report everything pending in one request."""
+        began = time.monotonic()
         self.journal.checkpoint()  # a final is in the journal before PanDA hears of it
+        committed = time.monotonic()
         self._clean_settled()
         self.act_on_commands(self.updater.flush())
+        log.debug("reported: commit %.3f s, request %.3f s", committed - began, time.monotonic() - committed)
 
     def _clean_settled(self) -> None:
         """Hand finished jobs' work dirs to the cleaner (only after the commit that holds their finals)."""
@@ -840,7 +843,9 @@ class MultiJobDaemon:
         ready: list[tuple[JobEntry, tuple[Any, PilotError | None]]] = []
 
         def settle_ready() -> None:
+            began = time.monotonic()
             failed = burst.sync() if burst is not None else {}
+            log.debug("%s: %d job(s) out, synced in %.3f s", state.sub_id, len(ready), time.monotonic() - began)
             self._finals_batch = []
             try:
                 for entry, outcome in ready:
