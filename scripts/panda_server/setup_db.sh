@@ -22,9 +22,7 @@ chown postgres "$db"
 if [ ! -f "$db/pgdata/PG_VERSION" ]; then
   runuser -u postgres -- "$bin/initdb" -A trust -U postgres -D "$db/pgdata" >/dev/null
 fi
-runuser -u postgres -- "$bin/pg_ctl" -D "$db/pgdata" status >/dev/null ||
-  runuser -u postgres -- "$bin/pg_ctl" -w -l "$db/postgres.log" -D "$db/pgdata" \
-  -o "-p $port -c listen_addresses=127.0.0.1 -k $db -c shared_preload_libraries=pg_cron,pg_partman_bgw -c cron.database_name=postgres" start
+"$(dirname "$0")/start_db.sh" "$state" "$port"
 psql=(psql -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1 -q)
 lenient=(psql -h 127.0.0.1 -p "$port" -U postgres -q)  # the component files load as upstream does: errors logged, not fatal
 if "${psql[@]}" -d panda_db -tc "SELECT 1 FROM doma_panda.pandadb_version" >/dev/null 2>&1; then
