@@ -376,7 +376,7 @@ class ProcTree:
                 k = "mpiexec"
             elif p.comm == "node-keeper":  # hpc.keeper: the agent's forked parent, same argv
                 k = "node keepers"
-            elif prog.startswith("python") and "hpc.node_agent" in argv:
+            elif prog.startswith("python") and "hpc.node_agent" in text:  # -m, or hpc.launch's -c bootstrap
                 k = "node agents"
             elif len(argv) > 3 and argv[3] == "payload-wrapper":
                 k = "payload wrappers"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import math
 import socket
-import sys
 from typing import Any
 
 from harvester_plugins import saga_backend
@@ -79,6 +78,7 @@ class SagaSubmitter(PluginBase):
 
     def _body(self, workspec: Any, url: str, params: dict[str, Any], access_point: str) -> str:
         from hpc.batch import render_script
+        from hpc.launch import agent_command
         from hpc.packing import Submission
 
         sub = Submission(
@@ -89,11 +89,9 @@ class SagaSubmitter(PluginBase):
             jobs=(),
             placements=(),
         )
-        agent_cmd = [self.python or sys.executable, "-m", "hpc.node_agent", "--jobset"]
-        agent_cmd.append(str(params.get("jobset") or f"{access_point}/jobset.json"))
         fake = bool(params.get("fakeNodes", self.fakeNodes))
-        if fake:
-            agent_cmd.append("--fake-nodes")
+        jobset = str(params.get("jobset") or f"{access_point}/jobset.json")
+        agent_cmd = agent_command(jobset, fake_nodes=fake, python=self.python)
         return render_script(
             sub,
             launcher=str(params.get("launcher") or self.launcher),

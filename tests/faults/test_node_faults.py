@@ -31,7 +31,7 @@ def _agents(shared: str) -> dict[str, psutil.Process]:
     matching = {}
     for proc in psutil.process_iter(["cmdline", "environ", "ppid"]):
         cmd = proc.info["cmdline"] or []
-        if "hpc.node_agent" in cmd and shared in " ".join(cmd) and proc.info["environ"]:
+        if "hpc.node_agent" in " ".join(cmd) and shared in " ".join(cmd) and proc.info["environ"]:
             matching[proc.pid] = proc
     return {
         proc.info["environ"].get("PMI_RANK", "?"): proc for proc in matching.values() if proc.info["ppid"] in matching

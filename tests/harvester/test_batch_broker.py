@@ -48,7 +48,7 @@ def test_fork_submission_through_the_broker(tmp_path: Path) -> None:
         assert backend.broker_pid not in (None, os.getpid())
         batch_id = backend.submit(sub, subdir, subdir / "missing-jobset.json")
         body = (subdir / "worker.sh").read_text()  # written by the broker's SagaSubmitter
-        assert "-m hpc.node_agent --jobset" in body and "missing-jobset.json" in body
+        assert "hpc.node_agent" in body and "--jobset" in body and "missing-jobset.json" in body
         assert _wait_ended(backend, batch_id, subdir) == "failed"  # no job set: a failed worker
         assert backend.ended(subdir)  # the wrapper's exit marker, read here without the broker
         backend.kill(batch_id, subdir)  # killing an ended job is fine

@@ -30,7 +30,7 @@ def test_submit_renders_node_agent_and_reports_failure_of_missing_jobset(tmp_pat
     batch_id = backend.submit(sub, subdir, subdir / "missing-jobset.json")
     assert batch_id
     body = (subdir / "worker.sh").read_text()
-    assert "-m hpc.node_agent --jobset" in body and "missing-jobset.json" in body and "mpiexec" in body
+    assert "hpc.node_agent" in body and "--jobset" in body and "missing-jobset.json" in body and "mpiexec" in body
 
     deadline = time.monotonic() + 30
     status = backend.status(batch_id, subdir)

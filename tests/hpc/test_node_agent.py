@@ -400,6 +400,27 @@ def test_mpi_payloads_inherit_no_descriptor_of_the_launcher(mpiexec: str, tmp_pa
         assert (tmp_path / f"PandaJob_{pid}_1" / "payload.stdout").read_text().splitlines()[0] == "0 1 2 "
 
 
+def test_lean_agent_command_runs_without_site_or_the_submitters_environment(tmp_path: Path) -> None:
+    """hpc.launch's argv (-S -E, the import path on the command line) runs a real agent from any
+    directory, with no PYTHONPATH, and gets this package and the third-party ones it may need."""
+    from hpc.launch import agent_command
+
+    jobset = _small_jobset(tmp_path, {1: OK})
+    argv = agent_command(str(jobset), fake_nodes=True)
+    assert argv[:3] == [sys.executable, "-S", "-E"] and "hpc.node_agent" in " ".join(argv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(PMI_RANK="0", PMI_SIZE="1", PYTHONPATH="/nonexistent", PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert {i: _code(r) for i, r in _results(tmp_path).items()} == {1: None}
+    check = "import sys;sys.path[:0]=sys.argv[1].split(':');import psutil;f=sys.flags;"
+    check += "print(f.no_site,f.ignore_environment)"
+    probe = [*argv[:3], "-c", check, argv[5]]  # the same flags and import path: a third-party package resolves
+    seen = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60)
+    assert seen.stdout.split() == ["1", "1"], seen.stderr
+    assert agent_command("j.json", python="/other/python")[:3] == ["/other/python", "-m", "hpc.node_agent"]
+
+
 def test_mpi_walltime_guard_ends_payloads_before_the_batch_limit(mpiexec: str, tmp_path: Path) -> None:
     jobset = _small_jobset(tmp_path, {1: "sleep 60", 2: "sleep 60"}, walltime=3)
     start = time.monotonic()

@@ -120,9 +120,9 @@ def test_killed_node_agent_loses_no_job(mom, mocker) -> None:
     while victim is None and time.time() < deadline:
         matching = {}
         for proc in psutil.process_iter(["cmdline", "environ", "ppid"]):
-            cmd = proc.info["cmdline"] or []
+            cmd = " ".join(proc.info["cmdline"] or [])
             env = proc.info["environ"] or {}
-            if "hpc.node_agent" in cmd and env.get("PMI_RANK") == "1" and site.hpc.shared_dir in " ".join(cmd):
+            if "hpc.node_agent" in cmd and env.get("PMI_RANK") == "1" and site.hpc.shared_dir in cmd:
                 matching[proc.pid] = proc
         # the agent, not its keeper: the keeper is the agent's parent with the same argv
         victim = next((p for p in matching.values() if p.info["ppid"] in matching), None)
