@@ -32,6 +32,7 @@ class ExitCode(enum.IntEnum):
     BLACK_HOLE = 27  # consecutive submissions failed: the daemon stopped fetching (circuit breaker open)
     REPORTS_OWED = 28  # final states not yet acknowledged by the server (kept in the journal for the next run)
     UNHEALTHY = 29  # ``status``: the daemon is not running, its state is stale, or its circuit breaker is open
+    BATCH_UNREACHABLE = 30  # the batch system did not answer its probe (controller / server down): no job was taken
     MISSING_DEPENDENCY = 31  # an optional Python module is not installed (the line names the pip extra)
     INTERRUPTED_SIGINT = 128 + signal.SIGINT  # 130
     INTERRUPTED_SIGTERM = 128 + signal.SIGTERM  # 143
@@ -55,6 +56,7 @@ _MEANINGS: dict[ExitCode, str] = {
     ExitCode.BLACK_HOLE: "submissions kept failing: circuit breaker open, fetching stopped",
     ExitCode.REPORTS_OWED: "final states not acknowledged yet (kept for the next run)",
     ExitCode.UNHEALTHY: "status: daemon dead, stale or unhealthy",
+    ExitCode.BATCH_UNREACHABLE: "the batch system did not answer (controller or server down): no job taken",
     ExitCode.MISSING_DEPENDENCY: "an optional Python module is missing (the message names the pip extra)",
     ExitCode.INTERRUPTED_SIGINT: "interrupted by SIGINT",
     ExitCode.INTERRUPTED_SIGTERM: "interrupted by SIGTERM",

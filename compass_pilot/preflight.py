@@ -4,9 +4,17 @@ A job taken from PanDA by a pilot that cannot run it is a job failed for nothing
 daemon that keeps asking drains a whole task into failures (PanDA's "black hole").  So
 before any getJob the pilot proves it could carry a job to its end:
 
-* the batch adaptor imports (radical.saga) and its job service opens (daemon only);
-* the submit command of the URL's scheme is on PATH when the batch system is local
-  (``qsub`` for ``pbspro://`` / ``torque://``, ``sbatch`` for ``slurm://``);
+* the batch system answers (daemon only): :func:`probe_batch` asks it natively, in a few
+  milliseconds — ``squeue`` reaches slurmctld, ``qstat -Q`` the PBS / Torque server,
+  ``condor_q -totals`` the schedd; ``fork://`` needs only ``/bin/sh`` — after checking
+  that radical.saga is installed and the scheme's submit command is on PATH.  That probe
+  is what gates the daemon's first getJob.  radical.saga's job service (a PTY shell
+  probing the batch tools: 1-2 s) opens meanwhile in the batch broker, and the first
+  submission waits for it there; if it then fails to open, that is a *temporary*
+  submission error (the jobs are kept, retried with backoff, heartbeats go on — see
+  ``multijob._submit_failed``).  Over ``+ssh`` / ``+gsissh`` tunnels (or to another
+  host) there is nothing local to ask: the full :func:`check_batch` (the job service
+  opens) still gates the fetch;
 * the work directory is writable (a file written, fsynced and removed) and has room;
 * the X509 proxy, when one is configured, lives longer than the jobs may need
   (``credentials.check_proxy``: a warning under ``panda.proxy_warn_hours``).
@@ -20,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +42,17 @@ log = logging.getLogger(__name__)
 
 #: Submit command a local batch system of each radical.saga scheme needs.
 SUBMIT_COMMANDS = {"pbspro": "qsub", "torque": "qsub", "slurm": "sbatch", "condor": "condor_submit"}
+
+#: Native command that proves the batch system of each scheme answers (fork: none needed).
+#: Each reaches the server / controller, asks for little and fails with a non-zero exit
+#: when it is down.  ``qstat -Q`` (queue list) and not ``qstat -B``: Slurm's Torque
+#: wrappers (slurm-wlm-torque) refuse ``-B`` without a server name.
+PROBE_COMMANDS: dict[str, list[str]] = {
+    "slurm": ["squeue", "--noheader", "--format=%i", "--user={uid}"],
+    "pbspro": ["qstat", "-Q"],
+    "torque": ["qstat", "-Q"],
+    "condor": ["condor_q", "-totals"],
+}
 
 #: Before getJob a grid pilot does not know its job's walltime: its proxy must last this long at least.
 GRID_MIN_PROXY_SECONDS = 2 * 3600
@@ -52,14 +72,90 @@ def check_batch(site: SiteConfig, *, timeout: float | None = None) -> None:
     try:
         import radical.saga  # noqa: F401
     except ImportError as exc:
-        raise PreflightError(
-            f"batch adaptor radical.saga cannot be imported ({exc}): pip install 'compass-pilot[saga]'",
-            ExitCode.MISSING_DEPENDENCY,
-        ) from None
+        raise _adaptor_missing(exc) from None
     from harvester_plugins import saga_backend
 
+    _check_commands(url)
+    limit = site.hpc.batch_timeout if timeout is None else timeout
+    _within(limit, f"opening job service {url}", lambda: saga_backend.get_service(url))
+
+
+def probe_batch(site: SiteConfig, *, timeout: float | None = None) -> bool:
+    """The fast gate of a daemon's getJob: the batch system answers a native query.
+
+    True when the probe passed; False when it cannot judge from here (a tunnelled or
+    remote URL: the caller runs the full :func:`check_batch` instead).  Raises
+    PreflightError: radical.saga not installed (MISSING_DEPENDENCY), a submit or query
+    command missing (PREFLIGHT_FAILED), the batch system not answering within
+    ``timeout`` (default ``hpc.batch_timeout``) or answering with an error
+    (BATCH_UNREACHABLE).  radical.saga itself is not imported: the daemon never loads it.
+    """
+    url = site.hpc.batch_url
     try:
-        saga_backend.batch_kind(url)
+        from importlib.util import find_spec
+
+        found = find_spec("radical.saga") is not None
+    except (ImportError, ValueError) as exc:  # ValueError: a module in sys.modules without a spec
+        raise _adaptor_missing(exc) from None
+    if not found:
+        raise _adaptor_missing(ModuleNotFoundError("No module named 'radical.saga'"))
+    scheme, local = _check_commands(url)
+    if not local:
+        return False
+    if scheme == "fork":
+        if not os.access("/bin/sh", os.X_OK):  # the fork adaptor's shell (and every job's)
+            raise PreflightError(f"batch_url {url}: /bin/sh is not executable")
+        return True
+    template = PROBE_COMMANDS.get(scheme)
+    if template is None:
+        return False
+    argv = [part.format(uid=os.getuid()) for part in template]
+    if shutil.which(argv[0]) is None:
+        raise PreflightError(f"batch_url {url}: query command {argv[0]!r} not found on PATH")
+    _ask(argv, site.hpc.batch_timeout if timeout is None else timeout, url)
+    return True
+
+
+def _ask(argv: list[str], timeout: float, url: str) -> None:
+    """Run ``argv`` (no shell, no stdin, bounded); PreflightError BATCH_UNREACHABLE unless it exits 0."""
+    what = " ".join(argv[:2])
+    try:
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False, close_fds=True
+        )
+    except subprocess.TimeoutExpired:
+        raise PreflightError(
+            f"batch system {url} did not answer: {what} gave nothing within {timeout:.0f} s",
+            ExitCode.BATCH_UNREACHABLE,
+        ) from None
+    except OSError as exc:
+        raise PreflightError(f"batch system {url}: cannot run {argv[0]}: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        said = " ".join(done.stderr.decode(errors="replace").split()) or " ".join(
+            done.stdout.decode(errors="replace").split()
+        )
+        raise PreflightError(
+            f"batch system {url} did not answer: {what} exited {done.returncode}: {said[:200] or 'no message'}",
+            ExitCode.BATCH_UNREACHABLE,
+        )
+
+
+def _adaptor_missing(exc: BaseException) -> PreflightError:
+    return PreflightError(
+        f"batch adaptor radical.saga cannot be imported ({exc}): pip install 'compass-pilot[saga]'",
+        ExitCode.MISSING_DEPENDENCY,
+    )
+
+
+def _check_commands(url: str) -> tuple[str, bool]:
+    """The URL's scheme is known and, for a local batch system, its submit command is on PATH.
+
+    Returns (scheme, local); local is False for a tunnel (``+ssh``) or another host.
+    """
+    from harvester_plugins.saga_backend import batch_kind
+
+    try:
+        batch_kind(url)
     except ValueError as exc:
         raise PreflightError(str(exc)) from None
     parts = urlsplit(url)
@@ -68,8 +164,7 @@ def check_batch(site: SiteConfig, *, timeout: float | None = None) -> None:
     local = not tunnel and (parts.hostname or "localhost") in ("localhost", "127.0.0.1", "")
     if command and local and shutil.which(command) is None:
         raise PreflightError(f"batch_url {url}: submit command {command!r} not found on PATH")
-    limit = site.hpc.batch_timeout if timeout is None else timeout
-    _within(limit, f"opening job service {url}", lambda: saga_backend.get_service(url))
+    return scheme, local
 
 
 def check_workdir(path: str | os.PathLike[str], min_free_mb: int) -> None:

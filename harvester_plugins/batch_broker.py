@@ -72,6 +72,7 @@ class _Child:
         self.proc = proc
         self.config = config  # the site config it was started with (repr)
         self.buffer = bytearray()
+        self.opening: dict[int, float] = {}  # id of an "open" sent ahead → monotonic time it must be done by
 
     @property
     def pid(self) -> int:
@@ -138,9 +139,51 @@ class BrokerBatchBackend:
         self._finalizer: Any = None
         self._seq = 0
         self._unsure: set[str] = set()  # subdirs whose submission answer was lost
+        self._opened_ahead = False  # probe() asked the broker to open the job service already
         self.starts = 0  # brokers started (a restart after a death counts)
 
     # -- the protocol ----------------------------------------------------------------------
+    def probe(self) -> None:
+        """The fast gate of the daemon's getJob; the job service opens in the broker meanwhile.
+
+        The batch system is asked natively from here (:func:`compass_pilot.preflight.probe_batch`:
+        ``squeue``, ``qstat -Q``, … milliseconds) while the broker starts and opens
+        radical.saga's job service (1-2 s) on a thread of its own.  The first submission
+        waits for that open in the broker (it serves one request at a time); an open that
+        fails there is a temporary submission error, retried — the jobs are kept.  For a
+        URL the probe cannot judge (``+ssh`` / ``+gsissh``, another host) the full
+        :meth:`preflight` runs instead.  Raises PreflightError.
+        """
+        from compass_pilot.preflight import probe_batch
+
+        if self._opened_ahead:
+            judged = probe_batch(self.site)
+        else:
+            self._opened_ahead = True
+            ahead = threading.Thread(target=self._open_ahead, name="broker-open", daemon=True)
+            ahead.start()
+            try:
+                judged = probe_batch(self.site)
+            except BaseException:
+                ahead.join()  # a daemon that stops here must not leave a half-started broker behind
+                raise
+        if not judged:
+            self.preflight()
+
+    def _open_ahead(self) -> None:
+        """Start the broker and ask it to open the job service; the answer is not waited for."""
+        url = self.site.hpc.batch_url
+        if "+" in url.split("://", 1)[0]:
+            return  # a tunnel: the full preflight opens it, on the caller's thread
+        try:
+            with self._lock:
+                child = self._live_child()
+                self._seq += 1
+                child.send({"op": "open", "id": self._seq, "args": {}})
+                child.opening[self._seq] = time.monotonic() + self.site.hpc.batch_timeout + ANSWER_GRACE
+        except Exception as exc:  # the first submission starts it again and says why
+            log.warning("batch broker: cannot open the job service ahead of the first submission: %s", exc)
+
     def preflight(self) -> None:
         """The broker's PluginBatchBackend.preflight (adaptor, submit command, job service).
 
@@ -257,22 +300,29 @@ class BrokerBatchBackend:
             return child.proc.returncode
         return child.kill()
 
+    def _live_child(self) -> _Child:
+        """(with ``_lock`` held) the running broker, started (again) when there is none."""
+        child = self._child
+        if child is not None and child.proc.poll() is not None:
+            log.warning("batch broker (pid %d) died (exit %s): starting another", child.pid, child.proc.returncode)
+            self._drop(child)
+            child = None
+        if child is not None and child.config != repr(self.site):
+            # the broker was started with the site as it was (in-process callers may change it): a fresh one
+            log.info("site config changed: restarting the batch broker (pid %d)", child.pid)
+            self._drop(child, graceful=True)
+            child = None
+        if child is None:
+            child = self._child = self._start()
+        return child
+
     def _call(self, op: str, args: dict[str, Any], *, extra: float = 0.0) -> Any:
         with self._lock:
-            child = self._child
-            if child is not None and child.proc.poll() is not None:
-                log.warning("batch broker (pid %d) died (exit %s): starting another", child.pid, child.proc.returncode)
-                self._drop(child)
-                child = None
-            if child is not None and child.config != repr(self.site):
-                # the broker was started with the site as it was (in-process callers may change it): a fresh one
-                log.info("site config changed: restarting the batch broker (pid %d)", child.pid)
-                self._drop(child, graceful=True)
-                child = None
-            if child is None:
-                child = self._child = self._start()
+            child = self._live_child()
             self._seq += 1
-            deadline = time.monotonic() + self.site.hpc.batch_timeout + ANSWER_GRACE + extra
+            # an open sent ahead (probe) is served first: this answer may wait for it too
+            ahead = max(child.opening.values(), default=0.0) - time.monotonic()
+            deadline = time.monotonic() + self.site.hpc.batch_timeout + ANSWER_GRACE + extra + max(0.0, ahead)
             try:
                 child.send({"op": op, "id": self._seq, "args": args})
             except OSError:
@@ -300,6 +350,15 @@ class BrokerBatchBackend:
                 level, name, text = message["log"]
                 logging.getLogger(str(name)).log(int(level), "[broker] %s", text)
                 continue
+            if message.get("id") in child.opening:  # the open sent ahead: its outcome is only logged
+                del child.opening[message["id"]]
+                if "error" in message:
+                    log.warning(
+                        "batch broker: opening the job service ahead failed (the submission opens it again): %s",
+                        message["error"].get("message", "?"),
+                    )
+                if message.get("id") != seq:
+                    continue
             if message.get("id") != seq:
                 continue  # a late answer to a request given up on (cannot happen: that broker was killed)
             if "error" in message:
@@ -360,6 +419,8 @@ class _JobRef:
 def _handle(backend: Any, op: str, args: dict[str, Any]) -> Any:
     if op == "preflight":
         return backend.preflight()
+    if op == "open":
+        return backend.open_service()
     if op == "submit":
         from hpc.packing import Submission
 

@@ -38,6 +38,31 @@ class PluginBatchBackend:
 
         check_batch(self.site)
 
+    def open_service(self) -> None:
+        """Open (and cache) the job service now, so the first submission finds it open.
+
+        Bounded by ``hpc.batch_timeout``; a failure is a temporary BatchError (the next
+        call opens it again).  Unlike :meth:`_bounded`, a timed-out open is not dropped:
+        its stuck thread holds the service cache's lock, and the next call's own bound
+        (then the broker's answer deadline in the daemon) handles what follows.
+        """
+        url = self.site.hpc.batch_url
+        outcome: dict[str, BaseException] = {}
+
+        def run() -> None:
+            try:
+                saga_backend.get_service(url)
+            except BaseException as exc:  # handed back to the caller's thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name="batch-open", daemon=True)
+        thread.start()
+        thread.join(self.site.hpc.batch_timeout)
+        if thread.is_alive():
+            raise saga_backend.BatchError(f"opening job service {url}: no answer in time", temporary=True)
+        if "error" in outcome:
+            raise outcome["error"]
+
     def _workspec(self, subdir: Path, batch_id: str = "") -> Any:
         workspec = WorkSpec()
         workspec.workerID = subdir.name

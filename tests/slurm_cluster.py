@@ -192,6 +192,12 @@ class SlurmCluster:
             check=False,
         )
 
+    def stop_controller(self) -> None:
+        """Stop slurmctld only (the nodes and munge stay): clients then get "Unable to contact slurm controller"."""
+        if self._ctld is not None:
+            self._terminate(self._ctld)
+            self._ctld = None
+
     def __enter__(self) -> SlurmCluster:
         self.start()
         return self

@@ -72,6 +72,8 @@ class BatchBackend(Protocol):
     def kill(self, batch_id: str, subdir: Path) -> None: ...
 
     # optional: def preflight(self) -> None — adaptor, submit command, job service; raises PreflightError
+    # optional: def probe(self) -> None — the fast gate used instead of preflight when present (the
+    #   batch system answers a native query; the job service opens meanwhile); raises PreflightError
     # optional: def ended(self, subdir: Path) -> bool — the batch job is over, known without asking it
 
 
@@ -121,20 +123,26 @@ class SubmissionState:
         return data
 
 
-class BackgroundPreflight:
-    """The backend's batch preflight, started before the rest of the daemon is up.
+def batch_check(backend: Any) -> Any:
+    """The backend's gate before a getJob: its fast ``probe`` when it has one, else ``preflight``; None if neither."""
+    return getattr(backend, "probe", None) or getattr(backend, "preflight", None)
 
-    Why: opening the batch system's job service (radical.saga's PTY shell, in the broker
-    child) takes a second or more, and the daemon's own start-up (PanDA client, journal,
-    recovery) a few tenths: side by side, the first getJob comes that much earlier.  Its
-    outcome is read by the daemon's first :meth:`MultiJobDaemon.preflight`; nothing is
-    fetched before that, so a batch system that cannot be reached still costs no job.
+
+class BackgroundPreflight:
+    """The backend's batch check (:func:`batch_check`), started before the rest of the daemon is up.
+
+    Why: the daemon's own start-up (PanDA client, journal, recovery) takes a few tenths
+    of a second, and the check (a native query of the batch system; the broker's start
+    and radical.saga's job service open on a thread of their own) as long: side by side,
+    the first getJob comes that much earlier.  Its outcome is read by the daemon's first
+    :meth:`MultiJobDaemon.preflight`; nothing is fetched before that, so a batch system
+    that does not answer still costs no job.
     """
 
     def __init__(self, backend: Any) -> None:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        check = getattr(backend, "preflight", None)
+        check = batch_check(backend)
         if check is not None:
             self._thread = threading.Thread(target=self._run, args=(check,), name="preflight", daemon=True)
             self._thread.start()
@@ -1064,9 +1072,10 @@ class MultiJobDaemon:
     def preflight(self) -> bool:
         """Work dir, proxy and batch system checked before a getJob; False (and unhealthy) when not.
 
-        The batch part is the backend's own (``preflight()``, optional): it knows which
-        adaptor, command and job service it will use.  A failure is one line in the log
-        and in the daemon state file; the caller decides between exiting and re-checking.
+        The batch part is the backend's own (:func:`batch_check`: ``probe()`` or
+        ``preflight()``, optional): it knows which adaptor, command and job service it
+        will use.  A failure is one line in the log and in the daemon state file; the
+        caller decides between exiting and re-checking.
         """
         from compass_pilot.preflight import PreflightError, check_proxy, check_workdir, daemon_proxy_need
 
@@ -1074,7 +1083,7 @@ class MultiJobDaemon:
         try:
             check_workdir(self.site.hpc.shared_dir, self.site.site.min_free_mb)
             check_proxy(self.site, daemon_proxy_need(self.site))
-            backend_check = getattr(self.backend, "preflight", None)
+            backend_check = batch_check(self.backend)
             if early is not None:
                 early.result()
             elif backend_check is not None:

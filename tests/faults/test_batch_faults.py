@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from compass_pilot.exitcodes import ExitCode
-from tests.faults.conftest import Site, daemon_logs, record, start_daemon, submit_reco
+from tests.faults.conftest import Site, daemon_logs, record, start_daemon, submit_reco, wait_for
 
 
 def test_unreachable_batch_host_takes_no_job(site: Site) -> None:
@@ -69,3 +69,48 @@ def test_long_running_daemon_waits_for_its_batch_system(site: Site, monkeypatch)
     assert not thread.is_alive()
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
     assert record("batch system broken, then repaired (long-running)", site.dispatcher)[1:] == (0, 0)
+
+
+def test_slurm_controller_down_takes_no_job(site: Site, monkeypatch) -> None:
+    """The real Slurm, its slurmctld stopped: the daemon's probe (squeue) gets no answer, so no
+    getJob; the exit code says "batch system unreachable", apart from a broken installation."""
+    from compass_pilot.config import load_site_config
+    from compass_pilot.preflight import probe_batch
+    from tests.slurm_cluster import SlurmCluster
+
+    submit_reco(site.db, 4)
+    site.data["hpc"]["batch_url"] = "slurm://localhost"
+    with SlurmCluster(nodes=1, cpus=32, partitions=("long",)) as cluster:
+        for key, value in cluster.env.items():
+            monkeypatch.setenv(key, value)
+        assert probe_batch(load_site_config(site.write())) is True  # the controller answers
+        cluster.stop_controller()
+        daemon = start_daemon(site, "--once", env=cluster.env)
+        assert daemon.wait(90) == ExitCode.BATCH_UNREACHABLE
+    logs = daemon_logs(site)
+    assert "did not answer: squeue" in logs and "Unable to contact slurm controller" in logs
+    assert site.dispatcher.summary()["jobs_by_status"] == {"activated": 4}  # nothing taken
+    state = json.loads((Path(site.data["hpc"]["shared_dir"]) / "daemon_state.json").read_text())
+    assert state["healthy"] is False and state["fetch_requests"] == 0
+    assert record("broken batch system: slurmctld down (probe)", site.dispatcher)[1:] == (0, 0)
+
+
+def test_job_service_failing_to_open_after_the_probe_keeps_the_jobs(site: Site) -> None:
+    """The probe passed (fork: /bin/sh answers) and the jobs were fetched, but radical.saga's job
+    service cannot open (its shell, $SHELL, fails): a temporary submission error.  The jobs are
+    kept (not failed at once), the submission is retried, and once the shell works they run —
+    each with exactly one final."""
+    submit_reco(site.db, 4)
+    broken, flag = site.base / "flaky-shell", site.base / "shell-broken"
+    broken.write_text(f'#!/bin/sh\n[ -e {flag} ] && exit 1\nexec /bin/sh "$@"\n')
+    broken.chmod(0o755)
+    flag.touch()
+    site.data["hpc"].update({"submit_backoff": 1, "submit_backoff_max": 2, "breaker_threshold": 50})
+    daemon = start_daemon(site, "--once", env={"SHELL": str(broken)})
+    wait_for(lambda: daemon_logs(site).count("submission failed (temporary") >= 2, 90, "two failed submissions")
+    by_status = site.dispatcher.summary()["jobs_by_status"]
+    assert sum(by_status.values()) == 4 and not {"failed", "finished", "activated"} & set(by_status), by_status
+    flag.unlink()  # the shell works again
+    assert daemon.wait(120) == ExitCode.OK
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
+    assert record("job service fails to open after the probe passed", site.dispatcher)[1:] == (0, 0)

@@ -106,3 +106,34 @@ def test_errors_keep_their_types_across_the_pipe(tmp_path: Path) -> None:
 def test_bad_batch_url_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nosuch"):
         BrokerBatchBackend(_site(tmp_path, "nosuch://host"))
+
+
+def test_probe_opens_the_job_service_ahead_and_a_failed_open_is_a_temporary_submit_error(tmp_path: Path) -> None:
+    """The probe passes (fork: /bin/sh) while radical.saga's shell cannot start: the submission
+    that waits for the open fails *temporarily* (the daemon keeps its jobs), then succeeds."""
+    broken = tmp_path / "flaky-shell"  # radical.saga's fork adaptor runs $SHELL: broken while the flag exists
+    flag = tmp_path / "shell-broken"
+    broken.write_text(f'#!/bin/sh\n[ -e {flag} ] && exit 1\nexec /bin/sh "$@"\n')
+    broken.chmod(0o755)
+    flag.touch()
+    site = _site(tmp_path)
+    (sub,) = plan_submissions([JobSpec.from_panda(reco_job_dict(10))], site.hpc)
+    subdir = tmp_path / "sub-4"
+    backend = BrokerBatchBackend(site)
+    shell = os.environ.get("SHELL")
+    os.environ["SHELL"] = str(broken)  # the broker starts with the daemon's environment
+    try:
+        backend.probe()
+        with pytest.raises(BatchError) as caught:
+            backend.submit(sub, subdir, subdir / "missing-jobset.json")
+        assert caught.value.temporary and "job service" in str(caught.value)
+        flag.unlink()  # the shell works again: the retry opens the service
+        batch_id = backend.submit(sub, subdir, subdir / "missing-jobset.json")
+        assert _wait_ended(backend, batch_id, subdir) == "failed"  # no job set: a failed worker
+        assert backend.starts == 1  # the probe's broker served the submissions
+    finally:
+        if shell is None:
+            os.environ.pop("SHELL", None)
+        else:
+            os.environ["SHELL"] = shell
+        backend.close()

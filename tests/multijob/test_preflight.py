@@ -14,7 +14,9 @@ from cryptography.x509.oid import NameOID
 
 from compass_pilot.config import load_site_config
 from compass_pilot.exitcodes import ExitCode
-from compass_pilot.preflight import PreflightError, check_batch, check_daemon, check_grid, check_workdir
+from compass_pilot.preflight import PreflightError, check_batch, check_daemon, check_grid, check_workdir, probe_batch
+
+FAKEPBS = Path(__file__).resolve().parents[1] / "harvester" / "fakepbs"
 
 
 def _proxy(tmp_path: Path, hours: float) -> Path:
@@ -104,3 +106,49 @@ def test_proxy_under_the_warning_time_warns(site, tmp_path: Path, caplog: pytest
     site.panda.proxy_warn_hours = 48
     check_daemon(site)
     assert any("expires in" in r.message for r in caplog.records)
+
+
+# -- the fast probe that gates a daemon's getJob ----------------------------------------------
+def test_probe_of_fork_passes_without_opening_a_job_service(site) -> None:
+    from harvester_plugins import saga_backend
+
+    site.hpc.batch_url = "fork://localhost"
+    saga_backend.drop_service(site.hpc.batch_url)  # an earlier test's
+    assert probe_batch(site) is True
+    assert site.hpc.batch_url not in saga_backend.open_services()  # the probe asks the system, not radical.saga
+
+
+def test_probe_leaves_a_tunnel_to_the_full_check(site) -> None:
+    site.hpc.batch_url = "slurm+ssh://unreachable.invalid"
+    assert probe_batch(site) is False  # nothing local to ask: the caller opens the job service
+
+
+def test_probe_names_a_missing_submit_command(site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.hpc.batch_url = "slurm://localhost"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(PreflightError, match="'sbatch' not found on PATH") as err:
+        probe_batch(site)
+    assert err.value.exit_code == ExitCode.PREFLIGHT_FAILED
+
+
+def test_probe_without_the_adaptor(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "radical.saga", None)
+    with pytest.raises(PreflightError, match=r"radical\.saga") as err:
+        probe_batch(site)
+    assert err.value.exit_code == ExitCode.MISSING_DEPENDENCY
+
+
+def test_probe_of_a_pbs_server_up_then_down(site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PBS cannot run here: the fake commands answer ``qstat -Q`` as a server does, then as a down one."""
+    import os
+
+    state = tmp_path / "fakepbs"
+    state.mkdir()
+    monkeypatch.setenv("PATH", f"{FAKEPBS}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKEPBS_DIR", str(state))
+    site.hpc.batch_url = "pbspro://localhost"
+    assert probe_batch(site) is True
+    (state / "server_down").touch()
+    with pytest.raises(PreflightError, match=r"did not answer: qstat -Q exited 111: .*cannot connect") as err:
+        probe_batch(site)
+    assert err.value.exit_code == ExitCode.BATCH_UNREACHABLE and "\n" not in str(err.value)

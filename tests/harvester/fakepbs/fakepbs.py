@@ -10,7 +10,9 @@ stderr and exit 153; ``qdel ID`` kills the job's process group (exit_status 271)
 A submitted script really runs (in the background, under bash) so states move on.
 State lives in $FAKEPBS_DIR.  A file ``$FAKEPBS_DIR/reject_queue`` holding a queue name
 makes qsub refuse that queue as PBS does: ``qsub: Unknown queue`` and exit 170 (a file,
-because radical.saga's shell keeps the environment it was started with).
+because radical.saga's shell keeps the environment it was started with).  ``qstat -Q``
+lists one queue (the daemon's preflight probe); a file ``$FAKEPBS_DIR/server_down`` makes
+every command fail as a PBS client does when its server is down (exit 111).
 """
 
 import os
@@ -67,6 +69,11 @@ def qstat(args):
     if "--version" in args:
         print("pbs_version = 19.1.3")
         return 0
+    if args[:1] == ["-Q"]:
+        print("Queue              Max   Tot Ena Str   Que   Run   Hld   Wat   Trn   Ext Type")
+        print("---------------- ----- ----- --- --- ----- ----- ----- ----- ----- ----- ----")
+        print("workq                0     0 yes yes     0     0     0     0     0     0 Exec")
+        return 0
     job_id = args[-1]
     d = _job_dir(job_id)
     if not d.is_dir():
@@ -115,4 +122,7 @@ def pbsnodes(args):
 
 if __name__ == "__main__":
     tool = Path(sys.argv[1]).name
+    if (STATE / "server_down").exists():
+        print(f"Connection refused\n{tool}: cannot connect to server {SERVER} (errno=111)", file=sys.stderr)
+        sys.exit(111)
     sys.exit({"qsub": qsub, "qstat": qstat, "qdel": qdel, "pbsnodes": pbsnodes}[tool](sys.argv[2:]))
