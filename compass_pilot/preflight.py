@@ -91,13 +91,7 @@ def probe_batch(site: SiteConfig, *, timeout: float | None = None) -> bool:
     (BATCH_UNREACHABLE).  radical.saga itself is not imported: the daemon never loads it.
     """
     url = site.hpc.batch_url
-    try:
-        from importlib.util import find_spec
-
-        found = find_spec("radical.saga") is not None
-    except (ImportError, ValueError) as exc:  # ValueError: a module in sys.modules without a spec
-        raise _adaptor_missing(exc) from None
-    if not found:
+    if not _adaptor_installed():
         raise _adaptor_missing(ModuleNotFoundError("No module named 'radical.saga'"))
     scheme, local = _check_commands(url)
     if not local:
@@ -138,6 +132,19 @@ def _ask(argv: list[str], timeout: float, url: str) -> None:
             f"batch system {url} did not answer: {what} exited {done.returncode}: {said[:200] or 'no message'}",
             ExitCode.BATCH_UNREACHABLE,
         )
+
+
+def _adaptor_installed() -> bool:
+    """radical.saga can be imported — found on sys.path WITHOUT importing it (nor the ``radical``
+    namespace: the daemon keeps radical.* out of its memory; the broker imports it)."""
+    import sys
+    from importlib.machinery import PathFinder
+
+    if "radical.saga" in sys.modules:
+        return sys.modules["radical.saga"] is not None  # None: imports of it are blocked
+    radical = PathFinder.find_spec("radical")
+    locations = radical.submodule_search_locations if radical is not None else None
+    return bool(locations) and PathFinder.find_spec("saga", list(locations or ())) is not None
 
 
 def _adaptor_missing(exc: BaseException) -> PreflightError:
