@@ -14,7 +14,7 @@ from typing import Any
 
 from compass_pilot.config import load_site_config
 from compass_pilot.exitcodes import ExitCode, for_job_outcomes
-from compass_pilot.modes.multijob import BackgroundPreflight, MultiJobDaemon, make_backend
+from compass_pilot.modes.batchgate import BackgroundPreflight, make_backend
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -23,7 +23,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     decline_charset_guessers()  # before requests is imported: 3.4 MiB of the daemon's RSS it never uses
     site = load_site_config(args.site)
     backend = make_backend(site)
-    early = BackgroundPreflight(backend)  # the batch system is checked while the rest starts up
+    # first the batch system: its probe, the broker's start and its job service's opening run
+    # while the daemon's own modules are imported (they are not needed before)
+    early = BackgroundPreflight(backend)
+    from compass_pilot.modes.multijob import MultiJobDaemon
     from compass_pilot.panda.client import PandaClient, make_pilot_id
 
     client = PandaClient(site.panda, site.site, pilot_id=make_pilot_id("daemon"))

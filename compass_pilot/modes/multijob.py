@@ -48,6 +48,7 @@ from compass_pilot.filemodes import check_own_dir
 from compass_pilot.job import JobReport, JobSpec, failed_report, panda_id_of, utc_timestamp
 from compass_pilot.journal import Journal
 from compass_pilot.modes import wakeups
+from compass_pilot.modes.batchgate import BackgroundPreflight, batch_check, make_backend  # noqa: F401 (re-exported)
 from compass_pilot.progress import DaemonProgress
 from harvester_plugins import jobfiles
 from harvester_plugins.jobfiles import JobOutcome
@@ -121,44 +122,6 @@ class SubmissionState:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["jobs"] = {key: {name: getattr(e, name) for name in JobEntry.__slots__} for key, e in self.jobs.items()}
         return data
-
-
-def batch_check(backend: Any) -> Any:
-    """The backend's gate before a getJob: its fast ``probe`` when it has one, else ``preflight``; None if neither."""
-    return getattr(backend, "probe", None) or getattr(backend, "preflight", None)
-
-
-class BackgroundPreflight:
-    """The backend's batch check (:func:`batch_check`), started before the rest of the daemon is up.
-
-    Why: the daemon's own start-up (PanDA client, journal, recovery) takes a few tenths
-    of a second, and the check (a native query of the batch system; the broker's start
-    and radical.saga's job service open on a thread of their own) as long: side by side,
-    the first getJob comes that much earlier.  Its outcome is read by the daemon's first
-    :meth:`MultiJobDaemon.preflight`; nothing is fetched before that, so a batch system
-    that does not answer still costs no job.
-    """
-
-    def __init__(self, backend: Any) -> None:
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        check = batch_check(backend)
-        if check is not None:
-            self._thread = threading.Thread(target=self._run, args=(check,), name="preflight", daemon=True)
-            self._thread.start()
-
-    def _run(self, check: Any) -> None:
-        try:
-            check()
-        except BaseException as exc:  # handed to the daemon's thread by result()
-            self._error = exc
-
-    def result(self) -> None:
-        """Wait for the check (the backend bounds it); raise what it raised."""
-        if self._thread is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 class MultiJobDaemon:
@@ -1277,18 +1240,6 @@ def _with_workdir(site: SiteConfig, workdir: str) -> SiteConfig:
     clone = copy.deepcopy(site)
     clone.site.workdir = workdir
     return clone
-
-
-# -- CLI -------------------------------------------------------------------------------------
-def make_backend(site: SiteConfig) -> BatchBackend:
-    """The batch backend: the Harvester plugins (radical.saga) in a broker child process.
-
-    radical.saga never enters the daemon's own memory (~30 MB, its monitor threads and
-    shells live in the broker); see :mod:`harvester_plugins.batch_broker`.
-    """
-    from harvester_plugins.batch_broker import BrokerBatchBackend
-
-    return BrokerBatchBackend(site)
 
 
 def _marker_host(marker: Path) -> str:
