@@ -12,6 +12,10 @@ id), ``updater-after-ack`` (the server acknowledged a final, the journal has not
 committed the ack), ``grid-after-payload-start`` (the payload runs, its pid is not in
 the journal), ``broker-after-submit`` (in the batch broker child: the batch job exists,
 the daemon has not heard its id).
+
+:func:`bug_point` is the other kind of death: an unhandled exception (a bug), which runs
+``finally`` blocks and exits with status 1 instead of a signal.  Point:
+``agent-after-start`` (a node agent, right after it started its payloads).
 """
 
 from __future__ import annotations
@@ -30,3 +34,14 @@ def crash_point(name: str) -> None:
     if os.environ.get(ENV) == name:
         log.critical("fault point %s armed: killing this process", name)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InjectedBug(RuntimeError):
+    """The exception an armed :func:`bug_point` raises: a bug, as far as the process knows."""
+
+
+def bug_point(name: str) -> None:
+    """Raise :class:`InjectedBug` here when the test armed this point (``COMPASS_FAULT_POINT``)."""
+    if os.environ.get(ENV) == name:
+        log.critical("fault point %s armed: raising an unhandled exception", name)
+        raise InjectedBug(f"fault point {name}")

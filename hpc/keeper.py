@@ -14,10 +14,12 @@ before any thread exists, so ``fork`` is safe) the agent's process forks:
   so the launcher's signals reach it; it forwards them to the agent.
 - the child is the agent, exactly as before.
 
-When the agent exits by itself, the keeper exits with the agent's exit code at once.
-When the agent is killed by a signal, the keeper calls ``takeover`` (the node agent's
-code: adopt the payloads still running, wait for them, write their outcomes, exit with
-the agent's exit-code rules).  The keeper's command name (``comm``) is set to
+When the agent exits by itself with 0 (every outcome written), the keeper exits 0 at
+once.  When the agent is killed by a signal, or exits with an error while processes it
+left are still the keeper's children (an unhandled exception ends the agent but not its
+payloads, which run in sessions of their own), the keeper calls ``takeover`` (the node
+agent's code: adopt the payloads still running, wait for them, write the outcomes still
+missing, exit with the agent's exit-code rules).  The keeper's command name (``comm``) is set to
 ``node-keeper`` so ``top`` / ``ps -o comm`` tell the two apart; its argv stays the same.
 
 Where ``prctl`` is unavailable (not Linux) there is no keeper: the agent runs alone,
@@ -38,9 +40,10 @@ PR_SET_CHILD_SUBREAPER = 36
 #: what the launcher may send that the agent must see
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
-#: ``takeover(info, signum, terminated)``: the agent died of ``signum``; ``info`` is what it
-#: told the keeper (None if it died before); ``terminated`` is True when a signal to end
-#: everything arrived.  Returns the keeper's exit code.
+#: ``takeover(info, status, terminated)``: the agent ended with ``status`` (as
+#: ``os.waitstatus_to_exitcode``: -N killed by signal N, N > 0 its own exit code);
+#: ``info`` is what it told the keeper (None if it died before); ``terminated`` is True
+#: when a signal to end everything arrived.  Returns the keeper's exit code.
 Takeover = Callable[[str | None, int, bool], int]
 
 
@@ -114,10 +117,10 @@ def _keep(child: int, rfd: int, takeover: Takeover) -> int:
     for signum in FORWARDED:
         signal.signal(signum, signal.SIG_DFL)
     code = os.waitstatus_to_exitcode(status)
-    if code >= 0:  # the agent ended by itself: its exit code is the rank's
+    if code == 0 or (code > 0 and not leftover_children()):  # the agent ended by itself: its code is the rank's
         return code
     info = _read_all(rfd).strip() or None
-    return takeover(info, -code, terminated)
+    return takeover(info, code, terminated)
 
 
 def _read_all(fd: int) -> str:

@@ -66,6 +66,7 @@ from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, ex
 from compass_pilot.errors import ErrorCode, PilotError, error_message
 from compass_pilot.exitcodes import ExitCode
 from compass_pilot.experiment import compass
+from compass_pilot.faults import bug_point
 from compass_pilot.job import JobSpec, new_guid
 from compass_pilot.payload import PayloadProcess, PayloadResult
 from compass_pilot.reaper import PayloadReaper
@@ -168,6 +169,7 @@ class NodeRun:
         self.terminate_at = terminate_at  # time.monotonic() of the walltime guard; None = only SIGTERM
         self.host = socket.gethostname()
         self.procs: dict[int, PayloadProcess] = {}
+        self.left_running = False  # run() failed with payloads still running (the keeper's to finish)
         self.results: dict[int, JobOutcome] = {}
         self.done_before: set[int] = set()  # jobs that had their outcome before this run (not run again)
         self._lock = threading.Lock()
@@ -334,12 +336,20 @@ class NodeRun:
             reaper = PayloadReaper()
             try:
                 running = self._start_all(todo, calib_env, reaper)
+                bug_point("agent-after-start")  # fault suite: a bug ends the agent, not its payloads
                 self._loop(reaper, running)
+            except BaseException:
+                # a bug ends this process, not the payloads (own sessions): the keeper adopts
+                # them, and they still need their calibration DB and node dir
+                self.left_running = any(not proc.done.is_set() for proc in self.procs.values())
+                raise
             finally:
                 reaper.close()
             return self.results
         finally:
-            if db is not None:
+            if db is not None and self.left_running:
+                log.error("node %d: the agent fails with payloads running: their calibration DB is left up", self.node)
+            elif db is not None:
                 try:
                     db.stop()
                 except Exception as exc:
@@ -611,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         # first, while this process has no thread: fork is safe
         from hpc.keeper import fork_keeper
 
-        tell = fork_keeper(lambda info, signum, terminated: _take_over(args, started, info, signum, terminated))
+        tell = fork_keeper(lambda info, status, terminated: _take_over(args, started, info, status, terminated))
 
     _close_inherited_on_exec()
     rank, size = _rank_and_size()
@@ -646,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run.run()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if node_dir is not None:
+        if node_dir is not None and not run.left_running:
             import shutil
 
             shutil.rmtree(node_dir, ignore_errors=True)
@@ -671,8 +681,9 @@ def _node_run(jobset: JobSet, node: int, args: Any, started: float, node_dir: Pa
     )
 
 
-def _take_over(args: Any, started: float, info: str | None, signum: int, terminated: bool) -> int:
-    """The keeper's part when the agent died of ``signum``: finish its node's jobs truthfully.
+def _take_over(args: Any, started: float, info: str | None, status: int, terminated: bool) -> int:
+    """The keeper's part when the agent died (``status``: -N signal N, N > 0 an error exit
+    that left payloads running): finish its node's jobs truthfully.
 
     The payloads still running are now the keeper's children (it is their subreaper):
     it waits for them and judges them exactly as the agent would have; a job whose
@@ -680,11 +691,13 @@ def _take_over(args: Any, started: float, info: str | None, signum: int, termina
     """
     from hpc import keeper
 
+    signum = -status if status < 0 else 0
+    how = f"signal {signum}" if signum else f"exit {status}"
     try:
         rank, size = (int(word) for word in (info or "").split())
     except ValueError:
         _setup_logging("?", "node_keeper")
-        log.error("the node agent died (signal %d) before it knew its node: its jobs are left to the daemon", signum)
+        log.error("the node agent died (%s) before it knew its node: its jobs are left to the daemon", how)
         return ExitCode.FAILURE
     _setup_logging(rank, "node_keeper")
     try:
@@ -704,9 +717,9 @@ def _take_over(args: Any, started: float, info: str | None, signum: int, termina
         except (OSError, ValueError):
             continue
     log.error(
-        "node %d: the node agent died (signal %d): the keeper waits for its %d running payload(s)",
+        "node %d: the node agent died (%s): the keeper waits for its %d running payload(s)",
         rank,
-        signum,
+        how,
         len(adopted),
     )
     signal.signal(signal.SIGTERM, lambda s, f: run.terminate())
@@ -718,7 +731,7 @@ def _take_over(args: Any, started: float, info: str | None, signum: int, termina
         ending = terminated or signum == signal.SIGTERM
         results = run.resume(
             adopted,
-            f"the node agent died (signal {signum}): the payload's exit status is lost",
+            f"the node agent died ({how}): the payload's exit status is lost",
             ErrorCode.BATCH_TIME_LIMIT if ending else ErrorCode.LOST_CONTACT,
         )
     finally:

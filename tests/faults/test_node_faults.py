@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
+from compass_pilot import faults
 from compass_pilot.config import load_site_config
 from compass_pilot.errors import ErrorCode
 from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
@@ -51,6 +53,20 @@ def test_one_node_agent_killed(site: Site, monkeypatch) -> None:
     assert not thread.is_alive()
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
     assert record("one node agent kill -9 (of 2)", site.dispatcher)[1:] == (0, 0)
+
+
+def test_node_agent_bug_leaves_its_payloads_to_the_keeper(site: Site, monkeypatch) -> None:
+    """An unhandled exception in the agent (exit 1, not a signal) while its payloads run:
+    the keeper sees its payloads still there, adopts them and writes their real outcomes
+    (before: it exited with the agent, the payloads ran on unwatched, the jobs failed)."""
+    monkeypatch.setenv(faults.ENV, "agent-after-start")  # inherited by the batch job's agents
+    _, thread = _start(site, monkeypatch, 8, extra_pars="--event-time 0.1")
+    thread.join(180)
+    assert not thread.is_alive()
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
+    logs = "".join(p.read_text(errors="replace") for p in Path(site.data["hpc"]["shared_dir"]).rglob("batch.err"))
+    assert "InjectedBug" in logs and "the node agent died (exit 1)" in logs
+    assert record("node agent unhandled exception (both nodes)", site.dispatcher)[1:] == (0, 0)
 
 
 def test_server_kill_command_reaches_the_node(site: Site, monkeypatch) -> None:
