@@ -34,7 +34,7 @@ import ssl
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlparse
 
@@ -43,6 +43,7 @@ from compass_pilot.panda import tasks as task_rules
 from compass_pilot.panda.auth import Authenticator, Identity, Refusal
 from compass_pilot.panda.constants import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 from compass_pilot.panda.fields import wire_to_attr
+from compass_pilot.panda.httpcore import LeanHandler
 from compass_pilot.panda.store import GROUP_COMMIT, VALID_STATES, JobStore, opt_int, submit_task
 
 log = logging.getLogger("compass_pilot.panda.dispatcher")
@@ -117,16 +118,16 @@ def _text(data: dict[str, Any]) -> str:
     return urlencode({k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in data.items()})
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LeanHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
         self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
         super().setup()
 
     def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), fmt % args)
+        if log.isEnabledFor(logging.DEBUG):  # formatted only when it is written
+            log.debug("%s %s", self.address_string(), fmt % args)
 
     # -- who is asking -------------------------------------------------------------------
     def _identity(self, need: str, legacy: bool) -> Identity | None:
@@ -230,13 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(payload, bytes)
             else (payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
         )
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
         # headers and body in ONE write (what end_headers + write would send as two): a
         # small second segment would wait for the client's delayed ACK (Nagle), ~40 ms
-        self._headers_buffer.append(b"\r\n" + body)
-        self.flush_headers()
+        self.send_answer(status, body, content_type)
 
     def _accepts_json(self) -> bool:
         return "application/json" in (self.headers.get("Accept") or "")
@@ -248,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, _text(data), "text/plain")
 
     # -- routes --------------------------------------------------------------------------
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802  (http.server names the handlers so)
         parsed = urlparse(self.path)
         path = parsed.path
         store = self.server.store
@@ -281,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, content_type, body = answer
                 self._send(status, body, content_type)
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802
         path = urlparse(self.path).path
         legacy = path.startswith("/server/panda/")
         method = path.rsplit("/", 1)[-1]

@@ -138,10 +138,12 @@ def test_dead_server_retries_then_fails_clearly() -> None:
 class _Odd(BaseHTTPRequestHandler):
     replies: ClassVar[list[tuple[int, bytes]]] = []
     seen: ClassVar[list[dict]] = []
+    paths: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         _Odd.seen.append(dict(self.headers))
+        _Odd.paths.append(self.path)
         status, body = _Odd.replies.pop(0) if _Odd.replies else (200, b"{}")
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
@@ -191,6 +193,20 @@ def test_token_and_proxy_reach_the_server_but_not_logs(odd_server: str, tmp_path
     assert headers["Authorization"] == "Bearer s3cr3t-token" and headers["Origin"] == "compass"
     assert headers["Accept"] == "application/json"
     assert "s3cr3t" not in caplog.text
+
+
+def test_environment_proxy_and_no_proxy_are_honoured(odd_server: str, monkeypatch) -> None:
+    """The client reads the environment once (not per request) but still goes by it."""
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", odd_server)  # the odd server plays the site's HTTP proxy
+    _Odd.replies = [(200, b'{"StatusCode": 20}'), (200, b'{"StatusCode": 20}')]
+    client = client_for("http://panda.invalid:25443", retries=1)
+    assert client.get_jobs(1) == [] and client.get_jobs(1) == []
+    assert _Odd.paths[-2:] == ["http://panda.invalid:25443/server/panda/getJob"] * 2  # via the proxy
+    monkeypatch.setenv("no_proxy", "panda.invalid")
+    with pytest.raises(ServerError, match="unreachable"):  # direct now: the name does not resolve
+        client_for("http://panda.invalid:25443", retries=1).get_jobs(1)
 
 
 def test_https_with_self_signed_cert(tmp_path: Path) -> None:
