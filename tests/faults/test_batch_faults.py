@@ -114,3 +114,25 @@ def test_job_service_failing_to_open_after_the_probe_keeps_the_jobs(site: Site) 
     assert daemon.wait(120) == ExitCode.OK
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
     assert record("job service fails to open after the probe passed", site.dispatcher)[1:] == (0, 0)
+
+
+def test_first_getjob_does_not_wait_for_the_job_service(site: Site) -> None:
+    """The job service's shell hangs at start (its $SHELL waits on a flag file): the probe gate
+    lets the daemon fetch, stage in and write its job set meanwhile; the submission waits in the
+    broker for the open, and goes through once the shell starts.  (Before the split, no job was
+    fetched until the job service had opened.)"""
+    submit_reco(site.db, 4)
+    slow, flag = site.base / "slow-shell", site.base / "shell-held"
+    slow.write_text(f'#!/bin/sh\nwhile [ -e {flag} ]; do sleep 1; done\nexec /bin/sh "$@"\n')
+    slow.chmod(0o755)
+    flag.touch()
+    site.data["hpc"].update({"submit_backoff": 1, "submit_backoff_max": 2, "breaker_threshold": 50})
+    daemon = start_daemon(site, "--once", env={"SHELL": str(slow)})
+    shared = Path(site.data["hpc"]["shared_dir"])
+    wait_for(lambda: any(shared.glob("sub-*/jobset.json")), 90, "the job set written while the shell is held")
+    assert flag.exists() and "activated" not in site.dispatcher.summary()["jobs_by_status"]
+    assert not any(shared.glob("sub-*/worker.sh"))  # not submitted: the broker is still opening the service
+    flag.unlink()
+    assert daemon.wait(120) == ExitCode.OK
+    assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
+    assert record("job service slow to open: fetched meanwhile", site.dispatcher)[1:] == (0, 0)
