@@ -4,7 +4,7 @@
 agent (one fake node, the launcher's rank in its environment as under hydra's mpiexec),
 so a change to the agent can be judged without the daemon's noise:
 
-    python benchmarks/node_agent.py [--slots 32] [--sleep 5] [--runs 3]
+    python benchmarks/node_agent.py [--slots 32] [--sleep 5] [--runs 3] [--reco]
 
 Per run it prints: *→all started* (agent start → the last ``<reports>/<PandaID>.started``
 marker), *end→outcome* p50 / max (the payload's own last act — it writes the time — →
@@ -24,7 +24,6 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,14 +31,20 @@ from pathlib import Path
 from compass_pilot.config import HPCSection, SiteConfig, config_to_dict
 from compass_pilot.job import JobSpec
 from hpc.jobset import write_jobset
+from hpc.launch import agent_command
 from hpc.packing import plan_submissions
 from tests.hpc.conftest import shell_job_dict  # the tests' shell payload, one definition
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _job(panda_id: int, script: str) -> JobSpec:
-    return JobSpec.from_panda(shell_job_dict(panda_id, script))
+def _job(panda_id: int, script: str, reco: bool = False) -> JobSpec:
+    data = shell_job_dict(panda_id, script)
+    if reco:  # e2e's shape: three outputs to checksum and a log tarball to pack per job
+        outs = [f"mDST-{panda_id}.root", f"histsum-{panda_id}.root", f"evtdump-{panda_id}.raw", f"{panda_id}.log.tgz"]
+        data.update({key: ",".join(["x"] * 4) for key in ("destinationDblock", "realDatasets", "fileDestinationSE")})
+        data.update(outFiles=",".join(outs), logFile=outs[-1], ddmEndPointOut=",".join(["x"] * 4))
+    return JobSpec.from_panda(data)
 
 
 def _cpu(pid: int) -> float:
@@ -63,11 +68,12 @@ def _agent_of(keeper: int) -> int | None:
     return None
 
 
-def one_run(slots: int, sleep: float) -> dict[str, float]:
+def one_run(slots: int, sleep: float, reco: bool = False) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     try:
         ids = range(1000, 1000 + slots)
-        jobs = [_job(i, f"sleep {sleep}; date +%s.%N > ended; echo End of Job") for i in ids]
+        touch = 'touch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"; ' if reco else ""
+        jobs = [_job(i, f"sleep {sleep}; {touch}date +%s.%N > ended; echo End of Job", reco) for i in ids]
         (sub,) = plan_submissions(jobs, HPCSection(max_jobs=slots, max_nodes=1, slots_per_node=slots))
         site = SiteConfig()
         site.payload.commands = ["sh"]
@@ -79,7 +85,7 @@ def one_run(slots: int, sleep: float) -> dict[str, float]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hpc.node_agent", "--jobset", str(jobset), "--fake-nodes"],
+            agent_command(str(jobset), fake_nodes=True),  # as the daemon starts it
             env=env,
             stderr=subprocess.DEVNULL,
         )
@@ -121,11 +127,12 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=32)
     parser.add_argument("--sleep", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--reco", action="store_true", help="e2e's job shape: three outputs and a log tarball each")
     args = parser.parse_args()
     print(f"one node agent, {args.slots} x sleep {args.sleep:g} (fake node; box load {os.getloadavg()[0]:.1f})")
     print("run  rc  →all started  end→outcome p50/max  tree CPU  pre-fork  post-fork  threads")
     for n in range(args.runs):
-        r = one_run(args.slots, args.sleep)
+        r = one_run(args.slots, args.sleep, args.reco)
         print(
             f"{n + 1:3d} {r['rc']:3d} {r['started']:10.3f} s {r['end_p50']:8.0f} /{r['end_max']:5.0f} ms"
             f" {r['tree']:8.3f} s {r['pre']:7.2f} s {r['post']:8.2f} s {r['threads']:7d}"

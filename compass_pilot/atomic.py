@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -53,3 +54,37 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write_files(directory: str | os.PathLike[str], files: list[tuple[str, bytes]]) -> None:
+    """Replace several files of ONE directory, each atomically, in order, durably as a set.
+
+    Each file: a temp file (named by process and thread, so no random name), write,
+    fsync, rename over its target; then ONE directory fsync for all the renames.  Same
+    promise as :func:`atomic_write_bytes` per file — a reader sees the old or the new
+    content — and, once this returns, every one is on disk; a crash in between leaves a
+    prefix of ``files`` replaced (so the one whose appearance means "done" goes last).
+    The node agent writes a job's three outcome files so: 4 fsyncs instead of 6.
+    """
+    base = os.fspath(directory)
+    tag = f"{os.getpid()}.{threading.get_ident()}"
+    for name, data in files:
+        target = os.path.join(base, name)
+        tmp = os.path.join(base, f".{name}.{tag}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    _fsync_dir(Path(base))

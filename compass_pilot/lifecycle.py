@@ -12,7 +12,6 @@ import errno
 import logging
 import queue
 import shutil
-import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,12 +21,11 @@ from compass_pilot.config import SiteConfig, expand
 from compass_pilot.errors import ErrorCode, PilotError, StageOutError
 from compass_pilot.experiment import compass
 from compass_pilot.job import JobReport, JobSpec, OutputFileReport, failed_report, new_guid, utc_timestamp
+from compass_pilot.logpack import STDERR_NAME, STDOUT_NAME
+from compass_pilot.logpack import pack_log as _pack_log  # the node agent packs with it too
 from compass_pilot.payload import PayloadResult
 
 log = logging.getLogger(__name__)
-
-STDOUT_NAME = "payload.stdout"
-STDERR_NAME = "payload.stderr"
 
 
 @dataclass
@@ -72,22 +70,6 @@ def prepare_job(job: JobSpec, site: SiteConfig, copytool: object, timing: Timing
     if timing is not None:
         timing.stagein = time.time() - start
     return workdir
-
-
-def _pack_log(job: JobSpec, workdir: Path) -> Path | None:
-    """The job log tarball (payload stdout/stderr and any *.log) under the logFile name."""
-    if job.log_file is None:
-        return None
-    target = workdir / job.log_file.lfn
-    try:
-        with tarfile.open(target, "w:gz") as tar:
-            for name in sorted(p.name for p in workdir.iterdir()):
-                if name in (STDOUT_NAME, STDERR_NAME) or name.endswith(".log"):
-                    tar.add(workdir / name, arcname=f"{job.job_name}/{name}")
-    except OSError as exc:
-        log.warning("job %d: cannot pack log: %s", job.panda_id, exc)
-        return None
-    return target
 
 
 def _pack_log_unless(packed: bool, job: JobSpec, workdir: Path) -> None:

@@ -45,7 +45,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from compass_pilot.atomic import atomic_write_text
+from compass_pilot.atomic import atomic_write_files, atomic_write_text
 
 #: Harvester's [payload_interaction] defaults for the three files (messenger-section keys).
 ATTRIBUTES_KEY = "workerAttributesFile"
@@ -239,14 +239,23 @@ def _atomic_json(target: Path, data: Any) -> None:
     atomic_write_text(target, json.dumps(data, sort_keys=True))
 
 
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True).encode("utf-8")
+
+
 def write_outcome(directory: str | os.PathLike[str], outcome: JobOutcome, names: dict[str, str] | None = None) -> None:
     """Write the three files of one job; the attributes last (they end the job in Harvester)."""
     names = {**DEFAULT_NAMES, **(names or {})}
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    _atomic_json(target / names[OUTPUTS_KEY], outcome.outputs_dump())
-    _atomic_json(target / names[JOB_REPORT_KEY], outcome.job_report())
-    _atomic_json(target / names[ATTRIBUTES_KEY], outcome.attributes())
+    atomic_write_files(  # each file atomic, one directory sync for the three
+        target,
+        [
+            (names[OUTPUTS_KEY], _json_bytes(outcome.outputs_dump())),
+            (names[JOB_REPORT_KEY], _json_bytes(outcome.job_report())),
+            (names[ATTRIBUTES_KEY], _json_bytes(outcome.attributes())),
+        ],
+    )
 
 
 def has_outcome(directory: str | os.PathLike[str], names: dict[str, str] | None = None) -> bool:

@@ -230,9 +230,9 @@ class NodeRun:
                     return self._outputs(nj, stdout, (ErrorCode.MISSING_OUTPUT, f"output {spec.lfn} was not produced"))
                 files.append(OutputFile.of(local, "output", spec.guid or new_guid(), per_file.get(spec.lfn)))
         if nj.job.log_file is not None:
-            from compass_pilot.lifecycle import _pack_log  # tarfile & co. only once a job has ended
+            from compass_pilot.logpack import pack_log  # tarfile only once a job has ended
 
-            packed = _pack_log(nj.job, workdir)
+            packed = pack_log(nj.job, workdir)
             if packed is not None:
                 files.append(OutputFile.of(packed, "log", nj.job.log_file.guid or new_guid()))
         return files, verdict

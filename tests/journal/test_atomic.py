@@ -25,3 +25,17 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write_text(target, "\udcff")  # not encodable: the write fails mid-way
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_several_files_of_one_dir_replaced_in_order_and_a_failure_keeps_the_rest(tmp_path: Path) -> None:
+    from compass_pilot.atomic import atomic_write_files
+
+    (tmp_path / "b.json").write_text("old b")
+    atomic_write_files(tmp_path, [("a.json", b"new a"), ("b.json", b"new b" * 10000)])
+    assert (tmp_path / "a.json").read_bytes() == b"new a" and (tmp_path / "b.json").read_bytes() == b"new b" * 10000
+    (tmp_path / "sub").mkdir()  # the second target is a directory: its rename fails
+    with pytest.raises(OSError):
+        atomic_write_files(tmp_path, [("a.json", b"newer a"), ("sub", b"x"), ("b.json", b"never")])
+    assert (tmp_path / "a.json").read_bytes() == b"newer a"  # a prefix is replaced, nothing after the failure
+    assert (tmp_path / "b.json").read_bytes() == b"new b" * 10000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "sub"]  # no temp left
