@@ -169,6 +169,7 @@ class PandaClient:
             if origin:
                 self.session.headers["Origin"] = origin
         self._pin_environment()
+        self._templates: dict[str, requests.PreparedRequest] = {}  # URL → its request, prepared once
         self.requests_made = 0
 
     def _pin_environment(self) -> None:
@@ -210,10 +211,7 @@ class PandaClient:
         for attempt in range(1, attempts + 1):
             self.requests_made += 1
             try:
-                body_arg = {"json": fields} if self.panda.dialect == "v1" else {"data": fields}
-                response = self.session.post(
-                    url, **body_arg, timeout=self.panda.timeout, stream=True, verify=self._verify
-                )
+                response = self._send_post(url, fields)
                 body = self._read_body(response, method)
             except requests.exceptions.SSLError as exc:
                 raise ServerError(f"{method}: {url}: {short_reason(exc)}", retriable=False) from None
@@ -236,6 +234,38 @@ class PandaClient:
                 log.warning("%s: %s retry in %.0f s: %s", method, ordinal(attempt), sleep, last_error)
                 time.sleep(sleep)
         raise ServerError(f"{method}: {url} unreachable after {attempts} attempts: {last_error}")
+
+    def _send_post(self, url: str, fields: dict[str, Any]) -> requests.Response:
+        """POST ``fields`` (JSON for v1, a form for legacy) on the session's connection.
+
+        The request is what ``session.post(url, json=… / data=…)`` sends, byte for byte,
+        without requests re-merging the session's headers, auth, hooks and settings on
+        every call (its ``prepare_request``: a quarter of a heartbeat's client CPU).  The
+        headers are prepared once per URL by requests itself; each call adds its body.
+        With cookies in the session (a server or load balancer that sets them) every
+        request goes the full way, so they are sent as requests would.
+        """
+        if self.panda.dialect == "v1":
+            body = json.dumps(fields, allow_nan=False).encode("utf-8")
+            content_type = "application/json"
+        else:
+            body = requests.models.RequestEncodingMixin._encode_params(fields).encode("utf-8")
+            content_type = "application/x-www-form-urlencoded"
+        settings = {"timeout": self.panda.timeout, "stream": True, "verify": self._verify}
+        if self.session.cookies:
+            return self.session.post(url, data=body, headers={"Content-Type": content_type}, **settings)
+        template = self._templates.get(url)
+        if template is None:
+            template = self.session.prepare_request(requests.Request("POST", url, data=b"x"))
+            template.headers.pop("Content-Type", None)
+            self._templates[url] = template
+        prepared = requests.PreparedRequest()
+        prepared.method, prepared.url, prepared.hooks = template.method, template.url, template.hooks
+        prepared.headers = template.headers.copy()
+        prepared.headers["Content-Type"] = content_type
+        prepared.headers["Content-Length"] = str(len(body))
+        prepared.body = body
+        return self.session.send(prepared, proxies=self.session.proxies, cert=self.session.cert, **settings)
 
     def _read_body(self, response: requests.Response, method: str) -> bytes:
         limit = self.panda.max_response_bytes

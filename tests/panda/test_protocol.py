@@ -17,7 +17,7 @@ import requests
 from compass_pilot.config import load_site_config
 from compass_pilot.errors import ServerError
 from compass_pilot.job import JobReport, JobSpec
-from compass_pilot.panda.client import PandaClient
+from compass_pilot.panda.client import PandaClient, update_fields
 from compass_pilot.panda.dispatcher import Dispatcher, submit_task
 from compass_pilot.panda.tasks import TaskError, build_jobs
 from tests.tasks import chunk_paths, reco_task
@@ -139,9 +139,10 @@ class _Odd(BaseHTTPRequestHandler):
     replies: ClassVar[list[tuple[int, bytes]]] = []
     seen: ClassVar[list[dict]] = []
     paths: ClassVar[list[str]] = []
+    bodies: ClassVar[list[bytes]] = []
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _Odd.bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         _Odd.seen.append(dict(self.headers))
         _Odd.paths.append(self.path)
         status, body = _Odd.replies.pop(0) if _Odd.replies else (200, b"{}")
@@ -193,6 +194,23 @@ def test_token_and_proxy_reach_the_server_but_not_logs(odd_server: str, tmp_path
     assert headers["Authorization"] == "Bearer s3cr3t-token" and headers["Origin"] == "compass"
     assert headers["Accept"] == "application/json"
     assert "s3cr3t" not in caplog.text
+
+
+@pytest.mark.parametrize("dialect", ["legacy", "v1"])
+def test_requests_are_what_requests_itself_would_send(odd_server: str, dialect: str) -> None:
+    """The client prepares its headers once per URL: the bytes must stay those of ``session.post``."""
+    client = client_for(odd_server, dialect, token_file=None)
+    report = JobReport(7, "finished", 2, n_events=3, start_time="2026-01-01 00:00:00")
+    _Odd.replies = [(200, b'{"StatusCode": 0}'), (200, b"{}")]
+    client.update_job(report)
+    fields = update_fields(client._fill(report), dialect)
+    body = {"json": fields} if dialect == "v1" else {"data": fields}
+    session = requests.Session()
+    session.headers.update(client.session.headers)
+    session.post(client._url("update_job" if dialect == "v1" else "updateJob"), **body, timeout=10)
+    ours, theirs = _Odd.seen[-2], _Odd.seen[-1]
+    assert _Odd.bodies[-2] == _Odd.bodies[-1] and _Odd.paths[-2] == _Odd.paths[-1]
+    assert {k.lower(): v for k, v in ours.items()} == {k.lower(): v for k, v in theirs.items()}
 
 
 def test_environment_proxy_and_no_proxy_are_honoured(odd_server: str, monkeypatch) -> None:
