@@ -175,6 +175,12 @@ SYNCFS_REPORTS_ERRORS = _kernel_at_least(5, 8)
 class LocalCopyTool:
     """Copy (or symlink, with ``storage.link_inputs``) from ``input_root``; copy or link to ``output_root``."""
 
+    #: Stage-out threads worth running (the daemon's ``hpc.transfer_threads`` is for remote
+    #: copytools, whose transfers wait on the network): a local one is this process's own
+    #: CPU and metadata calls, and more threads only queue for the GIL — 512 jobs took 0.9 s
+    #: on 8 threads, 0.7 s on one; two overlap one file's read with the next one's calls.
+    max_threads = 2
+
     def __init__(self, storage: StorageSection) -> None:
         self.storage = storage
         self.input_root = Path(expand(storage.input_root or ".")).absolute()
@@ -301,6 +307,7 @@ class DurableBurst:
 
     def __init__(self, tool: LocalCopyTool) -> None:
         self.tool = tool
+        self.max_threads = tool.max_threads
         self._lock = threading.Lock()
         self._written: list[str] = []
 

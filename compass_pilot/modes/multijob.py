@@ -63,6 +63,8 @@ DONE_SUBMISSIONS_MEMORY = 16
 FINAL_STATES_MEMORY = 4096
 #: Disk and journal pruning runs this often.
 PRUNE_INTERVAL = 3600.0
+#: Seconds one wake-up keeps taking in the notices that arrive while it stages out (see _more_named).
+INTAKE_LIMIT = 10.0
 
 
 class BatchBackend(Protocol):
@@ -197,6 +199,9 @@ class MultiJobDaemon:
         self._unsaved: set[str] = set()  # submissions changed by a wake-up, persisted by the next round
         self.wakeups = 0  # bursts of notices acted on
         self._finals_batch: list[JobReport] | None = None  # finals of a stage-out chunk, queued together
+        self._intake: wakeups.Burst | None = None  # notices taken in, not yet acted on (during react only)
+        self._intake_until = 0.0  # monotonic: a wake-up takes in no more notices after this
+        self._staging: set[int] = set()  # PandaIDs whose stage-out is under way (not read twice)
 
     def _open_listener(self) -> Any:
         """The wake-up listener (once per daemon); None when ``hpc.notify_bind`` is off or binding failed."""
@@ -671,15 +676,37 @@ class MultiJobDaemon:
             sum(len(v) for v in burst.started.values()),
             sum(len(v) for v in burst.ended.values()),
         )
-        with self.journal.transaction():
-            for sub_id in burst.sub_ids():
-                state = self.submissions.get(sub_id)
-                if state is None or state.done or not state.batch_id:
-                    continue
-                named = burst.started.get(sub_id, set()) | burst.ended.get(sub_id, set())
-                if self._collect(state, only=named) and not self._close_if_settled(state):
-                    self._unsaved.add(sub_id)  # the next round persists it: one write, not one per burst
+        self._intake = burst
+        self._intake_until = time.monotonic() + INTAKE_LIMIT
+        try:
+            with self.journal.transaction():
+                while self._intake:
+                    sub_id = self._intake.sub_ids()[0]
+                    named = self._intake.pop(sub_id)
+                    state = self.submissions.get(sub_id)
+                    if state is None or state.done or not state.batch_id:
+                        continue
+                    if self._collect(state, only=named) and not self._close_if_settled(state):
+                        self._unsaved.add(sub_id)  # the next round persists it: one write, not one per burst
+        finally:
+            self._intake = None
         self._report_now()
+
+    def _more_named(self, state: SubmissionState) -> set[int]:
+        """PandaIDs of ``state`` named by notices that arrived while its burst is staged out.
+
+        Why: the payloads of a batch job end in a wave of a second or two, and its first
+        notices start a burst; without this, jobs whose outcome comes a moment later
+        wait for that whole burst (its syncs and reports) before their stage-out starts.
+        Notices for other submissions wait in the intake for their own turn; after
+        :data:`INTAKE_LIMIT` seconds of one wake-up nothing more is taken in (the loop's
+        round — heartbeats, batch checks — must not wait for ever).
+        """
+        if self._intake is None or self.listener is None or time.monotonic() > self._intake_until:
+            return set()
+        notices, _ = self.listener.take()
+        self._intake.add(notices)
+        return self._intake.pop(state.sub_id)
 
     def _report_now(self) -> None:
         """Make the settled jobs durable, clean their work dirs and report everything pending in one request."""
@@ -770,12 +797,22 @@ class MultiJobDaemon:
             def has_marker(name: str) -> bool:
                 return os.path.exists(reports / name)
 
+        changed, results = self._read_files(state, keys, has_marker)
+        if results:
+            self._stage_out(state, results)
+        return changed or bool(results)
+
+    def _read_files(
+        self, state: SubmissionState, keys: list[str], has_marker: Any
+    ) -> tuple[bool, list[tuple[JobEntry, JobOutcome]]]:
+        """Started markers → running reports (queued); outcome files → the jobs to stage out."""
+        reports = state.reports_dir
         changed = False
         results: list[tuple[JobEntry, JobOutcome]] = []
         running: list[JobReport] = []
         for key in keys:
             entry = state.jobs[key]
-            if entry.final:
+            if entry.final or entry.panda_id in self._staging:
                 continue
             # the node agent's per-job files in Harvester's format, in the job's work dir
             outcome = jobfiles.read_outcome(entry.workdir, entry.panda_id)
@@ -789,9 +826,7 @@ class MultiJobDaemon:
                 changed = True
                 running.append(JobReport(entry.panda_id, "running", entry.attempt_nr, core_count=1, node=entry.host))
         self.updater.queue_many(running)
-        if results:
-            self._stage_out(state, results)
-        return changed or bool(results)
+        return changed, results
 
     def _stage_out(self, state: SubmissionState, results: list[tuple[JobEntry, JobOutcome]]) -> None:
         """Stage outputs out on a pool and settle the jobs in chunks as their transfers end.
@@ -814,6 +849,8 @@ class MultiJobDaemon:
         ready: list[tuple[JobEntry, tuple[Any, PilotError | None]]] = []
 
         def settle_ready() -> None:
+            if not ready:
+                return
             began = time.monotonic()
             failed = burst.sync() if burst is not None else {}
             log.debug("%s: %d job(s) out, synced in %.3f s", state.sub_id, len(ready), time.monotonic() - began)
@@ -826,8 +863,8 @@ class MultiJobDaemon:
                 self.updater.queue_many(batch)  # one journal statement for the chunk, not two per job
             ready.clear()
 
-        threads = min(self.site.hpc.transfer_threads, len(results))
-        if threads <= 1:
+        threads = max(1, min(self.site.hpc.transfer_threads, getattr(copytool, "max_threads", len(results))))
+        if threads <= 1 and self._intake is None:
             started = time.monotonic()
             for n, item in enumerate(results, 1):
                 ready.append((item[0], one(item)))
@@ -837,6 +874,25 @@ class MultiJobDaemon:
                     started = time.monotonic()
             settle_ready()
             return
+        staged = {entry.panda_id for entry, _ in results}
+        self._staging |= staged  # a notice repeated meanwhile does not start a second stage-out
+        try:
+            self._stage_out_pool(state, results, threads, one, specs, ready, settle_ready, staged)
+        finally:
+            self._staging -= staged
+
+    def _stage_out_pool(
+        self,
+        state: SubmissionState,
+        results: list[tuple[JobEntry, JobOutcome]],
+        threads: int,
+        one: Any,
+        specs: dict[int, JobSpec | None],
+        ready: list[Any],
+        settle_ready: Any,
+        staged: set[int],
+    ) -> None:
+        """_stage_out's pool: transfers, chunked settling, and the jobs that end meanwhile taken in."""
         unsent_since = 0.0  # monotonic time the oldest finished, unreported transfer ended (0: none)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
             pending = {pool.submit(one, item): item for item in results}
@@ -849,9 +905,19 @@ class MultiJobDaemon:
                 for future in done:
                     ready.append((pending.pop(future)[0], future.result()))
                     unsent_since = unsent_since or time.monotonic()
-                if pending and unsent_since and time.monotonic() - unsent_since >= wakeups.COALESCE_WINDOW:
+                named = self._more_named(state)  # jobs that ended meanwhile join this burst at once
+                if named:
+                    keys = [str(i) for i in sorted(named) if str(i) in state.jobs]
+                    _, more = self._read_files(state, keys, lambda name: os.path.exists(state.reports_dir / name))
+                    self._unsaved.add(state.sub_id)
+                    specs.update(self._specs([entry for entry, _ in more]))
+                    pending.update({pool.submit(one, item): item for item in more})
+                    staged.update(entry.panda_id for entry, _ in more)
+                    self._staging.update(entry.panda_id for entry, _ in more)
+                if unsent_since and (not pending or time.monotonic() - unsent_since >= wakeups.COALESCE_WINDOW):
                     settle_ready()
-                    self._report_now()
+                    if pending:
+                        self._report_now()
                     unsent_since = 0.0
         settle_ready()
 

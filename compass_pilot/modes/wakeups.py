@@ -108,6 +108,10 @@ class Burst:
     def sub_ids(self) -> list[str]:
         return sorted(set(self.started) | set(self.ended))
 
+    def pop(self, sub_id: str) -> set[int]:
+        """The PandaIDs named for ``sub_id`` (started or ended), taken out of the burst."""
+        return self.started.pop(sub_id, set()) | self.ended.pop(sub_id, set())
+
 
 class NoticeReader:
     """The listener emptied by a thread of its own; the daemon selects on :meth:`fileno`.
