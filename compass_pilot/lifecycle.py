@@ -184,11 +184,16 @@ class WorkdirCleaner:
     shared file system); done on the daemon's loop it delays the next burst's reports.
     Nothing waits for a removal, so the thread only sleeps on its queue; :meth:`close`
     finishes what was handed over (a daemon that exits leaves no finished dir behind).
+
+    ``gate``: an event the owner sets while it has nothing to do.  Removals wait for it,
+    so they never compete (for the CPU, the GIL, the file system's journal) with a
+    burst of stage-outs — the moment the next jobs' finals are waiting for.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gate: threading.Event | None = None) -> None:
         self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._gate = gate
 
     def remove(self, workdirs: list[Path]) -> None:
         """Queue these dirs for removal (their reports must already be durable)."""
@@ -202,12 +207,16 @@ class WorkdirCleaner:
 
     def _run(self) -> None:
         while (workdir := self._queue.get()) is not None:
+            if self._gate is not None:
+                self._gate.wait()
             clean_workdir(workdir)
 
     def close(self, timeout: float = 120.0) -> None:
         """Finish the queued removals (bounded), then stop the thread."""
         if self._thread is None:
             return
+        if self._gate is not None:
+            self._gate.set()  # the owner is done: nothing to compete with any more
         self._queue.put(None)
         self._thread.join(timeout)
         self._thread = None

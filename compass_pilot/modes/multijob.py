@@ -178,7 +178,8 @@ class MultiJobDaemon:
         self._stopping_hard = False
         self._term_deadline = 0.0  # monotonic: jobs still without a final then fail with 1201
         self._to_clean: list[Path] = []  # finished jobs' work dirs, removed after the round's commit
-        self._cleaner = lifecycle.WorkdirCleaner()  # removes them off the loop
+        self._idle = threading.Event()  # set while the loop sleeps with nothing to do (the cleaner's turn)
+        self._cleaner = lifecycle.WorkdirCleaner(self._idle)  # removes them off the loop, when it is idle
         self.unhealthy = ""  # why the daemon cannot take jobs now ("" = healthy); in the state file
         self.breaker_open = False  # consecutive submission failures stopped fetching
         self._submit_failures = 0  # consecutive failed submission attempts
@@ -250,10 +251,13 @@ class MultiJobDaemon:
             if left <= 0:
                 return
             fds: list[Any] = [self._wake_r] if self.listener is None else [self._wake_r, self.listener]
+            self._idle.set()
             try:
                 ready, _, _ = select.select(fds, [], [], left)
             except InterruptedError:
                 continue
+            finally:
+                self._idle.clear()
             if self._wake_r in ready:
                 self._drain_wake_pipe()
                 return
