@@ -6,8 +6,9 @@ before any getJob the pilot proves it could carry a job to its end:
 
 * the batch system answers (daemon only): :func:`probe_batch` asks it natively, in a few
   milliseconds — ``squeue`` reaches slurmctld, ``qstat -Q`` the PBS / Torque server,
-  ``condor_q -totals`` the schedd; ``fork://`` needs only ``/bin/sh`` — after checking
-  that radical.saga is installed and the scheme's submit command is on PATH.  That probe
+  ``condor_q -totals`` the schedd; ``fork://`` needs only its shell (``$SHELL``, else
+  ``sh``) — after checking that radical.saga is installed and the scheme's submit
+  command is on PATH.  That probe
   is what gates the daemon's first getJob.  radical.saga's job service (a PTY shell
   probing the batch tools: 1-2 s) opens meanwhile in the batch broker, and the first
   submission waits for it there; if it then fails to open, that is a *temporary*
@@ -96,9 +97,10 @@ def probe_batch(site: SiteConfig, *, timeout: float | None = None) -> bool:
     scheme, local = _check_commands(url)
     if not local:
         return False
-    if scheme == "fork":
-        if not os.access("/bin/sh", os.X_OK):  # the fork adaptor's shell (and every job's)
-            raise PreflightError(f"batch_url {url}: /bin/sh is not executable")
+    if scheme == "fork":  # nothing to ask: the local shell radical.saga's fork adaptor runs ($SHELL, else sh)
+        shell = os.environ.get("SHELL") or "sh"
+        if shutil.which(shell) is None:  # which() wants it executable too
+            raise PreflightError(f"batch_url {url}: shell {shell} (SHELL) is not executable")
         return True
     template = PROBE_COMMANDS.get(scheme)
     if template is None:

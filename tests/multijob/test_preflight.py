@@ -118,6 +118,14 @@ def test_probe_of_fork_passes_without_opening_a_job_service(site) -> None:
     assert site.hpc.batch_url not in saga_backend.open_services()  # the probe asks the system, not radical.saga
 
 
+def test_probe_of_fork_without_its_shell(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.hpc.batch_url = "fork://localhost"
+    monkeypatch.setenv("SHELL", "/nonexistent/bash")  # what radical.saga's fork adaptor would start
+    with pytest.raises(PreflightError, match="shell /nonexistent/bash") as err:
+        probe_batch(site)
+    assert err.value.exit_code == ExitCode.PREFLIGHT_FAILED
+
+
 def test_probe_leaves_a_tunnel_to_the_full_check(site) -> None:
     site.hpc.batch_url = "slurm+ssh://unreachable.invalid"
     assert probe_batch(site) is False  # nothing local to ask: the caller opens the job service
