@@ -107,9 +107,17 @@ def test_job_service_failing_to_open_after_the_probe_keeps_the_jobs(site: Site) 
     flag.touch()
     site.data["hpc"].update({"submit_backoff": 1, "submit_backoff_max": 2, "breaker_threshold": 50})
     daemon = start_daemon(site, "--once", env={"SHELL": str(broken)})
+
+    def oldest_beat() -> float:
+        return min(r["heartbeat"] or 0.0 for r in site.dispatcher.store.query("SELECT heartbeat FROM jobs"))
+
+    wait_for(lambda: "submission failed (temporary" in daemon_logs(site), 90, "a failed submission")
+    first = oldest_beat()
+    wait_for(lambda: oldest_beat() > first, 60, "every job's heartbeat renewed while the submission is retried")
     wait_for(lambda: daemon_logs(site).count("submission failed (temporary") >= 2, 90, "two failed submissions")
     by_status = site.dispatcher.summary()["jobs_by_status"]
     assert sum(by_status.values()) == 4 and not {"failed", "finished", "activated"} & set(by_status), by_status
+    assert flag.exists()
     flag.unlink()  # the shell works again
     assert daemon.wait(120) == ExitCode.OK
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 4}
