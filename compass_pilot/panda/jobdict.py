@@ -17,25 +17,88 @@ pilot's file report can be matched back.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
 _NS = uuid.UUID("5d0f8f0e-4c1b-4d35-9a39-2f4c0ad0c0a5")  # our namespace for made-up GUIDs
+_NS_BYTES = _NS.bytes
+
+
+def made_up_guid(name: str) -> str:
+    """``str(uuid.uuid5(_NS, name))`` without building UUID objects (a getJob of 512 makes 512+)."""
+    digest = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _split(value: Any) -> list[str]:
-    text = "" if value in (None, "NULL") else str(value)
+    text = "" if value is None or value == "NULL" else str(value)
     return text.split(",") if text else []
 
 
 def _per_file(spec: dict[str, Any], key: str, n: int, default: str) -> str:
     """A comma list of exactly n entries: the spec's own where it has them, else ``default``."""
-    have = _split(spec.get(key))
+    value = spec.get(key)
+    if value is None:  # the usual case: nothing given
+        return ",".join([default] * n)
+    have = _split(value)
     if len(have) == n:
         return ",".join(have)
     if len(have) == 1 and n > 1:  # one value meant for every file
         return ",".join(have * n)
     return ",".join([default] * n)
+
+
+#: fields every job carries, with the real server's "nothing known" values (set where the job has none)
+_DEFAULTS: dict[str, Any] = {
+    "prodSourceLabel": "managed",
+    "swRelease": "NULL",
+    "homepackage": "NULL",
+    "transformation": "",
+    "jobPars": "",
+    "jobDefinitionID": 0,  # the job's jobsetID (set per job)
+    "cloud": "WORLD",
+    "destinationSE": "NULL",
+    "prodUserID": "compass",
+    "maxCpuCount": 0,
+    "minRamCount": 0,
+    "maxDiskCount": 0,
+    "cmtConfig": "",
+    "processingType": "",
+    "transferType": "NULL",
+    "sourceSite": "NULL",
+    "currentPriority": 0,
+    "taskID": "NULL",
+    "coreCount": 1,  # per job, as the next three
+    "jobsetID": "NULL",
+    "reqID": "NULL",
+    "nucleus": "NULL",
+    "maxWalltime": 0,
+    "resource_type": "SCORE",
+    "ioIntensity": None,
+    "ioIntensityUnit": None,
+}
+_PER_INPUT = (
+    ("realDatasetsIn", "NULL"),
+    ("dispatchDblock", "NULL"),
+    ("dispatchDBlockToken", "NULL"),
+)
+_PER_INPUT_AFTER = (
+    ("prodDBlockToken", "NULL"),
+    ("fsize", "0"),
+    ("checksum", ""),
+    ("scopeIn", "compass"),
+    ("ddmEndPointIn", ""),
+)
+_PER_OUTPUT = (
+    ("destinationDblock", "NULL"),
+    ("realDatasets", "NULL"),
+    ("destinationDBlockToken", "NULL"),
+    ("dispatchDBlockTokenForOut", "NULL"),
+)
 
 
 def complete(job: dict[str, Any], panda_id: int, attempt_nr: int, n_sent: int) -> dict[str, Any]:
@@ -48,24 +111,18 @@ def complete(job: dict[str, Any], panda_id: int, attempt_nr: int, n_sent: int) -
     guids = _split(job.get("GUID"))
     if len(guids) != n_in or not all(guids):
         scopes = scope_in if len(scope_in) == n_in else [scope_in[0] if scope_in else "compass"] * n_in
-        guids = [str(uuid.uuid5(_NS, f"{scope}:{lfn}")) for scope, lfn in zip(scopes, inputs, strict=True)]
+        guids = [made_up_guid(f"{scope}:{lfn}") for scope, lfn in zip(scopes, inputs, strict=True)]
     job["GUID"] = ",".join(guids)
     job["inFiles"] = ",".join(inputs)
-    job["realDatasetsIn"] = _per_file(job, "realDatasetsIn", n_in, "NULL")
-    job["dispatchDblock"] = _per_file(job, "dispatchDblock", n_in, "NULL")
-    job["dispatchDBlockToken"] = _per_file(job, "dispatchDBlockToken", n_in, "NULL")
+    for key, default in _PER_INPUT:
+        job[key] = _per_file(job, key, n_in, default)
     job["prodDBlocks"] = _per_file(job, "prodDBlocks", n_in, "NULL") if "prodDBlocks" in job else job["realDatasetsIn"]
-    job["prodDBlockToken"] = _per_file(job, "prodDBlockToken", n_in, "NULL")
-    job["fsize"] = _per_file(job, "fsize", n_in, "0")
-    job["checksum"] = _per_file(job, "checksum", n_in, "")
-    job["scopeIn"] = _per_file(job, "scopeIn", n_in, "compass")
-    job["ddmEndPointIn"] = _per_file(job, "ddmEndPointIn", n_in, "")
+    for key, default in _PER_INPUT_AFTER:
+        job[key] = _per_file(job, key, n_in, default)
     # outputs, the log file included (it is the last of outFiles in our specs, as in PanDA's)
     job["outFiles"] = ",".join(outputs)
-    job["destinationDblock"] = _per_file(job, "destinationDblock", n_out, "NULL")
-    job["realDatasets"] = _per_file(job, "realDatasets", n_out, "NULL")
-    job["destinationDBlockToken"] = _per_file(job, "destinationDBlockToken", n_out, "NULL")
-    job["dispatchDBlockTokenForOut"] = _per_file(job, "dispatchDBlockTokenForOut", n_out, "NULL")
+    for key, default in _PER_OUTPUT:
+        job[key] = _per_file(job, key, n_out, default)
     job["fileDestinationSE"] = _per_file(job, "fileDestinationSE", n_out, str(job.get("destinationSE") or "NULL"))
     job["ddmEndPointOut"] = _per_file(job, "ddmEndPointOut", n_out, "")
     n_data_out = n_out - (1 if log_file and log_file in outputs else 0)
@@ -73,38 +130,16 @@ def complete(job: dict[str, Any], panda_id: int, attempt_nr: int, n_sent: int) -
     job["logFile"] = log_file
     job["scopeLog"] = str(job.get("scopeLog") or ("compass" if log_file else ""))
     if not job.get("logGUID"):
-        job["logGUID"] = str(uuid.uuid5(_NS, f"{panda_id}/{attempt_nr}/{log_file}")) if log_file else ""
+        job["logGUID"] = made_up_guid(f"{panda_id}/{attempt_nr}/{log_file}") if log_file else ""
     core_count = int(job.get("coreCount") or 1)
-    defaults: dict[str, Any] = {
-        "prodSourceLabel": "managed",
-        "swRelease": "NULL",
-        "homepackage": "NULL",
-        "transformation": "",
-        "jobPars": "",
-        "jobDefinitionID": job.get("jobsetID") or 0,
-        "cloud": "WORLD",
-        "destinationSE": "NULL",
-        "prodUserID": "compass",
-        "maxCpuCount": 0,
-        "minRamCount": 0,
-        "maxDiskCount": 0,
-        "cmtConfig": "",
-        "processingType": "",
-        "transferType": "NULL",
-        "sourceSite": "NULL",
-        "currentPriority": 0,
-        "taskID": "NULL",
-        "coreCount": core_count,
-        "jobsetID": "NULL",
-        "reqID": "NULL",
-        "nucleus": "NULL",
-        "maxWalltime": job.get("maxCpuCount") or 0,
-        "resource_type": "MCORE" if core_count > 1 else "SCORE",
-        "ioIntensity": None,
-        "ioIntensityUnit": None,
-    }
+    defaults = _DEFAULTS.copy()  # (in the real server's order: a job's JSON reads the same)
+    defaults["jobDefinitionID"] = job.get("jobsetID") or 0
+    defaults["coreCount"] = core_count
+    defaults["maxWalltime"] = job.get("maxCpuCount") or 0
+    defaults["resource_type"] = "MCORE" if core_count > 1 else "SCORE"
     for key, value in defaults.items():
-        job.setdefault(key, value)
+        if key not in job:
+            job[key] = value
     job["PandaID"] = panda_id
     job["attemptNr"] = attempt_nr
     job["StatusCode"] = 0

@@ -35,6 +35,7 @@ from compass_pilot.experiment.naming import ProcessingOptions
 from compass_pilot.experiment.naming import job_name as prodsys_job_name
 from compass_pilot.filemodes import private_file
 from compass_pilot.panda import tasks as task_rules
+from compass_pilot.panda.checkpoint import Checkpointer
 from compass_pilot.panda.jobdict import complete as complete_job
 
 log = logging.getLogger("compass_pilot.panda.dispatcher")
@@ -216,6 +217,13 @@ def _wire_job(row: sqlite3.Row, n_sent: int = 0) -> dict[str, Any]:
     return job
 
 
+#: what an update reads of its job (not the spec: an update never needs it, and it is the row's bulk)
+_UPDATE_ROW = (
+    "SELECT panda_id, task_id, run, status, attempt_nr, max_attempts, command, owner, start_time, end_time,"
+    " node, pilot_id FROM jobs WHERE panda_id = ?"
+)
+
+
 class JobStore:
     """All dispatcher state transitions, each one SQLite transaction."""
 
@@ -228,6 +236,8 @@ class JobStore:
         # one writing connection, many handler threads; re-entrant so a bulk update's group
         # transaction can run the single-update code inside it
         self.lock = threading.RLock()
+        # WAL checkpoints (copy back + fsync) in a thread of their own, not inside a request's COMMIT
+        self.checkpointer = Checkpointer(db_path, self.conn) if db_path != ":memory:" else None
         # reads for the operator (page, /api, metrics) use their own connection: WAL lets them
         # run beside a write, so a summary never holds the hand-out and update paths
         self.reader = connect(db_path)
@@ -236,11 +246,14 @@ class JobStore:
         self.sent_timeout = sent_timeout
         self.heartbeat_timeout = heartbeat_timeout
         # hooks of the ProdSys workflow (chain of merge / cross-check jobs)
-        self.on_final: list[Callable[[sqlite3.Connection, int], None]] = []
+        # (a final update's hook gets the job's row as it was: panda_id, task_id, run, …)
+        self.on_final: list[Callable[[sqlite3.Connection, sqlite3.Row], None]] = []
         self.summary_extensions: list[Callable[[JobStore, list[dict[str, Any]]], None]] = []
         self.request_counts: Counter[str] = Counter()  # method → HTTP requests served (benchmarks, tests)
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         with self.lock:
             self.conn.close()
         with self.read_lock:
@@ -266,6 +279,8 @@ class JobStore:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+            if self.checkpointer is not None:
+                self.checkpointer.committed()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -328,7 +343,7 @@ class JobStore:
         now = time.time()
         is_final = state in FINAL_STATES
         with self._write() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
+            row = conn.execute(_UPDATE_ROW, (panda_id,)).fetchone()
             record_attempt = attempt if attempt is not None else (row["attempt_nr"] if row else 0)
             final_before = (
                 is_final
@@ -402,7 +417,7 @@ class JobStore:
             if state != "finished":
                 self._fail(conn, row, code or 1220, diag or "failed without a diagnostic", "pilot")
             for hook in self.on_final:
-                hook(conn, panda_id)
+                hook(conn, row)
             return 0, None, ""
 
     def update_many(

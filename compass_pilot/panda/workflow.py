@@ -284,14 +284,14 @@ def install(store: Any) -> None:
             chained[task_id] = task if task and task.get("chain") else None
         return chained[task_id]
 
-    def on_final(conn: sqlite3.Connection, panda_id: int) -> None:
-        row = conn.execute("SELECT task_id, run FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
-        if row is None or row[0] is None or row[1] is None:
+    def on_final(conn: sqlite3.Connection, job: sqlite3.Row) -> None:
+        task_id, run = job["task_id"], job["run"]  # the store's row of the job just ended
+        if task_id is None or run is None:
             return
-        task = chained_task(conn, row[0])
+        task = chained_task(conn, task_id)
         if task is None:
             return
-        new = next_jobs(_run_state(conn, row[0], row[1]), task)
+        new = next_jobs(_run_state(conn, task_id, run), task)
         if new:
             insert_jobs(conn, new, int(task.get("max_attempts", 5)))
 
