@@ -280,6 +280,10 @@ class LocalCopyTool:
                     ErrorCode.CHECKSUM_MISMATCH,
                 )
             os.replace(tmp, dest)
+            # a rename onto another link of the same inode (this output linked there already, by a
+            # daemon that died before reporting it) does nothing: the temp name must still go
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             tmp = None
             if durable:
                 _fsync_dir(dest.parent)

@@ -325,3 +325,13 @@ def test_burst_syncs_once_and_names_what_it_could_not_sync(
     assert list(failed) == [bad] and failed[bad].code == ErrorCode.STAGE_OUT_FAILED
     assert sorted(p.name for p in (tool.output_root / "P09/mDST").iterdir()) == ["out0.root", "out2.root"]
     assert burst.sync() == {}  # each copy is synced by one sync only
+
+
+def test_staging_out_a_linked_output_again_leaves_no_temp_file(tool: LocalCopyTool, tmp_path: Path) -> None:
+    """A restarted daemon stages out again what its predecessor linked already (same inode at the destination)."""
+    local_file = tmp_path / "work" / "m.root"
+    local_file.write_bytes(os.urandom(1000))
+    first = tool.stage_out(local_file, "P09/mDST/m.root", guid="g")
+    again = tool.burst().stage_out(local_file, "P09/mDST/m.root", guid="g")
+    assert again == first
+    assert [p.name for p in (tool.output_root / "P09/mDST").iterdir()] == ["m.root"]
