@@ -12,7 +12,8 @@ the mtime of its ``worker_attributes.json``), *tree CPU* (user + system of the a
 whole process tree: keeper, agent, payloads; exact, from ``RUSAGE_CHILDREN``),
 *pre-fork* (the keeper's CPU: interpreter + imports, read from ``/proc`` once all have
 started), *post-fork* (the agent's own CPU up to then: job set, calibration DB, the
-launches), and the agent's peak thread count.  Payload = ``sh -c 'sleep N; date; echo End
+launches), *agent* (the agent's own CPU over its whole run, last seen before it exited:
+launches and outcomes), and the agent's peak thread count.  Payload = ``sh -c 'sleep N; date; echo End
 of Job'`` through the real COMPASS plug-in (~2.4 ms CPU each on this box).
 """
 
@@ -91,10 +92,12 @@ def one_run(slots: int, sleep: float, reco: bool = False) -> dict[str, float]:
         )
         started = pre = post = float("nan")
         threads = 0
+        whole = 0.0  # the agent's own CPU, last seen before it exited
         while proc.poll() is None:  # a benchmark may sample; the product never polls
             agent = _agent_of(proc.pid) or proc.pid
             try:
                 threads = max(threads, len(os.listdir(f"/proc/{agent}/task")))
+                whole = _cpu(agent)
                 names = os.listdir(reports) if started != started and reports.is_dir() else []
                 if sum(1 for n in names if n.endswith(".started")) == slots:
                     started = time.monotonic() - t0
@@ -116,6 +119,7 @@ def one_run(slots: int, sleep: float, reco: bool = False) -> dict[str, float]:
             "tree": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
             "pre": pre,
             "post": post,
+            "whole": whole,
             "threads": threads,
         }
     finally:
@@ -130,12 +134,12 @@ def main() -> None:
     parser.add_argument("--reco", action="store_true", help="e2e's job shape: three outputs and a log tarball each")
     args = parser.parse_args()
     print(f"one node agent, {args.slots} x sleep {args.sleep:g} (fake node; box load {os.getloadavg()[0]:.1f})")
-    print("run  rc  →all started  end→outcome p50/max  tree CPU  pre-fork  post-fork  threads")
+    print("run  rc  →all started  end→outcome p50/max  tree CPU  pre-fork  post-fork  agent  threads")
     for n in range(args.runs):
         r = one_run(args.slots, args.sleep, args.reco)
         print(
             f"{n + 1:3d} {r['rc']:3d} {r['started']:10.3f} s {r['end_p50']:8.0f} /{r['end_max']:5.0f} ms"
-            f" {r['tree']:8.3f} s {r['pre']:7.2f} s {r['post']:8.2f} s {r['threads']:7d}"
+            f" {r['tree']:8.3f} s {r['pre']:7.2f} s {r['post']:8.2f} s {r['whole']:5.2f} s {r['threads']:7d}"
         )
 
 

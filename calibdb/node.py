@@ -67,25 +67,56 @@ _INSTANCE_FILES = (
 )
 
 
-def _process_identity(pid: int) -> list[float]:
+_BOOT_TIME: float | None = None
+
+
+def _proc_start(pid: int) -> tuple[float, bool] | None:
+    """(creation time, is a zombie) of a process from ``/proc``; None when it is gone.
+
+    The creation time is psutil's (boot time + start ticks), so values recorded by either
+    compare equal; read here because importing psutil cost every node agent ~13 ms of
+    CPU just to register itself as a user of its node's DB.  Without ``/proc``: psutil.
+    """
+    global _BOOT_TIME
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as handle:
+            stat = handle.read()
+        if _BOOT_TIME is None:
+            with open("/proc/stat", "rb") as handle:
+                _BOOT_TIME = next(float(line.split()[1]) for line in handle if line.startswith(b"btime "))
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None  # a Linux /proc without this pid: gone
+        return _proc_start_psutil(pid)
+    except (OSError, StopIteration, ValueError):
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # from field 3 (state) on: the name may hold spaces
+    return _BOOT_TIME + int(fields[19]) / os.sysconf("SC_CLK_TCK"), fields[0] == b"Z"
+
+
+def _proc_start_psutil(pid: int) -> tuple[float, bool] | None:
     import psutil
 
-    return [pid, psutil.Process(pid).create_time()]
+    try:
+        proc = psutil.Process(int(pid))
+        return proc.create_time(), proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return None
+
+
+def _process_identity(pid: int) -> list[float]:
+    found = _proc_start(pid)
+    return [pid, found[0] if found else 0.0]
 
 
 def _alive(pid: int | None, create_time: float | None = None) -> bool:
     """The very process (pid *and* creation time) still runs; a zombie counts as dead."""
     if not pid:
         return False
-    import psutil  # here: a node agent with a file-based DB never needs it (~13 ms)
-
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(proc.create_time() - create_time) < 1.0
-    except psutil.Error:
+    found = _proc_start(int(pid))
+    if found is None or found[1]:
         return False
+    return create_time is None or abs(found[0] - create_time) < 1.0
 
 
 class _NodeLock:
@@ -288,11 +319,9 @@ class CalibDB:
             self.copy_seconds,
             self.ready_seconds,
         )
-        import psutil
-
         return {
             "pid": proc.pid,
-            "create_time": psutil.Process(proc.pid).create_time(),
+            "create_time": _process_identity(proc.pid)[1],
             "endpoint": endpoint.to_dict(),
             "ready_seconds": self.ready_seconds,
             "copy_seconds": self.copy_seconds,
@@ -300,13 +329,22 @@ class CalibDB:
 
     def _orphan_server(self) -> int | None:
         """A mariadbd of this instance dir that no state records (its starter died mid-start)."""
-        import psutil
-
-        try:
+        try:  # no pid file (every sqlite start, every clean one): nothing to look up
             pid = int((self.dir / "mysqld.pid").read_text().strip())
-            cmdline = psutil.Process(pid).cmdline()
-        except (OSError, ValueError, psutil.Error):
+        except (OSError, ValueError):
             return None
+        if os.path.isdir("/proc/self"):
+            try:
+                cmdline = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+            except OSError:
+                return None
+        else:
+            import psutil
+
+            try:
+                cmdline = psutil.Process(pid).cmdline()
+            except psutil.Error:
+                return None
         return pid if f"--datadir={self.dir / 'data'}" in cmdline else None
 
     def _cleanup_instance(self, *, stale: bool = False) -> None:

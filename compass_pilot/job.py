@@ -16,6 +16,7 @@ fail that job with a code instead of crashing.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -331,10 +332,17 @@ def utc_timestamp(epoch: float | None = None) -> str:
 
 
 def new_guid() -> str:
-    """A GUID for an output file: the pilot assigns them (the server sends none for outputs)."""
-    import uuid  # here: it pulls in platform (~3 ms) that a node agent's start does not need
+    """A GUID for an output file: the pilot assigns them (the server sends none for outputs).
 
-    return str(uuid.uuid4())
+    A random (version 4) UUID in its usual text form, made from 16 random bytes here:
+    ``uuid.uuid4()`` gives the same, but importing ``uuid`` (it pulls in ``platform``)
+    cost every node agent ~5 ms of CPU at its first ended job.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True)

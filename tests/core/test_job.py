@@ -132,3 +132,15 @@ def check_fuzzed_spec(data: dict) -> bool:
     for spec in (*job.input_files, *job.output_files):
         check_file_name(spec.lfn, "lfn")
     return True
+
+
+def test_new_guid_is_a_random_rfc4122_uuid_in_its_text_form() -> None:
+    import uuid
+
+    from compass_pilot.job import new_guid
+
+    guids = [new_guid() for _ in range(500)]
+    assert len(set(guids)) == 500
+    for guid in guids:
+        parsed = uuid.UUID(guid)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == guid
