@@ -3,14 +3,16 @@
 For each queue depth (3K, 20K, 150K and, with ``--sizes``, 1M activated jobs) a fresh
 copy of a pre-built database is served by a real :class:`Dispatcher` in this process,
 and separate client processes talk to it over loopback with the real
-:class:`PandaClient` (legacy dialect, keep-alive session):
+:class:`PandaClient` (its default dialect, v1; keep-alive session):
 
 - **single**: 8 clients, each looping getJob(1) → starting → running → transferring →
   finished (4 updateJob) for ``--window`` seconds.  Printed: jobs/min over all clients,
   p50/p99 of getJob and of updateJob, and the dispatcher's CPU (this process) per
-  minute of wall time and per job.  When the clients and other work starve the box,
-  jobs/min measures the box; CPU ms/job is the dispatcher's own cost and what to size a
-  dispatcher host by (60,000 / ms per job = jobs/min one free core sustains).
+  minute of wall time and per job, and the clients' CPU per job.  When the clients and
+  other work starve the box, jobs/min measures the box (the target line says what its
+  cores could carry at most with those two costs); CPU ms/job is the dispatcher's own
+  cost and what to size a dispatcher host by (60,000 / ms per job = jobs/min one core of
+  its own sustains).
 - **bulk**: one client, ``--reps`` times get_jobs(512) then one updateJobsInBulk with 512
   finals.  Printed: the median and worst of each.
 
@@ -129,6 +131,7 @@ def single_client(url: str, window: float, start_at: float, out: Any) -> None:
     jobs = 0
     while time.time() < start_at:
         time.sleep(0.005)
+    cpu0 = time.process_time()  # the client's own CPU in the window (its imports and start-up left out)
     deadline = time.monotonic() + window
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
@@ -146,8 +149,9 @@ def single_client(url: str, window: float, start_at: float, out: Any) -> None:
         upd_lat.append(time.perf_counter() - t0)
         if answer.ok:
             jobs += 1
+    cpu = time.process_time() - cpu0
     client.close()
-    out.put((jobs, get_lat, upd_lat))
+    out.put((jobs, get_lat, upd_lat, cpu))
 
 
 def bulk_client(url: str, reps: int, out: Any) -> None:
@@ -191,6 +195,7 @@ def run_single(db: Path, window: float) -> dict[str, float]:
     left = dispatcher.store.query("SELECT COUNT(*) AS n FROM jobs WHERE status = 'activated'")[0]["n"]
     dispatcher.stop()
     jobs = sum(r[0] for r in results)
+    client_cpu = sum(r[3] for r in results)
     gets = [x for r in results for x in r[1]]
     upds = [x for r in results for x in r[2]]
     return {
@@ -201,6 +206,7 @@ def run_single(db: Path, window: float) -> dict[str, float]:
         "upd99": pct(upds, 0.99),
         "cpu_min": cpu / wall * 60,
         "cpu_job": cpu / max(1, jobs),
+        "client_cpu_job": client_cpu / max(1, jobs),
         "left": left,
     }
 
@@ -248,32 +254,46 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ms = 1000.0
+    cores = os.cpu_count() or 1
     print(
         f"{'queued':>8} | {'jobs/min':>8} | {'getJob p50/p99 ms':>17} | {'updateJob p50/p99 ms':>20} |"
-        f" {'disp CPU s/min':>14} | {'CPU ms/job':>10} | {'left':>7} |"
+        f" {'disp CPU s/min':>14} | {'disp CPU ms/job':>15} | {'clients CPU ms/job':>18} | {'left':>7} |"
         f" {'get 512 med/max ms':>18} | {'512 finals med/max ms':>21}"
     )
     for n, s, b in rows:
         print(
             f"{n:>8} | {s['jobs_min']:>8.0f} | {s['get50'] * ms:>8.1f}/{s['get99'] * ms:<8.1f} |"
             f" {s['upd50'] * ms:>9.1f}/{s['upd99'] * ms:<10.1f} | {s['cpu_min']:>14.1f} |"
-            f" {s['cpu_job'] * ms:>10.2f} | {s['left']:>7} |"
+            f" {s['cpu_job'] * ms:>15.2f} | {s['client_cpu_job'] * ms:>18.2f} | {s['left']:>7} |"
             f" {b['get_med'] * ms:>8.0f}/{b['get_max'] * ms:<9.0f} |"
             f" {b['fin_med'] * ms:>10.0f}/{b['fin_max'] * ms:<10.0f}"
         )
     by_size = {n: (s, b) for n, s, b in rows}
-    print(f"targets ({CLIENTS} clients, legacy dialect, this box shared with other work):")
+    dialect = PandaSection().dialect
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"targets ({CLIENTS} clients, {dialect} dialect, {cores} cores shared with other work: load {load}):")
     if 20000 in by_size:
-        ref = by_size[20000][0]["jobs_min"]
-        per_core = 60_000 / max(1e-9, by_size[20000][0]["cpu_job"] * ms)
+        single = by_size[20000][0]
+        ref = single["jobs_min"]
+        disp, clients = single["cpu_job"] * ms, single["client_cpu_job"] * ms
+        print(f"  20K queued, single: {ref:.0f} jobs/min measured on this box (target >= 20,000)")
         print(
-            f"  20K queued, single: {ref:.0f} jobs/min (target >= 20,000); the dispatcher's own CPU per job"
-            f" would allow {per_core:.0f} jobs/min per free core"
+            f"    box-bound: each job cost the dispatcher {disp:.2f} ms of CPU and the {CLIENTS} pilot clients"
+            f" {clients:.2f} ms; {cores} cores fully ours would carry at most"
+            f" {cores * 60_000 / max(1e-9, disp + clients):.0f} jobs/min with clients and server on them"
+        )
+        print(
+            f"    a dispatcher host: one core of its own sustains {60_000 / max(1e-9, disp):.0f} jobs/min"
+            " (60,000 / its CPU ms per job; the pilots run elsewhere)"
         )
         for n in (150000, 1000000):
             if n in by_size:
                 ratio = ref / max(1e-9, by_size[n][0]["jobs_min"])
-                print(f"  {n // 1000}K queued, single: {ratio:.2f}x slower than 20K (target <= 1.5x)")
+                per_job = by_size[n][0]["cpu_job"] / max(1e-9, single["cpu_job"])
+                print(
+                    f"  {n // 1000}K queued, single: {ratio:.2f}x slower than 20K (target <= 1.5x);"
+                    f" dispatcher CPU per job {per_job:.2f}x the 20K figure"
+                )
     if 150000 in by_size:
         b = by_size[150000][1]
         print(
