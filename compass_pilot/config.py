@@ -191,6 +191,8 @@ class SiteConfig:
 
 def expand(value: str) -> str:
     """Expand ``${VAR}`` / ``~`` in paths; ``${TMPDIR}`` defaults to /tmp."""
+    if "$" not in value and not value.startswith("~"):
+        return value  # the usual case, asked per job: no copy of the whole environment
     env = dict(os.environ)
     env.setdefault("TMPDIR", "/tmp")
     return os.path.expanduser(string.Template(value).safe_substitute(env))
