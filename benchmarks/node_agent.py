@@ -94,10 +94,12 @@ def one_run(slots: int, sleep: float, reco: bool = False) -> dict[str, float]:
         threads = 0
         whole = 0.0  # the agent's own CPU, last seen before it exited
         while proc.poll() is None:  # a benchmark may sample; the product never polls
-            agent = _agent_of(proc.pid) or proc.pid
+            found = _agent_of(proc.pid)
+            agent = found or proc.pid
             try:
                 threads = max(threads, len(os.listdir(f"/proc/{agent}/task")))
-                whole = _cpu(agent)
+                if found:  # not the keeper's once the agent is gone
+                    whole = _cpu(found)
                 names = os.listdir(reports) if started != started and reports.is_dir() else []
                 if sum(1 for n in names if n.endswith(".started")) == slots:
                     started = time.monotonic() - t0
