@@ -10,6 +10,11 @@ and asks it over a pipe, one JSON line per request and per answer.  The child ru
 very PluginBatchBackend (the Harvester plugins) the daemon used to run in-process, so
 what reaches the batch system is unchanged; its import is paid once per daemon.
 
+The daemon's gate before its first getJob is :meth:`BrokerBatchBackend.probe`: a native
+query of the batch system from the daemon itself, while this child starts and opens the
+job service (an ``open`` request whose answer is not waited for).  Requests are served
+one at a time, so the first submission waits here for that open.
+
 Failure behaviour — the daemon's retry and circuit-breaker logic must see what it saw:
 
 * an answer carries the exception the plugins raised, rebuilt here with its type:
@@ -357,8 +362,6 @@ class BrokerBatchBackend:
                         "batch broker: opening the job service ahead failed (the submission opens it again): %s",
                         message["error"].get("message", "?"),
                     )
-                if message.get("id") != seq:
-                    continue
             if message.get("id") != seq:
                 continue  # a late answer to a request given up on (cannot happen: that broker was killed)
             if "error" in message:
