@@ -47,6 +47,7 @@ from compass_pilot.config import PandaSection, SiteSection, expand
 from compass_pilot.errors import ServerError
 from compass_pilot.failures import ordinal, short_reason
 from compass_pilot.job import JobReport
+from compass_pilot.panda import transport
 from compass_pilot.panda.auth import is_loopback
 from compass_pilot.panda.fields import CPU_UNIT, DIALECT_COLUMN, FILE_REPORT, META_DATA, UPDATE_FIELDS
 
@@ -117,6 +118,8 @@ class _NoDelayAdapter(requests.adapters.HTTPAdapter):
             options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
         kwargs["socket_options"] = options
         super().init_poolmanager(*args, **kwargs)
+        # headers and body in one write (panda/transport.py)
+        self.poolmanager.pool_classes_by_scheme = dict(transport.POOLS_BY_SCHEME)
 
 
 def _read_token(config: PandaSection) -> str | None:

@@ -213,6 +213,26 @@ def test_requests_are_what_requests_itself_would_send(odd_server: str, dialect: 
     assert {k.lower(): v for k, v in ours.items()} == {k.lower(): v for k, v in theirs.items()}
 
 
+def test_headers_and_body_leave_in_one_write(odd_server: str, monkeypatch) -> None:
+    """One segment per request: the server must not wake for the headers and again for the body."""
+    writes: list[bytes] = []
+    real_sendall = socket.socket.sendall
+    server_port = int(odd_server.rsplit(":", 1)[1])
+
+    def recording(sock: socket.socket, data: bytes, *args: object) -> None:
+        if sock.getpeername()[1] == server_port:  # the client's writes (the server runs in this process too)
+            writes.append(bytes(data))
+        real_sendall(sock, data, *args)
+
+    client = client_for(odd_server, "v1")
+    _Odd.replies = [(200, b'{"success": true, "data": {"StatusCode": 0}}')] * 2
+    client.update_job(JobReport(7, "running", 1))  # connects (a first request may differ: none here)
+    monkeypatch.setattr(socket.socket, "sendall", recording)
+    client.update_job(JobReport(7, "running", 1))
+    assert len(writes) == 1 and writes[0].startswith(b"POST /api/v1/pilot/update_job HTTP/1.1\r\n")
+    assert writes[0].endswith(_Odd.bodies[-1]) and b"\r\n\r\n{" in writes[0]
+
+
 def test_environment_proxy_and_no_proxy_are_honoured(odd_server: str, monkeypatch) -> None:
     """The client reads the environment once (not per request) but still goes by it."""
     for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
