@@ -35,13 +35,12 @@ jobs without a code of their own (l. 173-178).  Line numbers: HSF/harvester at d
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import time
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def _epoch(text: Any) -> float:
         if len(s) != 19 or s[4] != "-" or s[7] != "-" or s[10] != " " or s[13] != ":" or s[16] != ":":
             raise ValueError(s)
         fields = (int(s[0:4]), int(s[5:7]), int(s[8:10]), int(s[11:13]), int(s[14:16]), int(s[17:19]))
-        return float(calendar.timegm(datetime(*fields).timetuple()))
+        return datetime(*fields, tzinfo=UTC).timestamp()  # no calendar module: ~3 ms per agent start
     except (TypeError, ValueError):
         return 0.0
 
