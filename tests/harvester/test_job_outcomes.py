@@ -139,3 +139,15 @@ def test_fixed_size_without_harvester_db_is_the_cap() -> None:
     assert MultiJobWorkerMaker(nJobsPerWorker=64).get_num_jobs_per_worker(1) == 64
     # and this is why a fixed size is wrong under Harvester: 5 waiting jobs, no worker
     assert compat.job_chunks_for_workers(_waiting(5), 1, 0, 512) == []
+
+
+def test_panda_times_round_trip_through_the_attributes_file_in_utc() -> None:
+    from harvester_plugins.jobfiles import JobOutcome
+
+    outcome = JobOutcome(panda_id=7, attempt_nr=1, status="finished", start_time=1796268948.0, end_time=951782400.0)
+    attrs = outcome.attributes()
+    assert attrs["startTime"] == "2026-12-03 03:35:48" and attrs["endTime"] == "2000-02-29 00:00:00"
+    back = JobOutcome.from_attributes(7, attrs)
+    assert back is not None and (back.start_time, back.end_time) == (1796268948.0, 951782400.0)
+    for bad in ("2026-13-03 03:35:48", "2026-12-03T03:35:48", "yesterday", None):
+        assert JobOutcome.from_attributes(7, {**attrs, "startTime": bad}).start_time == 0.0  # type: ignore[union-attr]
