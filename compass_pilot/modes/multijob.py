@@ -65,6 +65,8 @@ FINAL_STATES_MEMORY = 4096
 PRUNE_INTERVAL = 3600.0
 #: Seconds one wake-up keeps taking in the notices that arrive while it stages out (see _more_named).
 INTAKE_LIMIT = 10.0
+#: Jobs taken in per finished transfer at most: the jobs already out are settled between two bites.
+INTAKE_BATCH = 64
 
 
 class BatchBackend(Protocol):
@@ -710,7 +712,10 @@ class MultiJobDaemon:
             return set()
         notices, _ = self.listener.take()
         self._intake.add(notices)
-        return self._intake.pop(state.sub_id)
+        named = sorted(self._intake.pop(state.sub_id))
+        if len(named) > INTAKE_BATCH:  # reading outcomes is this thread's work: a bounded bite at a time
+            self._intake.ended.setdefault(state.sub_id, set()).update(named[INTAKE_BATCH:])
+        return set(named[:INTAKE_BATCH])
 
     def _report_now(self) -> None:
         """Make the settled jobs durable, clean their work dirs and report everything pending in one request."""
@@ -900,15 +905,18 @@ class MultiJobDaemon:
         unsent_since = 0.0  # monotonic time the oldest finished, unreported transfer ended (0: none)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="transfer") as pool:
             pending = {pool.submit(one, item): item for item in results}
-            while pending:
-                # a slow transfer must not hold back the jobs already out: wake at the window's end
-                timeout = (
-                    None if not unsent_since else max(0.0, unsent_since + wakeups.COALESCE_WINDOW - time.monotonic())
-                )
-                done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-                for future in done:
-                    ready.append((pending.pop(future)[0], future.result()))
-                    unsent_since = unsent_since or time.monotonic()
+            while True:
+                if pending:
+                    # a slow transfer must not hold back the jobs already out: wake at the window's end
+                    left = unsent_since + wakeups.COALESCE_WINDOW - time.monotonic()
+                    timeout = max(0.0, left) if unsent_since else None
+                    done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        ready.append((pending.pop(future)[0], future.result()))
+                        unsent_since = unsent_since or time.monotonic()
+                due = bool(unsent_since) and (not pending or time.monotonic() - unsent_since >= wakeups.COALESCE_WINDOW)
+                if due:  # what is out goes first: taking in more jobs can wait that long
+                    settle_ready()
                 named = self._more_named(state)  # jobs that ended meanwhile join this burst at once
                 if named:
                     keys = [str(i) for i in sorted(named) if str(i) in state.jobs]
@@ -918,11 +926,12 @@ class MultiJobDaemon:
                     pending.update({pool.submit(one, item): item for item in more})
                     staged.update(entry.panda_id for entry, _ in more)
                     self._staging.update(entry.panda_id for entry, _ in more)
-                if unsent_since and (not pending or time.monotonic() - unsent_since >= wakeups.COALESCE_WINDOW):
-                    settle_ready()
+                if due:
                     if pending:
-                        self._report_now()
+                        self._report_now()  # the last chunk goes with the caller's flush
                     unsent_since = 0.0
+                if not pending:
+                    break
         settle_ready()
 
     def _settle_result(self, state: SubmissionState, entry: JobEntry, outcome: tuple[Any, PilotError | None]) -> None:
