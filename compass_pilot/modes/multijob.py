@@ -915,9 +915,13 @@ class MultiJobDaemon:
                         ready.append((pending.pop(future)[0], future.result()))
                         unsent_since = unsent_since or time.monotonic()
                 due = bool(unsent_since) and (not pending or time.monotonic() - unsent_since >= wakeups.COALESCE_WINDOW)
-                if due:  # what is out goes first: taking in more jobs can wait that long
+                if due:
                     settle_ready()
-                named = self._more_named(state)  # jobs that ended meanwhile join this burst at once
+                    self._report_now()
+                    unsent_since = 0.0
+                # jobs that ended meanwhile join this burst at once — once what is out is reported:
+                # reading their outcomes is this thread's work, and the finals already made wait for none of it
+                named = self._more_named(state) if not ready else set()
                 if named:
                     keys = [str(i) for i in sorted(named) if str(i) in state.jobs]
                     _, more = self._read_files(state, keys, lambda name: os.path.exists(state.reports_dir / name))
@@ -926,10 +930,6 @@ class MultiJobDaemon:
                     pending.update({pool.submit(one, item): item for item in more})
                     staged.update(entry.panda_id for entry, _ in more)
                     self._staging.update(entry.panda_id for entry, _ in more)
-                if due:
-                    if pending:
-                        self._report_now()  # the last chunk goes with the caller's flush
-                    unsent_since = 0.0
                 if not pending:
                     break
         settle_ready()
