@@ -242,8 +242,18 @@ def _json_bytes(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
-def write_outcome(directory: str | os.PathLike[str], outcome: JobOutcome, names: dict[str, str] | None = None) -> None:
-    """Write the three files of one job; the attributes last (they end the job in Harvester)."""
+def write_outcome(
+    directory: str | os.PathLike[str],
+    outcome: JobOutcome,
+    names: dict[str, str] | None = None,
+    *,
+    durable: bool = True,
+) -> None:
+    """Write the three files of one job; the attributes last (they end the job in Harvester).
+
+    Each file is replaced atomically either way; ``durable`` adds the fsyncs that make the
+    three survive a crash in order (see ``hpc.jobset.JobSet.durable_outcomes`` for who needs them).
+    """
     names = {**DEFAULT_NAMES, **(names or {})}
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
@@ -254,6 +264,7 @@ def write_outcome(directory: str | os.PathLike[str], outcome: JobOutcome, names:
             (names[JOB_REPORT_KEY], _json_bytes(outcome.job_report())),
             (names[ATTRIBUTES_KEY], _json_bytes(outcome.attributes())),
         ],
+        durable=durable,
     )
 
 

@@ -87,8 +87,9 @@ CalibOpener = Callable[..., Any]
 _DONE = b"D"  # a payload's result is written
 _TERM = b"T"  # the batch system wants us gone
 #: Threads that judge ended payloads and write their outcomes (checksums, log tarball,
-#: six fsyncs each): a few, so 32 payloads ending together are not written one by one
-#: on a slow shared file system, and none while nothing has ended.
+#: four fsyncs each unless the job set says the reader needs none): a few, so 32 payloads
+#: ending together are not written one by one on a slow shared file system, and none while
+#: nothing has ended.
 _WRITERS = 4
 
 
@@ -150,11 +151,13 @@ class NodeRun:
         report_names: dict[str, str] | None = None,
         notify_target: notify.NotifyTarget | None = None,
         terminate_at: float | None = None,
+        durable_outcomes: bool = True,
     ) -> None:
         # absolute paths: the payload launches switch this process's working directory for a moment
         # (compass_pilot.payload.spawn), and the result writers run meanwhile
         self.jobs = [replace(nj, workdir=os.path.abspath(nj.workdir)) for nj in jobs]
         self.report_names = jobfiles.names_from(report_names or {})
+        self.durable_outcomes = durable_outcomes  # JobSet.durable_outcomes: who reads the files decides
         self.reports_dir = Path(os.path.abspath(reports_dir))
         self.node = node
         self.calibdb_cfg = calibdb
@@ -270,7 +273,7 @@ class NodeRun:
             node=self.host,
             outputs=outputs,
         )
-        jobfiles.write_outcome(nj.workdir, outcome, self.report_names)
+        jobfiles.write_outcome(nj.workdir, outcome, self.report_names, durable=self.durable_outcomes)
         self.results[nj.panda_id] = outcome
         self._notify(notify.ENDED, [nj.panda_id])
         if verdict:
@@ -678,6 +681,7 @@ def _node_run(jobset: JobSet, node: int, args: Any, started: float, node_dir: Pa
         report_names=jobset.report_files,
         notify_target=jobset.notify,
         terminate_at=_guard_deadline(args, jobset, started),
+        durable_outcomes=jobset.durable_outcomes,
     )
 
 

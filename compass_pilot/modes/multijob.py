@@ -436,7 +436,10 @@ class MultiJobDaemon:
                 entry.node = placement.node
         jobset = subdir / "jobset.json"
         notify = self._notify_target(state)
-        write_jobset(jobset, submission, config_to_dict(self.site), workdirs, str(subdir), notify=notify)
+        # durable_outcomes=False: this daemon reads only the attributes file and syncs the outputs itself
+        write_jobset(
+            jobset, submission, config_to_dict(self.site), workdirs, str(subdir), notify=notify, durable_outcomes=False
+        )
         # the intent, with the batch job's unique name, is durable before the batch job exists:
         # a daemon killed right after qsub finds that job by name instead of leaving it orphaned
         state.job_name = sub_id

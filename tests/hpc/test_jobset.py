@@ -37,6 +37,18 @@ def test_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".jobset.json.*"))  # no temp file left behind
 
 
+def test_durable_outcomes_round_trip_and_default(tmp_path: Path) -> None:
+    """The daemon's job sets say its agents need no fsync; an older file without the key means durable."""
+    (sub,) = plan_submissions([shell_job(1)], HPCSection())
+    args = (sub, config_to_dict(SiteConfig()), {1: str(tmp_path / "w")}, str(tmp_path))
+    assert read_jobset(write_jobset(tmp_path / "a.json", *args)).durable_outcomes is True
+    assert read_jobset(write_jobset(tmp_path / "b.json", *args, durable_outcomes=False)).durable_outcomes is False
+    data = json.loads((tmp_path / "b.json").read_text())
+    del data["durable_outcomes"]
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    assert read_jobset(tmp_path / "b.json").durable_outcomes is True
+
+
 def test_missing_workdir_is_refused(tmp_path: Path) -> None:
     (sub,) = plan_submissions([shell_job(1), shell_job(2)], HPCSection())
     with pytest.raises(ValueError, match=r"no work dir for PandaID\(s\) \[2\]"):
@@ -54,6 +66,7 @@ def test_missing_workdir_is_refused(tmp_path: Path) -> None:
         (lambda d: d["node_jobs"][1]["jobs"].append(d["node_jobs"][0]["jobs"][0]), "appears twice"),
         (lambda d: d["node_jobs"][0]["jobs"][0]["job"].pop("transformation"), "'transformation'"),
         (lambda d: d["node_jobs"][0]["jobs"][0].update(panda_id=99), "differs"),
+        (lambda d: d.update(durable_outcomes="no"), "durable_outcomes"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, mutate, match: str) -> None:

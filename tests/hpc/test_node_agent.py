@@ -149,6 +149,22 @@ def test_outcome_is_written_in_harvester_format(tmp_path: Path) -> None:
     assert [e["type"] for e in bad_dump["2"]] == ["log"]  # a failed job stages out its log only
 
 
+@pytest.mark.parametrize(("durable", "syncs_per_job"), [(True, 4), (False, 0)])
+def test_outcome_fsyncs_follow_the_job_set(tmp_path: Path, monkeypatch, durable: bool, syncs_per_job: int) -> None:
+    """Harvester's job sets (durable): three files fsync'd + one directory fsync per job; the
+    daemon's (not durable): none — and the files read back the same either way."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    jobs = _node_jobs(tmp_path, {1: "echo End of Job", 2: "echo End of Job"})
+    run = NodeRun(jobs, reports_dir=tmp_path / "reports", calibdb_opener=None, payload=SHELL, durable_outcomes=durable)
+    run.run()
+    assert len(synced) == 2 * syncs_per_job
+    found = _results(tmp_path)
+    assert sorted(found) == [1, 2] and {o.status for o in found.values()} == {"finished"}
+    assert not list(tmp_path.glob("**/.*.tmp"))  # renamed into place either way
+
+
 class _FailingCalibDB:
     """Stand-in for a calibdb whose start fails (the calibdb package is another area's,
     and a real start failure depends on its backend); records that stop() was called."""

@@ -98,7 +98,9 @@ def test_forged_and_misleading_wakeups_change_nothing(mom) -> None:  # noqa: F81
         assert time.time() < deadline, "the daemon never submitted"
         time.sleep(0.1)
     (state,) = daemon.submissions.values()
-    target = read_jobset(Path(state.subdir) / "jobset.json").notify
+    written = read_jobset(Path(state.subdir) / "jobset.json")
+    assert written.durable_outcomes is False  # this daemon reads only the attributes and syncs outputs itself
+    target = written.notify
     assert target is not None and target.port == daemon.listener.port
     ids = [entry.panda_id for entry in state.jobs.values()]
     forged = NotifySender(NotifyTarget(target.host, target.port, target.sub_id, notify.new_key()))
