@@ -297,6 +297,9 @@ def run_daemon(site_path: str, *, runtime: float, hold_poll: float, fill_to: int
                 filled = sum(1 for s in list(daemon.submissions.values()) if not s.done) >= fill_to
             except RuntimeError:  # the dict changed under us: look again
                 filled = False
+            except Exception:  # a bug here must not pass silently: scale.py then says "not measured"
+                log.exception("benchmark phase watcher failed")
+                return
             if filled:
                 site.hpc.poll_interval = hold_poll
                 with open(status_path, "a", encoding="utf-8") as out:
