@@ -12,7 +12,6 @@ fsyncs, for hints whose loss in a crash costs nothing (a payload's started marke
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -23,24 +22,24 @@ def atomic_write_text(target: str | os.PathLike[str], text: str, *, durable: boo
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
-    """Replace ``target`` with ``data`` atomically; the file is created 0600 (``mkstemp``)."""
+    """Replace ``target`` with ``data`` atomically; the file is created 0600."""
     path = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write_files(path.parent, [(path.name, data)], durable=durable)
+
+
+#: a fresh file, never one that was there: a planted file or symlink under the temp name is not followed
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _create_exclusive(tmp: str) -> int:
+    """Open ``tmp`` as a new 0600 file.  Something already under that name (a temp file a
+    killed writer of the same pid and thread left, or a planted link) is removed — the link
+    itself, not what it points at — and the create tried once more."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if durable:
-        _fsync_dir(path.parent)
+        return os.open(tmp, _CREATE, 0o600)
+    except FileExistsError:
+        os.unlink(tmp)
+        return os.open(tmp, _CREATE, 0o600)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -74,7 +73,7 @@ def atomic_write_files(
     for name, data in files:
         target = os.path.join(base, name)
         tmp = os.path.join(base, f".{name}.{tag}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = _create_exclusive(tmp)
         try:
             try:
                 view = memoryview(data)

@@ -142,13 +142,18 @@ class StatusUpdater:
             if key in self._acked_final or (self.journal is not None and self.journal.final_acked(*key)):
                 log.info("job %d attempt %d: final state already acknowledged, not re-sent", *key)
                 return
-            current = self._pending.get(key)
-            if current is not None and current.is_final and not report.is_final:
-                return  # never downgrade a pending final state
-            self._pending[key] = report
-            self._volatile.discard(key)
-            if self.journal is not None:
+            if self._take(report, key) and self.journal is not None:
                 self.journal.report_queued(report)
+
+    def _take(self, report: JobReport, key: tuple[int, int]) -> bool:
+        """(lock held) Make ``report`` the job's pending update; False when it would downgrade
+        a pending final state (never done: a final is the last word)."""
+        current = self._pending.get(key)
+        if current is not None and current.is_final and not report.is_final:
+            return False
+        self._pending[key] = report
+        self._volatile.discard(key)
+        return True
 
     def queue_heartbeats(self, reports: list[JobReport]) -> None:
         """Running heartbeats for the next flush, kept out of the journal.
@@ -193,12 +198,8 @@ class StatusUpdater:
                 if key in self._acked_final or key in acked:
                     log.info("job %d attempt %d: final state already acknowledged, not re-sent", *key)
                     continue
-                current = self._pending.get(key)
-                if current is not None and current.is_final and not report.is_final:
-                    continue  # never downgrade a pending final state
-                self._pending[key] = report
-                self._volatile.discard(key)
-                to_journal.append(report)
+                if self._take(report, key):
+                    to_journal.append(report)
             queued_many(to_journal)
 
     def pending(self) -> int:

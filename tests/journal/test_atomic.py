@@ -39,3 +39,22 @@ def test_several_files_of_one_dir_replaced_in_order_and_a_failure_keeps_the_rest
     assert (tmp_path / "a.json").read_bytes() == b"newer a"  # a prefix is replaced, nothing after the failure
     assert (tmp_path / "b.json").read_bytes() == b"new b" * 10000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "sub"]  # no temp left
+
+
+def test_a_planted_link_under_the_temp_name_is_not_followed(tmp_path: Path) -> None:
+    """The temp name is predictable (process + thread): whatever sits there is replaced, never
+    written through — a symlink to another file of ours leaves that file as it was."""
+    import os
+    import threading
+
+    from compass_pilot.atomic import atomic_write_text
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    tag = f"{os.getpid()}.{threading.get_ident()}"
+    (tmp_path / f".state.json.{tag}.tmp").symlink_to(victim)
+    atomic_write_text(tmp_path / "state.json", "new state")
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / "state.json").read_text() == "new state"
+    assert not (tmp_path / "state.json").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "victim"]
