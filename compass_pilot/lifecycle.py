@@ -104,6 +104,7 @@ def finish_job(
     timing: Timing | None = None,
     verdict: tuple[int, str] | str | None = "check",
     log_packed: bool = False,
+    counted: tuple[int | None, dict[str, int]] | None = None,
 ) -> JobReport:
     """Judge the payload, stage out outputs (and the log), and build the final report.
 
@@ -111,13 +112,21 @@ def finish_job(
     next to the logs); by default it is made here from the log files.  ``log_packed``:
     the node agent already packed the log tarball (it lists it in its outcome), so a
     tarball found in the work dir is staged out as it is instead of packed again.
+    ``counted``: (events, {output lfn: events}) the node agent already read from the logs
+    with the verdict; the logs (up to 2 × 256 KiB a job, on the MOM node's shared file
+    system, for every job of a wave) are then not read again here.
     """
     timing = timing or Timing()
-    stdout = compass.tail(workdir / STDOUT_NAME)
-    stderr = compass.tail(workdir / STDERR_NAME)
-    if verdict == "check":
-        verdict = compass.check_payload_output(job, stdout, stderr, result)
-    n_events = compass.count_events(job, stdout)
+    if counted is not None and verdict != "check":
+        stdout = ""
+        n_events, per_file = counted
+    else:
+        stdout = compass.tail(workdir / STDOUT_NAME)
+        stderr = compass.tail(workdir / STDERR_NAME)
+        if verdict == "check":
+            verdict = compass.check_payload_output(job, stdout, stderr, result)
+        n_events = compass.count_events(job, stdout)
+        per_file = None
     common = {
         "core_count": job.core_count,
         "cpu_consumption_time": round(result.cpu_seconds),
@@ -156,7 +165,8 @@ def finish_job(
         err = StageOutError(f"stage-out failed: {exc}", code)
         return failed_report(job.panda_id, job.attempt_nr, err.code, err.diag, **common)
     timing.stageout = time.time() - start
-    per_file = compass.output_events(job, stdout)
+    if per_file is None:
+        per_file = compass.output_events(job, stdout)
     files = [OutputFileReport(f.lfn, f.guid, f.fsize, f.adler32, f.surl, per_file.get(f.lfn)) for f in files]
     return JobReport(
         panda_id=job.panda_id,

@@ -110,7 +110,13 @@ class OutputFile:
         return os.path.basename(self.path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "type": self.type, "fsize": self.fsize, "chksum": self.chksum, "guid": self.guid}
+        """The dump entry.  An output also carries ``nEvents`` (null when the log named no count):
+        Harvester's messenger takes only the keys it knows, and our daemon reads the counts here
+        instead of reading the payload's logs a second time (:func:`read_event_counts`)."""
+        entry = {"path": self.path, "type": self.type, "fsize": self.fsize, "chksum": self.chksum, "guid": self.guid}
+        if self.type == "output":
+            entry["nEvents"] = self.n_events
+        return entry
 
     @classmethod
     def of(cls, path: Path, kind: str, guid: str, n_events: int | None = None) -> OutputFile:
@@ -284,6 +290,30 @@ def read_outcome(
     return JobOutcome.from_attributes(panda_id, attrs) if isinstance(attrs, dict) else None
 
 
+def read_event_counts(
+    directory: str | os.PathLike[str], panda_id: int, names: dict[str, str] | None = None
+) -> dict[str, int] | None:
+    """``{output lfn: events}`` as the node agent counted them (its outputs dump), or None when
+    the dump is missing, unreadable, of another job, or written by an agent that did not count
+    (an output entry without ``nEvents``): the caller then counts from the logs itself."""
+    names = {**DEFAULT_NAMES, **(names or {})}
+    entries = read_json(Path(directory) / names[OUTPUTS_KEY])
+    if not isinstance(entries, dict) or not isinstance(entries.get(str(panda_id)), list):
+        return None
+    counts: dict[str, int] = {}
+    for entry in entries[str(panda_id)]:
+        if not isinstance(entry, dict) or entry.get("type") != "output":
+            continue
+        if "nEvents" not in entry or not isinstance(entry.get("path"), str):
+            return None
+        value = entry["nEvents"]
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                return None
+            counts[os.path.basename(entry["path"])] = value
+    return counts
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """A JSON file, or None when missing or unreadable (a half-written file is never seen: writes rename)."""
     try:
@@ -316,6 +346,7 @@ __all__ = [
     "has_outcome",
     "names_from",
     "parse_outputs_dump",
+    "read_event_counts",
     "read_json",
     "read_outcome",
     "write_outcome",

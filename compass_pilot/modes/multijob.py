@@ -971,8 +971,16 @@ class MultiJobDaemon:
         if job is None:
             raise PilotError(f"job {entry.panda_id}: its spec is missing from the daemon's journal", ErrorCode.GENERAL)
         result = outcome.payload_result()
+        per_file = jobfiles.read_event_counts(entry.workdir, entry.panda_id)  # the agent's counts: logs not re-read
         report = lifecycle.finish_job(
-            job, Path(entry.workdir), result, self.site, copytool, verdict=outcome.verdict, log_packed=True
+            job,
+            Path(entry.workdir),
+            result,
+            self.site,
+            copytool,
+            verdict=outcome.verdict,
+            log_packed=True,
+            counted=(outcome.n_events, per_file) if per_file is not None else None,
         )
         report.node = report.node or outcome.node or ""  # the compute node it ran on, not this MOM node
         return report

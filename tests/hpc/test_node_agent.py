@@ -139,7 +139,9 @@ def test_outcome_is_written_in_harvester_format(tmp_path: Path) -> None:
         "fsize": 3,
         "chksum": "024d0127",  # adler32("abc")
         "guid": by_lfn["out1.root"]["guid"],
+        "nEvents": 7,  # ours; Harvester's messenger ignores keys it does not know
     }
+    assert jobfiles.read_event_counts(ok_dir, 1) == {"out1.root": 7}  # what the daemon reads instead of the logs
     assert by_lfn["log1.tgz"]["type"] == "log" and by_lfn["log1.tgz"]["guid"].endswith("0001")
     report = json.loads((ok_dir / "jobReport.json").read_text())
     assert report["files"]["output"][0]["subFiles"] == [{"name": "out1.root", "nentries": 7}]
