@@ -16,6 +16,7 @@ within ``start_timeout`` the error carries the tail of its error log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -25,6 +26,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -85,21 +87,55 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return f"(no error log at {path})"
 
 
-def short_socket_path(instance_dir: Path, name: str) -> Path:
+#: the unix sockets of one instance: the server's and the start notification's
+SOCKET_NAMES = ("mysqld.sock", "notify.sock")
+
+
+def _fallback_dir(instance_dir: Path) -> Path:
+    digest = hashlib.sha1(str(instance_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"calibdb-{os.geteuid()}-{digest}"
+
+
+def short_socket_path(instance_dir: Path, name: str, *, create: bool = True) -> Path:
     """A unix socket path under the 108-byte limit, even for deep scratch dirs.
 
     The fallback name hashes the instance dir, so two scratch dirs never share a socket.
+    ``create=False``: only the path, no directory made (to look up or remove a socket).
     """
     path = instance_dir / name
     if len(str(path)) < 100:
         return path
-    digest = hashlib.sha1(str(instance_dir).encode()).hexdigest()[:12]
     # A private, checked dir of its own: a bare name in /tmp could be squatted by anyone.
-    return ensure_private_dir(Path(tempfile.gettempdir()) / f"calibdb-{os.geteuid()}-{digest}") / name
+    fallback = _fallback_dir(instance_dir)
+    return (ensure_private_dir(fallback) if create else fallback) / name
 
 
-def socket_path(instance_dir: Path) -> Path:
-    return short_socket_path(instance_dir, "mysqld.sock")
+def socket_path(instance_dir: Path, *, create: bool = True) -> Path:
+    return short_socket_path(instance_dir, "mysqld.sock", create=create)
+
+
+def _ours_alone(directory: Path) -> bool:
+    """A real directory of ours that nobody else can write to (never act through a planted one)."""
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def remove_sockets(instance_dir: Path) -> None:
+    """Remove the instance's sockets, and the private fallback dir in /tmp they needed (one per
+    instance dir: left behind, they piled up by the thousand on a box that runs many job sets).
+    Nothing is created on the way, and nothing is removed through a dir that is not ours alone."""
+    for name in SOCKET_NAMES:
+        path = short_socket_path(instance_dir, name, create=False)
+        if path.parent == instance_dir or _ours_alone(path.parent):
+            path.unlink(missing_ok=True)
+    fallback = _fallback_dir(instance_dir)
+    used = any(short_socket_path(instance_dir, n, create=False).parent == fallback for n in SOCKET_NAMES)
+    if used and _ours_alone(fallback):
+        with contextlib.suppress(OSError):  # not empty (something else put a file there): left as it is
+            fallback.rmdir()
 
 
 def copy_snapshot(snapshot: Path, datadir: Path) -> float:

@@ -227,7 +227,7 @@ class CalibDB:
                 )
 
     def _ours(self, path: Path) -> bool:
-        return path.parent in (self.dir, backends.socket_path(self.dir).parent)
+        return path.parent in (self.dir, backends.socket_path(self.dir, create=False).parent)
 
     def _write_state(self, state: dict[str, Any]) -> None:
         atomic_write_text(self._state_file, json.dumps(state))
@@ -365,8 +365,7 @@ class CalibDB:
         self._remove_files()
 
     def _remove_files(self, *, keep_log: bool = False) -> None:
-        backends.socket_path(self.dir).unlink(missing_ok=True)
-        backends.short_socket_path(self.dir, "notify.sock").unlink(missing_ok=True)
+        backends.remove_sockets(self.dir)
         for name in _INSTANCE_FILES:
             if keep_log and name == "error.log":
                 continue

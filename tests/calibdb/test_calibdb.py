@@ -402,3 +402,22 @@ def test_demo_snapshot_built_once_under_concurrency(tmp_path: Path) -> None:
     conn = calibdb.connect({"COMPASS_CALIB_BACKEND": "sqlite", "COMPASS_CALIB_DSN": paths.pop()})
     assert len(calibdb.read_constants(conn, 275700)) == 10
     conn.close()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "sqlite"])
+def test_a_deep_scratch_dir_leaves_no_socket_dir_in_tmp(
+    snapshots: dict[str, Path], tmp_path: Path, backend: str
+) -> None:
+    """A scratch path too long for a unix socket puts the sockets in a private dir in /tmp; the
+    stop removes that dir too (they were left behind: thousands of empty dirs on a busy box),
+    and a stop never creates one."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    db = calibdb.open_calibdb(cfg(snapshots["sqlite" if backend == "sqlite" else "mariadb"], deep, backend))
+    fallback = backends.socket_path(db.dir, create=False).parent
+    assert fallback != db.dir and not fallback.exists()
+    endpoint = db.start()
+    if backend == "mariadb":
+        assert Path(endpoint.socket).parent == fallback and fallback.is_dir()
+    db.stop()
+    assert servers(deep) == []
+    assert not fallback.exists()
