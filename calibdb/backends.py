@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import stat
 import subprocess
 import tarfile
 import tempfile
@@ -35,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calibdb.endpoint import Endpoint, make_endpoint
-from calibdb.private import ensure_private_dir
+from calibdb.private import ensure_private_dir, is_private_dir
 from compass_pilot.errors import CalibDBError
 
 log = logging.getLogger(__name__)
@@ -114,26 +113,17 @@ def socket_path(instance_dir: Path, *, create: bool = True) -> Path:
     return short_socket_path(instance_dir, "mysqld.sock", create=create)
 
 
-def _ours_alone(directory: Path) -> bool:
-    """A real directory of ours that nobody else can write to (never act through a planted one)."""
-    try:
-        st = os.lstat(directory)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
 def remove_sockets(instance_dir: Path) -> None:
     """Remove the instance's sockets, and the private fallback dir in /tmp they needed (one per
     instance dir: left behind, they piled up by the thousand on a box that runs many job sets).
     Nothing is created on the way, and nothing is removed through a dir that is not ours alone."""
     for name in SOCKET_NAMES:
         path = short_socket_path(instance_dir, name, create=False)
-        if path.parent == instance_dir or _ours_alone(path.parent):
+        if path.parent == instance_dir or is_private_dir(path.parent):
             path.unlink(missing_ok=True)
     fallback = _fallback_dir(instance_dir)
     used = any(short_socket_path(instance_dir, n, create=False).parent == fallback for n in SOCKET_NAMES)
-    if used and _ours_alone(fallback):
+    if used and is_private_dir(fallback):
         with contextlib.suppress(OSError):  # not empty (something else put a file there): left as it is
             fallback.rmdir()
 

@@ -20,6 +20,20 @@ def _describe(st: os.stat_result) -> str:
     return f"owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
 
 
+def _ours_alone(st: os.stat_result) -> bool:
+    """Ours, and nobody else may write to it: the one rule every private dir and file is held to."""
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def is_private_dir(path: Path) -> bool:
+    """``path`` is a real directory (not a link) that is ours alone; False if absent or not so."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and _ours_alone(st)
+
+
 def check_parent(path: Path) -> None:
     """A dir we create things in: ours or root's, and if others may write to it, sticky (like /tmp).
 
@@ -50,7 +64,7 @@ def ensure_private_dir(path: Path) -> Path:
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise CalibDBError(f"refusing calibration DB dir {path}: not a directory (a link or file was planted)")
-    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if not _ours_alone(st):
         raise CalibDBError(
             f"refusing calibration DB dir {path} ({_describe(st)}): not ours alone; not joined, "
             "remove it or pick another calibdb.scratch_dir"
@@ -66,7 +80,7 @@ def check_private_file(path: Path) -> bool:
         st = os.lstat(path)
     except FileNotFoundError:
         return False
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if not stat.S_ISREG(st.st_mode) or not _ours_alone(st):
         raise CalibDBError(
             f"refusing calibration DB file {path} ({_describe(st)}, "
             f"{'regular file' if stat.S_ISREG(st.st_mode) else 'not a regular file'}): possibly planted; not used"
