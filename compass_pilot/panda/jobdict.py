@@ -21,17 +21,15 @@ import hashlib
 import uuid
 from typing import Any
 
+from compass_pilot.job import uuid_text
+
 _NS = uuid.UUID("5d0f8f0e-4c1b-4d35-9a39-2f4c0ad0c0a5")  # our namespace for made-up GUIDs
 _NS_BYTES = _NS.bytes
 
 
 def made_up_guid(name: str) -> str:
     """``str(uuid.uuid5(_NS, name))`` without building UUID objects (a getJob of 512 makes 512+)."""
-    digest = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid_text(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest(), 5)
 
 
 def _split(value: Any) -> list[str]:
