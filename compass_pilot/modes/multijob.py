@@ -793,26 +793,23 @@ class MultiJobDaemon:
 
     def _collect(self, state: SubmissionState, only: set[int] | None = None) -> bool:
         """Read the node agents' files (all jobs, or ``only`` these PandaIDs); True when a job changed state."""
-        reports = state.reports_dir
         if only is None:
             try:
-                names = set(os.listdir(reports))
+                names = set(os.listdir(state.reports_dir))
             except FileNotFoundError:
                 return False
-            keys = list(state.jobs)
-
-            def has_marker(name: str) -> bool:
-                return name in names
+            changed, results = self._read_files(state, list(state.jobs), names.__contains__)
         else:
-            keys = [str(i) for i in sorted(only) if str(i) in state.jobs]  # a name not of this submission: ignored
-
-            def has_marker(name: str) -> bool:
-                return os.path.exists(reports / name)
-
-        changed, results = self._read_files(state, keys, has_marker)
+            changed, results = self._read_named(state, only)
         if results:
             self._stage_out(state, results)
         return changed or bool(results)
+
+    def _read_named(self, state: SubmissionState, only: set[int]) -> tuple[bool, list[tuple[JobEntry, JobOutcome]]]:
+        """:meth:`_read_files` for the PandaIDs a notice named (a name not of this submission: ignored)."""
+        reports = state.reports_dir
+        keys = [str(i) for i in sorted(only) if str(i) in state.jobs]
+        return self._read_files(state, keys, lambda name: os.path.exists(reports / name))
 
     def _read_files(
         self, state: SubmissionState, keys: list[str], has_marker: Any
@@ -926,8 +923,7 @@ class MultiJobDaemon:
                 # reading their outcomes is this thread's work, and the finals already made wait for none of it
                 named = self._more_named(state) if not ready else set()
                 if named:
-                    keys = [str(i) for i in sorted(named) if str(i) in state.jobs]
-                    _, more = self._read_files(state, keys, lambda name: os.path.exists(state.reports_dir / name))
+                    _, more = self._read_named(state, named)
                     self._unsaved.add(state.sub_id)
                     specs.update(self._specs([entry for entry, _ in more]))
                     pending.update({pool.submit(one, item): item for item in more})
