@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compass_pilot.panda.dispatcher import Dispatcher
 
 
 def chunk_paths(n: int, run: int = 275678, first: int = 11001) -> list[str]:
@@ -27,3 +31,15 @@ def reco_task(paths: list[str], **extra: Any) -> dict[str, Any]:
     }
     task.update(extra)
     return task
+
+
+def serve_task(tmp_path: Path, chunks: int, name: str, first: int = 11000) -> Dispatcher:
+    """A started embedded dispatcher (``tmp_path/panda.sqlite``) holding one reco task of
+    ``chunks`` chunks; the caller stops it."""
+    from compass_pilot.panda.dispatcher import Dispatcher, submit_task
+
+    db = str(tmp_path / "panda.sqlite")
+    dispatcher = Dispatcher(db, port=0, check_interval=60)
+    dispatcher.start()
+    submit_task(db, reco_task(chunk_paths(chunks, first=first), name=name))
+    return dispatcher

@@ -12,8 +12,7 @@ from compass_pilot.bulk import JobSource, StatusUpdater
 from compass_pilot.config import load_site_config
 from compass_pilot.job import JobReport
 from compass_pilot.panda.client import PandaClient
-from compass_pilot.panda.dispatcher import Dispatcher, submit_task
-from tests.tasks import chunk_paths, reco_task
+from tests.tasks import serve_task
 
 
 class CountingClient(PandaClient):
@@ -41,10 +40,7 @@ def _summary(url: str) -> dict:
 
 @pytest.fixture
 def served(tmp_path: Path):
-    db = str(tmp_path / "panda.sqlite")
-    dispatcher = Dispatcher(db, port=0, check_interval=60)
-    dispatcher.start()
-    submit_task(db, reco_task(chunk_paths(40, first=11000), name="bulk"))
+    dispatcher = serve_task(tmp_path, 40, "bulk")
     site = load_site_config(None)
     site.panda.url = dispatcher.url
     client = CountingClient(site.panda, site.site)

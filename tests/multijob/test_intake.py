@@ -24,12 +24,11 @@ from compass_pilot.job import JobSpec, new_guid
 from compass_pilot.modes.multijob import JobEntry, MultiJobDaemon, SubmissionState
 from compass_pilot.modes.wakeups import Burst
 from compass_pilot.panda.client import PandaClient
-from compass_pilot.panda.dispatcher import Dispatcher, submit_task
 from harvester_plugins import jobfiles
 from harvester_plugins.jobfiles import JobOutcome, OutputFile
 from hpc import notify
 from hpc.notify import NotifySender, NotifyTarget
-from tests.tasks import chunk_paths, reco_task
+from tests.tasks import serve_task
 
 
 class NoBatch:
@@ -85,10 +84,7 @@ def _ended_job(job: JobSpec, workdir: Path) -> None:
 
 @pytest.fixture
 def served(tmp_path: Path):
-    db = str(tmp_path / "panda.sqlite")
-    dispatcher = Dispatcher(db, port=0, check_interval=60)
-    dispatcher.start()
-    submit_task(db, reco_task(chunk_paths(2, first=11000), name="intake"))
+    dispatcher = serve_task(tmp_path, 2, "intake")
     try:
         yield dispatcher
     finally:
