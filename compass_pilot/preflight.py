@@ -6,9 +6,9 @@ before any getJob the pilot proves it could carry a job to its end:
 
 * the batch system answers (daemon only): :func:`probe_batch` asks it natively, in a few
   milliseconds — ``squeue`` reaches slurmctld, ``qstat -Q`` the PBS / Torque server,
-  ``condor_q -totals`` the schedd; ``fork://`` needs only its shell (``$SHELL``, else
-  ``sh``) — after checking that radical.saga is installed and the scheme's submit
-  command is on PATH.  That probe
+  ``condor_q -totals`` the schedd; ``fork://`` needs only the shell the batch broker's
+  radical.saga starts (``$COMPASS_SAGA_SHELL``, else ``/bin/sh``) — after checking that
+  radical.saga is installed and the scheme's submit command is on PATH.  That probe
   is what gates the daemon's first getJob.  radical.saga's job service (a PTY shell
   probing the batch tools: 1-2 s) opens meanwhile in the batch broker, and the first
   submission waits for it there; if it then fails to open, that is a *temporary*
@@ -97,10 +97,12 @@ def probe_batch(site: SiteConfig, *, timeout: float | None = None) -> bool:
     scheme, local = _check_commands(url)
     if not local:
         return False
-    if scheme == "fork":  # nothing to ask: the local shell radical.saga's fork adaptor runs ($SHELL, else sh)
-        shell = os.environ.get("SHELL") or "sh"
+    if scheme == "fork":  # nothing to ask: the local shell the broker's radical.saga runs
+        from harvester_plugins.saga_shell import broker_shell
+
+        shell = broker_shell()
         if shutil.which(shell) is None:  # which() wants it executable too
-            raise PreflightError(f"batch_url {url}: shell {shell} (SHELL) is not executable")
+            raise PreflightError(f"batch_url {url}: shell {shell} (COMPASS_SAGA_SHELL) is not executable")
         return True
     template = PROBE_COMMANDS.get(scheme)
     if template is None:

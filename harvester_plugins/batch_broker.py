@@ -13,7 +13,10 @@ what reaches the batch system is unchanged; its import is paid once per daemon.
 The daemon's gate before its first getJob is :meth:`BrokerBatchBackend.probe`: a native
 query of the batch system from the daemon itself, while this child starts and opens the
 job service (an ``open`` request whose answer is not waited for).  Requests are served
-one at a time, so the first submission waits here for that open.
+one at a time, so the first submission waits here for that open.  The child is ours
+alone, so it tunes radical.saga's local shells (:mod:`harvester_plugins.saga_shell`:
+``/bin/sh`` instead of the user's login shell, a 10 ms PTY flush): a job service opens in
+~0.2 s instead of 1–1.6 s, a submit or state query takes ~25 ms instead of ~115 ms.
 
 Failure behaviour — the daemon's retry and circuit-breaker logic must see what it saw:
 
@@ -523,6 +526,9 @@ def main() -> int:
         import radical.saga  # noqa: F401
     except ImportError:  # said by the preflight (check_batch), with its exit code
         pass
+    from harvester_plugins.saga_shell import tune
+
+    tune()  # this process is ours alone: /bin/sh for its local shells, a short PTY flush
     return serve(sys.stdin.buffer, answer_fd)
 
 

@@ -5,7 +5,8 @@ Batch systems are reached through radical.saga (``pbspro://``, ``torque://``,
 Blue Waters pilot did.  What radical.saga 1.103 needs, learnt the hard way (see
 REFERENCE.md), is handled here once so the plugins stay small:
 
-* creating a ``job.Service`` forks a shell and probes the batch tools (~1 s), so there
+* creating a ``job.Service`` forks shells and probes the batch tools (1–1.6 s as radical.saga
+  ships; ~0.2 s in our batch broker, which tunes its shells: :mod:`~harvester_plugins.saga_shell`), so there
   is one per URL per process, cached at module level.  That cache is a *connection*,
   not plugin state: Harvester builds a new plugin instance on every call and the
   plugins keep everything else on the WorkSpec or on disk.  Calls through one service
@@ -99,7 +100,7 @@ def _saga() -> Any:
 #: A job service unused this long is closed.  Every radical.saga job service runs a state
 #: monitor thread (the fork adaptor's reads its shell every 10 ms, Slurm's runs scontrol
 #: every 3 s, PBS's qstat every 5 s): an open idle service costs a MOM-node daemon about
-#: a CPU second a minute, while opening one costs ~0.2 s.  So services live only while
+#: a CPU second a minute, while opening one costs the broker ~0.2 s.  So services live only while
 #: used (a Harvester cycle or a daemon round) and are opened again on the next call.
 SERVICE_IDLE_SECONDS = float(os.environ.get("COMPASS_SAGA_IDLE_SECONDS", "20"))
 

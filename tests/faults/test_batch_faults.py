@@ -97,7 +97,7 @@ def test_slurm_controller_down_takes_no_job(site: Site, monkeypatch) -> None:
 
 def test_job_service_failing_to_open_after_the_probe_keeps_the_jobs(site: Site) -> None:
     """The probe passed (fork: /bin/sh answers) and the jobs were fetched, but radical.saga's job
-    service cannot open (its shell, $SHELL, fails): a temporary submission error.  The jobs are
+    service cannot open (its shell, $COMPASS_SAGA_SHELL, fails): a temporary submission error.  The jobs are
     kept (not failed at once), the submission is retried, and once the shell works they run —
     each with exactly one final."""
     submit_reco(site.db, 4)
@@ -106,7 +106,7 @@ def test_job_service_failing_to_open_after_the_probe_keeps_the_jobs(site: Site) 
     broken.chmod(0o755)
     flag.touch()
     site.data["hpc"].update({"submit_backoff": 1, "submit_backoff_max": 2, "breaker_threshold": 50})
-    daemon = start_daemon(site, "--once", env={"SHELL": str(broken)})
+    daemon = start_daemon(site, "--once", env={"COMPASS_SAGA_SHELL": str(broken)})
 
     def oldest_beat() -> float:
         return min(r["heartbeat"] or 0.0 for r in site.dispatcher.store.query("SELECT heartbeat FROM jobs"))
@@ -125,7 +125,7 @@ def test_job_service_failing_to_open_after_the_probe_keeps_the_jobs(site: Site) 
 
 
 def test_first_getjob_does_not_wait_for_the_job_service(site: Site) -> None:
-    """The job service's shell hangs at start (its $SHELL waits on a flag file): the probe gate
+    """The job service's shell hangs at start (its $COMPASS_SAGA_SHELL waits on a flag file): the probe gate
     lets the daemon fetch, stage in and write its job set meanwhile; the submission waits in the
     broker for the open, and goes through once the shell starts.  (Before the split, no job was
     fetched until the job service had opened.)"""
@@ -135,7 +135,7 @@ def test_first_getjob_does_not_wait_for_the_job_service(site: Site) -> None:
     slow.chmod(0o755)
     flag.touch()
     site.data["hpc"].update({"submit_backoff": 1, "submit_backoff_max": 2, "breaker_threshold": 50})
-    daemon = start_daemon(site, "--once", env={"SHELL": str(slow)})
+    daemon = start_daemon(site, "--once", env={"COMPASS_SAGA_SHELL": str(slow)})
     shared = Path(site.data["hpc"]["shared_dir"])
     wait_for(lambda: any(shared.glob("sub-*/jobset.json")), 90, "the job set written while the shell is held")
     assert flag.exists() and "activated" not in site.dispatcher.summary()["jobs_by_status"]

@@ -111,7 +111,7 @@ def test_bad_batch_url_fails_at_construction(tmp_path: Path) -> None:
 def test_probe_opens_the_job_service_ahead_and_a_failed_open_is_a_temporary_submit_error(tmp_path: Path) -> None:
     """The probe passes (fork: /bin/sh) while radical.saga's shell cannot start: the submission
     that waits for the open fails *temporarily* (the daemon keeps its jobs), then succeeds."""
-    broken = tmp_path / "flaky-shell"  # radical.saga's fork adaptor runs $SHELL: broken while the flag exists
+    broken = tmp_path / "flaky-shell"  # the broker's shell: broken while the flag exists
     flag = tmp_path / "shell-broken"
     broken.write_text(f'#!/bin/sh\n[ -e {flag} ] && exit 1\nexec /bin/sh "$@"\n')
     broken.chmod(0o755)
@@ -120,8 +120,8 @@ def test_probe_opens_the_job_service_ahead_and_a_failed_open_is_a_temporary_subm
     (sub,) = plan_submissions([JobSpec.from_panda(reco_job_dict(10))], site.hpc)
     subdir = tmp_path / "sub-4"
     backend = BrokerBatchBackend(site)
-    shell = os.environ.get("SHELL")
-    os.environ["SHELL"] = str(broken)  # the broker starts with the daemon's environment
+    shell = os.environ.get("COMPASS_SAGA_SHELL")
+    os.environ["COMPASS_SAGA_SHELL"] = str(broken)  # the broker starts with the daemon's environment
     try:
         backend.probe()
         with pytest.raises(BatchError) as caught:
@@ -133,7 +133,7 @@ def test_probe_opens_the_job_service_ahead_and_a_failed_open_is_a_temporary_subm
         assert backend.starts == 1  # the probe's broker served the submissions
     finally:
         if shell is None:
-            os.environ.pop("SHELL", None)
+            os.environ.pop("COMPASS_SAGA_SHELL", None)
         else:
-            os.environ["SHELL"] = shell
+            os.environ["COMPASS_SAGA_SHELL"] = shell
         backend.close()

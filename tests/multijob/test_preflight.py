@@ -120,7 +120,7 @@ def test_probe_of_fork_passes_without_opening_a_job_service(site) -> None:
 
 def test_probe_of_fork_without_its_shell(site, monkeypatch: pytest.MonkeyPatch) -> None:
     site.hpc.batch_url = "fork://localhost"
-    monkeypatch.setenv("SHELL", "/nonexistent/bash")  # what radical.saga's fork adaptor would start
+    monkeypatch.setenv("COMPASS_SAGA_SHELL", "/nonexistent/bash")  # what the broker's radical.saga would start
     with pytest.raises(PreflightError, match="shell /nonexistent/bash") as err:
         probe_batch(site)
     assert err.value.exit_code == ExitCode.PREFLIGHT_FAILED
