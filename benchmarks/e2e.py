@@ -65,7 +65,7 @@ def _mtime(path: Path) -> float | None:
 def job_times(base: Path, outcomes: dict[tuple[str, str], float]) -> dict[int, dict[str, float]]:
     """Per job: payload started (its marker), payload ended, outcome written (``outcomes``, from inotify).
 
-    Payload end = the mtime of ``<base>/ends/<work dir name>``, which the sleeper touches
+    Payload end = the mtime of ``<base>/ends/<work dir name>``, which the sleeper creates
     with its outputs as its last act (the daemon removes the work dirs once a job is done).
     """
     out: dict[int, dict[str, float]] = {}

@@ -73,7 +73,7 @@ def one_run(slots: int, sleep: float, reco: bool = False) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     try:
         ids = range(1000, 1000 + slots)
-        touch = 'touch "$TMPMDSTFILE" "$TMPHISTFILE" "$EVTDUMPFILE"; ' if reco else ""
+        touch = ': >"$TMPMDSTFILE"; : >"$TMPHISTFILE"; : >"$EVTDUMPFILE"; ' if reco else ""
         jobs = [_job(i, f"sleep {sleep}; {touch}date +%s.%N > ended; echo End of Job", reco) for i in ids]
         (sub,) = plan_submissions(jobs, HPCSection(max_jobs=slots, max_nodes=1, slots_per_node=slots))
         site = SiteConfig()

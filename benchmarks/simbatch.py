@@ -175,6 +175,9 @@ def _node_side(conn: Any) -> None:
                 jobset, subdir, wave, spread, seed = data
                 if subdir in killed:
                     continue
+                if not Path(jobset).exists():  # submitted while staging in: its nodes wait for the job set
+                    at(now + 0.5, "start", data)
+                    continue
                 jobs, sender = _start(Path(jobset), Path(subdir))
                 senders[subdir] = sender
                 pending[subdir] = len(jobs)

@@ -159,6 +159,10 @@ class HPCSection:
     submit_deadline: float = 6 * 3600.0  # jobs whose submission is not accepted this long after fetching fail
     breaker_threshold: int = 3  # consecutive failed submissions that open the circuit breaker (stop fetching)
     agent_timeout: float = 600.0  # a node agent silent this long is lost: its jobs fail (1390)
+    # The batch job is submitted while its inputs are still staged in; its node agents wait this long
+    # for the job set (written when stage-in ends).  0 = stage in first, submit after (the job set is
+    # there before the batch job exists).
+    jobset_wait: float = 600.0
     failed_dir_keep_hours: float = 72.0  # failed jobs' work dirs kept this long for debugging
     # Node agents wake the daemon with signed UDP datagrams (hpc/notify.py) when payloads start and end:
     # "auto" = 127.0.0.1 for fork:// or fake nodes, else all interfaces; "off" = files and polling only
@@ -282,6 +286,8 @@ def validate(config: SiteConfig) -> SiteConfig:
         raise ConfigError(f"{config.source}: hpc.queues: expected at least one queue, got []")
     if hpc.breaker_threshold < 1:
         raise ConfigError(f"{config.source}: hpc.breaker_threshold: expected a positive integer")
+    if not hpc.jobset_wait >= 0:
+        raise ConfigError(f"{config.source}: hpc.jobset_wait: expected seconds >= 0, got {hpc.jobset_wait}")
     seen: dict[str, str] = {}
     for i, queue in enumerate(hpc.queues):
         for job_type in queue.job_types:

@@ -109,7 +109,11 @@ class PluginBatchBackend:
         workspec.maxWalltime = submission.walltime
         workspec.nJobs = len(submission.jobs)
         workspec.workParams = params_from_submission(
-            submission, jobset=str(jobset), jobName=Path(subdir).name, fakeNodes=self.site.hpc.fake_nodes or None
+            submission,
+            jobset=str(jobset),
+            jobName=Path(subdir).name,
+            fakeNodes=self.site.hpc.fake_nodes or None,
+            jobsetWait=self.site.hpc.jobset_wait or None,  # submitted while its inputs are staged in
         )
         ((ok, diag),) = plugins.submitter.submit_workers([workspec])
         if not ok:  # Harvester's contract: None = temporary, False = permanent

@@ -8,7 +8,9 @@ worker names none; ``nCorePerNode``; ``fakeNodes`` — one host plays several no
 
 What a worker must carry (``WorkSpec.workParams``, set by our MultiJobWorkerMaker or
 the daemon): ``queue``, ``nodes``, ``slotsPerNode``, ``walltime`` (s) and optionally
-``jobset`` (default ``<accessPoint>/jobset.json``) and ``jobName``.  The batch script
+``jobset`` (default ``<accessPoint>/jobset.json``), ``jobName`` and ``jobsetWait`` (s: the
+job set may be written after the batch job starts — the daemon stages in meanwhile —
+and the agents wait that long for it).  The batch script
 body then starts one ``hpc.node_agent`` per node via ``hpc.batch.render_script``.  A
 workParams with an ``executable`` string (or a plain string, Harvester's SAGA
 convention, with ``{work_dir}`` filled in) is run as the body instead.
@@ -91,7 +93,9 @@ class SagaSubmitter(PluginBase):
         )
         fake = bool(params.get("fakeNodes", self.fakeNodes))
         jobset = str(params.get("jobset") or f"{access_point}/jobset.json")
-        agent_cmd = agent_command(jobset, fake_nodes=fake, python=self.python)
+        wait = params.get("jobsetWait")  # the daemon's: its job set comes when stage-in ends
+        wait = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0 else 0.0
+        agent_cmd = agent_command(jobset, fake_nodes=fake, python=self.python, jobset_wait=wait)
         return render_script(
             sub,
             launcher=str(params.get("launcher") or self.launcher),

@@ -44,8 +44,9 @@ def import_path() -> list[str]:
     return path
 
 
-def agent_command(jobset: str, *, fake_nodes: bool = False, python: str = "") -> list[str]:
-    """The argv that starts one node agent for ``jobset`` (see the module docstring)."""
+def agent_command(jobset: str, *, fake_nodes: bool = False, python: str = "", jobset_wait: float = 0.0) -> list[str]:
+    """The argv that starts one node agent for ``jobset`` (see the module docstring);
+    ``jobset_wait`` > 0: the job set may be written after the batch job starts (its agents wait)."""
     if python and python != sys.executable:
         argv = [python, "-m", "hpc.node_agent"]
     else:
@@ -53,4 +54,6 @@ def agent_command(jobset: str, *, fake_nodes: bool = False, python: str = "") ->
     argv += ["--jobset", jobset]
     if fake_nodes:
         argv.append("--fake-nodes")
+    if jobset_wait > 0:
+        argv += ["--jobset-wait", f"{jobset_wait:g}"]
     return argv

@@ -610,6 +610,12 @@ def main(argv: list[str] | None = None) -> int:
         help="end the payloads this long (at most walltime/10) before the job set's walltime (0 = only SIGTERM)",
     )
     parser.add_argument(
+        "--jobset-wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for a job set not written yet (the daemon submits while it stages in; 0 = none)",
+    )
+    parser.add_argument(
         "--no-keeper",
         dest="keeper",
         action="store_false",
@@ -630,6 +636,17 @@ def main(argv: list[str] | None = None) -> int:
     rank, size = _rank_and_size()
     tell(f"{rank} {size}")
     _setup_logging(rank)
+    if args.jobset_wait > 0 and not os.path.exists(args.jobset):
+        from hpc.waitfile import wait_for_file
+
+        log.info(
+            "waiting up to %g s for the job set %s (its inputs are being staged in)", args.jobset_wait, args.jobset
+        )
+        if not wait_for_file(args.jobset, args.jobset_wait):
+            log.error(
+                "no job set %s after %g s: nothing to run (the daemon fails its jobs)", args.jobset, args.jobset_wait
+            )
+            return ExitCode.USAGE
     orphaned = False
     try:
         jobset = read_jobset(args.jobset, only_node=rank)  # this node's specs only

@@ -115,6 +115,7 @@ class SubmissionState:
     submit_attempts: int = 0  # failed submission attempts so far
     submit_error: str = ""  # the batch system's last refusal
     notify_key: str = ""  # the key its agents sign wake-ups with ("" = poll only); a restarted daemon re-adds it
+    jobset_pending: bool = False  # submitted, stage-in still running: its job set is not written yet
 
     @property
     def reports_dir(self) -> Path:
@@ -376,8 +377,6 @@ class MultiJobDaemon:
         return any(key in s.jobs and not s.jobs[key].final for s in self.submissions.values() if not s.done)
 
     def _submit(self, submission: Any) -> int:
-        from hpc.jobset import write_jobset
-
         while True:  # unique even for two daemons of one process within one second (tests, a quick restart)
             self._seq += 1
             sub_id = f"sub-{int(time.time())}-{os.getpid()}-{self._seq}"
@@ -397,30 +396,39 @@ class MultiJobDaemon:
             subdir=str(subdir),
         )
         start = utc_timestamp()
-        workdirs: dict[int, str] = {}
-        runnable = []
         copytool = self.copytool
         # stage-in starts now and runs while the jobs are journaled: nothing here is durable
         # before the checkpoint below, so the order changes no crash window, only the wait
         prepared = self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
         for job in submission.jobs:
             self.held.add(job.panda_id)
-            self.journal.job_started(job, str(lifecycle.job_workdir(site, job)), mode="multijob", sub_id=sub_id)
+            workdir = str(lifecycle.job_workdir(site, job))
+            self.journal.job_started(job, workdir, mode="multijob", sub_id=sub_id)
             self.updater.queue(
                 JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
             )
-        for job, (workdir, error) in zip(submission.jobs, prepared(), strict=True):
-            if error is not None:
-                log.error("job %d: stage-in failed: %s", job.panda_id, error.pilot_error_diag())
-                self._final(failed_report(job.panda_id, job.attempt_nr, error.code, error.pilot_error_diag()))
-                workdir = lifecycle.job_workdir(site, job)  # kept (pruned later) with the failed stage-in's traces
-                state.jobs[str(job.panda_id)] = JobEntry(
-                    job.panda_id, job.attempt_nr, str(workdir), state="failed", final="failed"
-                )
-                continue
-            workdirs[job.panda_id] = str(workdir)
-            runnable.append(job)
-            state.jobs[str(job.panda_id)] = JobEntry(job.panda_id, job.attempt_nr, str(workdir))
+            state.jobs[str(job.panda_id)] = JobEntry(job.panda_id, job.attempt_nr, workdir)
+        if self.site.hpc.jobset_wait > 0:
+            # the batch job is submitted now, its inputs still on their way: it queues (or its
+            # agents start and wait for the job set) while stage-in runs.  If this daemon dies
+            # before the job set is written, the next one cancels it and fails its jobs (recover)
+            state.jobset_pending = True
+            self._place(state, submission)
+            self._checkpoint(state, submission)
+            self._try_submit(state)
+            runnable = self._take_stage_in(state, submission, prepared)
+            if state.done:  # the batch system refused it: every job has its final already
+                return 0
+            self._write_jobset(state, _only(submission, runnable))
+            if not runnable:  # every stage-in failed: the empty job set ends any agent that started
+                self._end_batch_job(state)
+                state.done = True
+                self._plans.pop(state.sub_id, None)
+                self._retry_at.pop(state.sub_id, None)
+            state.jobset_pending = False
+            self._persist(state)
+            return len(runnable) if state.batch_id else 0
+        runnable = self._take_stage_in(state, submission, prepared)
         if not runnable:  # nothing to submit; the state is written so pruning finds the dir
             state.done = True
             self.submissions[sub_id] = state
@@ -430,24 +438,61 @@ class MultiJobDaemon:
             from hpc.packing import plan_submissions
 
             submission = plan_submissions(runnable, self.site.hpc)[0]
+        self._place(state, submission)
+        self._write_jobset(state, submission)
+        self._checkpoint(state, submission)
+        return self._try_submit(state)
+
+    def _take_stage_in(self, state: SubmissionState, submission: Any, prepared: Any) -> list[JobSpec]:
+        """The jobs whose inputs are in (their work dirs noted); a failed stage-in fails its job, once."""
+        runnable = []
+        for job, (workdir, error) in zip(submission.jobs, prepared(), strict=True):
+            entry = state.jobs[str(job.panda_id)]
+            if entry.final:  # failed meanwhile (the batch system refused the submission)
+                continue
+            if error is not None:
+                log.error("job %d: stage-in failed: %s", job.panda_id, error.pilot_error_diag())
+                # its work dir is kept (pruned later) with the failed stage-in's traces
+                self._settle(
+                    state, entry, failed_report(job.panda_id, job.attempt_nr, error.code, error.pilot_error_diag())
+                )
+                continue
+            entry.workdir = str(workdir)
+            runnable.append(job)
+        return runnable
+
+    @staticmethod
+    def _place(state: SubmissionState, submission: Any) -> None:
         for placement in submission.placements:
             entry = state.jobs.get(str(placement.panda_id))
             if entry is not None:
                 entry.node = placement.node
-        jobset = subdir / "jobset.json"
+
+    def _write_jobset(self, state: SubmissionState, submission: Any) -> None:
+        from hpc.jobset import write_jobset
+
+        subdir = Path(state.subdir)
+        workdirs = {job.panda_id: state.jobs[str(job.panda_id)].workdir for job in submission.jobs}
         notify = self._notify_target(state)
         # durable_outcomes=False: this daemon reads only the attributes file and syncs the outputs itself
         write_jobset(
-            jobset, submission, config_to_dict(self.site), workdirs, str(subdir), notify=notify, durable_outcomes=False
+            subdir / "jobset.json",
+            submission,
+            config_to_dict(self.site),
+            workdirs,
+            str(subdir),
+            notify=notify,
+            durable_outcomes=False,
         )
-        # the intent, with the batch job's unique name, is durable before the batch job exists:
-        # a daemon killed right after qsub finds that job by name instead of leaving it orphaned
-        state.job_name = sub_id
-        self.submissions[sub_id] = state
-        self._plans[sub_id] = submission
+
+    def _checkpoint(self, state: SubmissionState, submission: Any) -> None:
+        """The intent, with the batch job's unique name, durable before the batch job exists:
+        a daemon killed right after qsub finds that job by name instead of leaving it orphaned."""
+        state.job_name = state.sub_id
+        self.submissions[state.sub_id] = state
+        self._plans[state.sub_id] = submission
         self._persist(state)
         self.journal.checkpoint()  # the jobs and their work dirs are on disk before the batch job exists
-        return self._try_submit(state)
 
     def _notify_target(self, state: SubmissionState) -> Any:
         """Where this submission's agents send wake-ups (a fresh key, kept in its state); None = poll only."""
@@ -593,11 +638,53 @@ class MultiJobDaemon:
             listener = self._open_listener() if state.notify_key else None
             if listener is not None:  # its agents still reach us if this daemon listens on the same port
                 listener.add(state.sub_id, state.notify_key)
-            if not state.batch_id:
+            if state.jobset_pending and not (Path(state.subdir) / "jobset.json").exists():
+                self._recover_pending_jobset(state)
+            state.jobset_pending = False
+            if not state.batch_id and not state.done:
                 self._recover_unsubmitted(state)
             log.warning("adopted submission %s (batch id %s) left by a previous daemon", state.sub_id, state.batch_id)
         self._seq = max(self._seq, len(self.submissions))
         return adopted
+
+    def _recover_pending_jobset(self, state: SubmissionState) -> None:
+        """The daemon died after submitting, before stage-in ended: the batch job's agents wait
+        for a job set (``hpc.jobset_wait``).  Its jobs are staged in again (into the same work
+        dirs) and the job set written on the nodes they were planned on."""
+        from hpc.packing import Placement, Submission
+
+        jobs = []
+        for entry in state.jobs.values():
+            if entry.final:
+                continue
+            data = self.journal.job_spec(entry.panda_id, entry.attempt_nr)
+            try:  # with its raw dict (``_spec`` drops it): the job set carries the whole spec
+                jobs.append(JobSpec.from_panda(data or {}))
+            except BadJobSpec as exc:
+                self._finish_entry(state, entry, (ErrorCode.GENERAL, f"job spec in the journal unreadable: {exc.diag}"))
+        slots: Counter[int] = Counter()
+        placements = []
+        for job in jobs:
+            node = state.jobs[str(job.panda_id)].node
+            placements.append(Placement(job.panda_id, node, slots[node]))
+            slots[node] += 1
+        hpc = self.site.hpc
+        submission = Submission(
+            state.queue, state.nodes, hpc.slots_per_node, state.walltime, tuple(jobs), tuple(placements)
+        )
+        site = _with_workdir(self.site, str(Path(state.subdir) / "jobs"))
+        copytool = self.copytool
+        log.warning(
+            "%s: the previous daemon stopped while staging in: staging its %d jobs in again", state.sub_id, len(jobs)
+        )
+        prepared = self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
+        runnable = self._take_stage_in(state, submission, prepared)
+        self._write_jobset(state, _only(submission, runnable))
+        if not runnable:
+            self._end_batch_job(state)
+            state.done = True
+        state.jobset_pending = False
+        self._persist(state)
 
     def _recover_unsubmitted(self, state: SubmissionState) -> None:
         """A state without batch id: the daemon died around qsub.  Find the batch job by its
@@ -1311,6 +1398,13 @@ def _unless_lost(outcome: tuple[Any, PilotError | None], lost: dict[str, PilotEr
         report.output_files = [f for f in report.output_files if f.surl not in lost]
         return report, None
     return None, lost[gone[0].surl]
+
+
+def _only(submission: Any, jobs: list[JobSpec]) -> Any:
+    """``submission`` with only ``jobs`` placed: same nodes and walltime (its batch job already asked for them)."""
+    keep = {job.panda_id for job in jobs}
+    placements = tuple(p for p in submission.placements if p.panda_id in keep)
+    return replace(submission, jobs=tuple(jobs), placements=placements)
 
 
 def _int_or_zero(value: Any) -> int:

@@ -126,8 +126,8 @@ def test_job_service_failing_to_open_after_the_probe_keeps_the_jobs(site: Site) 
 
 def test_first_getjob_does_not_wait_for_the_job_service(site: Site) -> None:
     """The job service's shell hangs at start (its $COMPASS_SAGA_SHELL waits on a flag file): the probe gate
-    lets the daemon fetch, stage in and write its job set meanwhile; the submission waits in the
-    broker for the open, and goes through once the shell starts.  (Before the split, no job was
+    lets the daemon fetch and stage in meanwhile; the submission waits in the broker for the
+    open, and goes through once the shell starts.  (Before the split, no job was
     fetched until the job service had opened.)"""
     submit_reco(site.db, 4)
     slow, flag = site.base / "slow-shell", site.base / "shell-held"
@@ -137,7 +137,11 @@ def test_first_getjob_does_not_wait_for_the_job_service(site: Site) -> None:
     site.data["hpc"].update({"submit_backoff": 1, "submit_backoff_max": 2, "breaker_threshold": 50})
     daemon = start_daemon(site, "--once", env={"COMPASS_SAGA_SHELL": str(slow)})
     shared = Path(site.data["hpc"]["shared_dir"])
-    wait_for(lambda: any(shared.glob("sub-*/jobset.json")), 90, "the job set written while the shell is held")
+    wait_for(
+        lambda: len(list(shared.glob("sub-*/jobs/PandaJob_*/*.raw"))) == 4,
+        90,
+        "the jobs fetched and staged in while the shell is held",
+    )
     assert flag.exists() and "activated" not in site.dispatcher.summary()["jobs_by_status"]
     assert not any(shared.glob("sub-*/worker.sh"))  # not submitted: the broker is still opening the service
     flag.unlink()

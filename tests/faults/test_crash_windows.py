@@ -19,7 +19,11 @@ def test_killed_between_qsub_and_persisting_the_batch_id(site: Site) -> None:
     assert crashed.wait(60) == -signal.SIGKILL
     restarted = start_daemon(site, "--once")
     assert restarted.wait(120) == 0
-    assert "found its batch job" in daemon_logs(site)
+    logs = daemon_logs(site)
+    assert "found its batch job" in logs
+    # killed while staging in (the batch job is submitted first, hpc.jobset_wait): its waiting
+    # agents get their job set from the restarted daemon
+    assert "staging its 8 jobs in again" in logs
     assert site.dispatcher.summary()["jobs_by_status"] == {"finished": 8}
     wrappers = list(site.base.glob("hpc/sub-*/batch_exit_code"))
     assert len(wrappers) == 1  # one batch job: found again, not submitted twice

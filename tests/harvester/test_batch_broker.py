@@ -25,6 +25,7 @@ ENDED = ("finished", "failed", "cancelled", "missed")
 
 
 def _site(tmp_path: Path, url: str = "fork://localhost", **hpc: object):
+    hpc.setdefault("jobset_wait", 1.0)  # the agents give up on the missing job set after 1 s: a failed worker
     site = load_site_config(ROOT / "site_configs" / "local.yaml")
     return dataclasses.replace(site, hpc=dataclasses.replace(site.hpc, batch_url=url, shared_dir=str(tmp_path), **hpc))
 
@@ -49,6 +50,7 @@ def test_fork_submission_through_the_broker(tmp_path: Path) -> None:
         batch_id = backend.submit(sub, subdir, subdir / "missing-jobset.json")
         body = (subdir / "worker.sh").read_text()  # written by the broker's SagaSubmitter
         assert "hpc.node_agent" in body and "--jobset" in body and "missing-jobset.json" in body
+        assert "--jobset-wait 1" in body  # hpc.jobset_wait reaches the agents' command line
         assert _wait_ended(backend, batch_id, subdir) == "failed"  # no job set: a failed worker
         assert backend.ended(subdir)  # the wrapper's exit marker, read here without the broker
         backend.kill(batch_id, subdir)  # killing an ended job is fine

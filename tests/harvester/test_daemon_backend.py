@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _site(tmp_path: Path, url: str = "fork://localhost"):
     site = load_site_config(ROOT / "site_configs" / "local.yaml")
-    return dataclasses.replace(site, hpc=dataclasses.replace(site.hpc, batch_url=url, shared_dir=str(tmp_path)))
+    # the agents give up on a missing job set after 1 s: a failed worker
+    hpc = dataclasses.replace(site.hpc, batch_url=url, shared_dir=str(tmp_path), jobset_wait=1.0)
+    return dataclasses.replace(site, hpc=hpc)
 
 
 def test_submit_renders_node_agent_and_reports_failure_of_missing_jobset(tmp_path: Path) -> None:
@@ -31,6 +33,7 @@ def test_submit_renders_node_agent_and_reports_failure_of_missing_jobset(tmp_pat
     assert batch_id
     body = (subdir / "worker.sh").read_text()
     assert "hpc.node_agent" in body and "--jobset" in body and "missing-jobset.json" in body and "mpiexec" in body
+    assert "--jobset-wait 1" in body  # the daemon's hpc.jobset_wait reaches the agents
 
     deadline = time.monotonic() + 30
     status = backend.status(batch_id, subdir)

@@ -506,3 +506,41 @@ def test_wakeups_tell_the_daemon_after_each_file(tmp_path: Path) -> None:
     assert seen[0] == (notify.STARTED, (1, 2, 3))  # one datagram for the whole start pass
     assert sorted(pid for kind, ids in seen[1:] for pid in ids if kind == notify.ENDED) == [1, 2, 3]
     assert [kind for kind, _ in seen].count(notify.STARTED) == 1
+
+
+def test_agent_waits_for_a_job_set_written_after_it_started(tmp_path: Path) -> None:
+    """The daemon submits while it stages in: the agent (``--jobset-wait``) starts before its job
+    set exists, waits for it (inotify on the submission dir) and runs the jobs once it is there."""
+    from hpc.launch import agent_command
+
+    ready = _small_jobset(tmp_path, {1: OK})
+    jobset = ready.with_name("later.json")  # the name the agent is given: not there yet
+    env = dict(os.environ, PMI_RANK="0", PMI_SIZE="1")
+    agent = subprocess.Popen(
+        agent_command(str(jobset), fake_nodes=True, jobset_wait=60), env=env, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert agent.stderr is not None
+        for line in agent.stderr:  # the job set is written only once the agent says it waits
+            lines.append(line)
+            if "waiting up to 60 s for the job set" in line:
+                ready.rename(jobset)  # the daemon's atomic rename
+        assert agent.wait(60) == ExitCode.OK, "".join(lines)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert jobset.exists()
+    assert {i: _code(r) for i, r in _results(tmp_path).items()} == {1: None}
+
+
+def test_agent_without_a_job_set_after_its_wait_exits_2(tmp_path: Path) -> None:
+    from hpc.launch import agent_command
+
+    argv = agent_command(str(tmp_path / "never.json"), fake_nodes=True, jobset_wait=0.5)
+    assert argv[-2:] == ["--jobset-wait", "0.5"]
+    env = dict(os.environ, PMI_RANK="0", PMI_SIZE="1")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "no job set" in done.stderr and "after 0.5 s" in done.stderr
+    assert agent_command("j.json")[-2:] == ["--jobset", "j.json"]  # no wait unless asked: Harvester's workers

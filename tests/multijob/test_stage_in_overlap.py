@@ -1,0 +1,96 @@
+"""Stage-in overlapped with the batch job's start (``hpc.jobset_wait``): the daemon submits
+first and writes the job set when the inputs are in; a failed stage-in fails only its job,
+once (real dispatcher, fork:// through radical.saga, mpiexec, node agents)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from compass_pilot import lifecycle
+from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
+from hpc.jobset import read_jobset
+from tests.multijob.test_daemon import _run, _summary, mom  # noqa: F401  (mom: the fixture)
+
+
+def _watch_stage_in(monkeypatch: pytest.MonkeyPatch, wait_for_script: bool) -> list[bool]:
+    """Each stage-in records whether the submission's batch script existed when it began;
+    ``wait_for_script``: it first waits (≤ 20 s) for that script, as a slow tape recall would."""
+    seen: list[bool] = []
+    real = lifecycle.prepare_job
+
+    def prepare(job, site, copytool, timing=None):  # type: ignore[no-untyped-def]
+        script = Path(site.site.workdir).parent / "worker.sh"  # <subdir>/jobs is the jobs' work dir root
+        deadline = time.monotonic() + (20 if wait_for_script else 0)
+        while not script.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen.append(script.exists())
+        return real(job, site, copytool, timing)
+
+    monkeypatch.setattr(lifecycle, "prepare_job", prepare)
+    return seen
+
+
+def test_the_batch_job_is_submitted_while_inputs_are_staged_in(mom, monkeypatch) -> None:  # noqa: F811
+    site, client, dispatcher, submit = mom
+    submit(8)
+    seen = _watch_stage_in(monkeypatch, wait_for_script=True)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)
+    assert seen == [True] * 8  # every stage-in ran after the batch job was submitted
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 8}
+    assert dispatcher.duplicate_finals() == []
+    (sub,) = daemon.submissions.values()
+    assert "--jobset-wait 600" in (Path(sub.subdir) / "worker.sh").read_text()  # its agents wait for the job set
+    assert not json.loads((Path(sub.subdir) / "state.json").read_text())["jobset_pending"]
+
+
+def test_jobset_wait_zero_stages_in_before_submitting(mom, monkeypatch) -> None:  # noqa: F811
+    site, client, dispatcher, submit = mom
+    site.hpc.jobset_wait = 0
+    submit(4)
+    seen = _watch_stage_in(monkeypatch, wait_for_script=False)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)
+    assert seen == [False] * 4  # the old order: no batch job while staging in
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 4}
+    (sub,) = daemon.submissions.values()
+    assert "--jobset-wait" not in (Path(sub.subdir) / "worker.sh").read_text()
+
+
+def _lose_inputs(site, n: int) -> None:  # type: ignore[no-untyped-def]
+    raws = sorted(Path(site.storage.input_root).rglob("*.raw"))
+    assert len(raws) >= n
+    for raw in raws[:n]:
+        raw.unlink()
+
+
+def test_a_failed_stage_in_after_submission_fails_only_its_job(mom) -> None:  # noqa: F811
+    site, client, dispatcher, submit = mom
+    submit(8)
+    _lose_inputs(site, 1)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 7, "failed": 1}
+    assert dispatcher.duplicate_finals() == []
+    (sub,) = daemon.submissions.values()
+    jobset = read_jobset(Path(sub.subdir) / "jobset.json")
+    placed = {nj.panda_id for node_jobs in jobset.node_jobs.values() for nj in node_jobs}
+    failed = {e.panda_id for e in sub.jobs.values() if e.final == "failed"}
+    assert len(failed) == 1 and len(placed) == 7 and not failed & placed  # the job set runs the other seven
+    assert jobset.nodes == sub.nodes  # on the nodes the batch job asked for
+
+
+def test_every_stage_in_failed_ends_the_batch_job(mom) -> None:  # noqa: F811
+    site, client, dispatcher, submit = mom
+    submit(4)
+    _lose_inputs(site, 4)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"failed": 4}
+    assert dispatcher.duplicate_finals() == []
+    (sub,) = daemon.submissions.values()
+    assert sub.done and (Path(sub.subdir) / "jobset.json").exists()  # empty: an agent that started ends at once
