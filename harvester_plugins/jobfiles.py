@@ -50,6 +50,8 @@ from compass_pilot.atomic import atomic_write_files, atomic_write_text
 ATTRIBUTES_KEY = "workerAttributesFile"
 JOB_REPORT_KEY = "jobReportFile"
 OUTPUTS_KEY = "eventStatusDumpJsonFile"
+#: in a lean outcome's attributes: {output lfn: events counted} (our daemon's; not a Harvester name)
+OUTPUT_EVENTS_KEY = "outputEvents"
 DEFAULT_NAMES = {
     ATTRIBUTES_KEY: "worker_attributes.json",
     JOB_REPORT_KEY: "jobReport.json",
@@ -141,6 +143,8 @@ class JobOutcome:
     core_count: int | None = None
     node: str = ""
     outputs: list[OutputFile] = field(default_factory=list)
+    #: {output lfn: events} from a lean outcome's attributes (``outputEvents``); None = not given there
+    output_events: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in FINAL_STATUSES:
@@ -229,7 +233,18 @@ class JobOutcome:
             end_time=_epoch(attrs.get("endTime")),
             core_count=_int_or_none(attrs.get("coreCount")),
             node=str(attrs.get("node") or ""),
+            output_events=_event_counts(attrs.get(OUTPUT_EVENTS_KEY)),
         )
+
+
+def _event_counts(value: Any) -> dict[str, int] | None:
+    """A lean outcome's ``outputEvents``; None when absent or not {name: count ≥ 0} (the logs then say)."""
+    if not isinstance(value, dict):
+        return None
+    for name, count in value.items():
+        if not isinstance(name, str) or not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return None
+    return dict(value)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -254,15 +269,24 @@ def write_outcome(
     names: dict[str, str] | None = None,
     *,
     durable: bool = True,
+    lean: bool = False,
 ) -> None:
     """Write the three files of one job; the attributes last (they end the job in Harvester).
 
     Each file is replaced atomically either way; ``durable`` adds the fsyncs that make the
     three survive a crash in order (see ``hpc.jobset.JobSet.durable_outcomes`` for who needs them).
+    ``lean``: the attributes alone, with ``outputEvents`` ({output lfn: events counted}) in them —
+    for our daemon, which reads nothing else (``hpc.jobset.JobSet.lean_outcomes``).
     """
     names = {**DEFAULT_NAMES, **(names or {})}
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
+    if lean:
+        attrs = outcome.attributes()
+        counted = (f for f in outcome.outputs if f.type == "output" and f.n_events is not None)
+        attrs[OUTPUT_EVENTS_KEY] = {f.lfn: f.n_events for f in counted}
+        atomic_write_files(target, [(names[ATTRIBUTES_KEY], _json_bytes(attrs))], durable=durable)
+        return
     atomic_write_files(  # each file atomic, one directory sync for the three
         target,
         [

@@ -64,6 +64,11 @@ class JobSet:
     #: makes the outputs durable itself before it reports.  Harvester's messenger keeps True: it trusts
     #: the outputs dump beside the attributes, and the order of the three files must survive a crash.
     durable_outcomes: bool = True
+    #: write each job's outcome as ONE file, the attributes, with the outputs' event counts in it
+    #: (``outputEvents``, :func:`harvester_plugins.jobfiles.write_outcome`).  The daemon writes True:
+    #: it reads nothing else, so the outputs dump and the job report were two files created, renamed
+    #: and deleted per job for no reader.  Harvester's messenger reads all three: False.
+    lean_outcomes: bool = False
 
     def jobs_of(self, node: int) -> list[NodeJob]:
         return self.node_jobs.get(node, [])
@@ -79,6 +84,7 @@ def write_jobset(
     report_files: dict[str, str] | None = None,
     notify: NotifyTarget | None = None,
     durable_outcomes: bool = True,
+    lean_outcomes: bool = False,
 ) -> Path:
     """Write the job set of ``submission`` atomically; every job needs a work dir.
 
@@ -86,7 +92,7 @@ def write_jobset(
     configures (``harvester_plugins.jobfiles``); omitted = Harvester's defaults.
     ``notify``: where the agents send their wake-ups (:mod:`hpc.notify`); it holds the
     submission's key, so the file is written 0600 like everything in the shared dir.
-    ``durable_outcomes``: see :attr:`JobSet.durable_outcomes`.
+    ``durable_outcomes``, ``lean_outcomes``: see :attr:`JobSet.durable_outcomes`, :attr:`JobSet.lean_outcomes`.
     """
     missing = [j.panda_id for j in submission.jobs if j.panda_id not in workdirs]
     if missing:
@@ -121,6 +127,7 @@ def write_jobset(
         "report_files": dict(report_files or {}),
         "notify": notify.to_dict() if notify is not None else {},
         "durable_outcomes": bool(durable_outcomes),
+        "lean_outcomes": bool(lean_outcomes),
     }
     target = Path(path)
     # compact: json's C encoder; with indent it falls back to pure Python (0.3 s instead of 0.13 s for 512 jobs,
@@ -198,6 +205,7 @@ def read_jobset(path: str | os.PathLike[str], *, only_node: int | None = None) -
         report_files=_report_files(data.get("report_files", {}), where),
         notify=NotifyTarget.from_dict(data.get("notify")),
         durable_outcomes=_need(data, "durable_outcomes", bool, where) if "durable_outcomes" in data else True,
+        lean_outcomes=_need(data, "lean_outcomes", bool, where) if "lean_outcomes" in data else False,
     )
     seen: set[int] = set()
     for i, node_entry in enumerate(_need(data, "node_jobs", list, where)):

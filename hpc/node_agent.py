@@ -152,12 +152,14 @@ class NodeRun:
         notify_target: notify.NotifyTarget | None = None,
         terminate_at: float | None = None,
         durable_outcomes: bool = True,
+        lean_outcomes: bool = False,
     ) -> None:
         # absolute paths: the payload launches switch this process's working directory for a moment
         # (compass_pilot.payload.spawn), and the result writers run meanwhile
         self.jobs = [replace(nj, workdir=os.path.abspath(nj.workdir)) for nj in jobs]
         self.report_names = jobfiles.names_from(report_names or {})
         self.durable_outcomes = durable_outcomes  # JobSet.durable_outcomes: who reads the files decides
+        self.lean_outcomes = lean_outcomes  # JobSet.lean_outcomes: the attributes file alone
         self.reports_dir = Path(os.path.abspath(reports_dir))
         self.node = node
         self.calibdb_cfg = calibdb
@@ -273,7 +275,9 @@ class NodeRun:
             node=self.host,
             outputs=outputs,
         )
-        jobfiles.write_outcome(nj.workdir, outcome, self.report_names, durable=self.durable_outcomes)
+        jobfiles.write_outcome(
+            nj.workdir, outcome, self.report_names, durable=self.durable_outcomes, lean=self.lean_outcomes
+        )
         self.results[nj.panda_id] = outcome
         self._notify(notify.ENDED, [nj.panda_id])
         if verdict:
@@ -699,6 +703,7 @@ def _node_run(jobset: JobSet, node: int, args: Any, started: float, node_dir: Pa
         notify_target=jobset.notify,
         terminate_at=_guard_deadline(args, jobset, started),
         durable_outcomes=jobset.durable_outcomes,
+        lean_outcomes=jobset.lean_outcomes,
     )
 
 

@@ -474,7 +474,8 @@ class MultiJobDaemon:
         subdir = Path(state.subdir)
         workdirs = {job.panda_id: state.jobs[str(job.panda_id)].workdir for job in submission.jobs}
         notify = self._notify_target(state)
-        # durable_outcomes=False: this daemon reads only the attributes file and syncs the outputs itself
+        # durable_outcomes=False: this daemon reads only the attributes file and syncs the outputs itself;
+        # lean_outcomes=True: so the agents write that one file per job, not three
         write_jobset(
             subdir / "jobset.json",
             submission,
@@ -483,6 +484,7 @@ class MultiJobDaemon:
             str(subdir),
             notify=notify,
             durable_outcomes=False,
+            lean_outcomes=True,  # the attributes alone: this daemon reads nothing else
         )
 
     def _checkpoint(self, state: SubmissionState, submission: Any) -> None:
@@ -1054,7 +1056,9 @@ class MultiJobDaemon:
         if job is None:
             raise PilotError(f"job {entry.panda_id}: its spec is missing from the daemon's journal", ErrorCode.GENERAL)
         result = outcome.payload_result()
-        per_file = jobfiles.read_event_counts(entry.workdir, entry.panda_id)  # the agent's counts: logs not re-read
+        per_file = outcome.output_events  # the agent's counts (lean outcome): the logs are not read again
+        if per_file is None:  # three files (an agent without lean outcomes): the counts are in its outputs dump
+            per_file = jobfiles.read_event_counts(entry.workdir, entry.panda_id)
         report = lifecycle.finish_job(
             job,
             Path(entry.workdir),

@@ -167,6 +167,32 @@ def test_outcome_fsyncs_follow_the_job_set(tmp_path: Path, monkeypatch, durable:
     assert not list(tmp_path.glob("**/.*.tmp"))  # renamed into place either way
 
 
+def test_lean_outcome_is_the_attributes_alone_with_the_event_counts(tmp_path: Path) -> None:
+    """The daemon's job sets (lean_outcomes): one file per job, the per-output counts inside it."""
+    produce = "printf abc > out1.root; echo 7 events had been written to miniDST; echo End of Job"
+    jobs = [
+        NodeJob(1, 0, str(tmp_path / "PandaJob_1_1"), _job_with_files(1, produce)),
+        NodeJob(2, 1, str(tmp_path / "PandaJob_2_1"), _job_with_files(2, "echo End of Job")),  # no output
+    ]
+    run = NodeRun(jobs, reports_dir=tmp_path / "reports", calibdb_opener=None, payload=SHELL, lean_outcomes=True)
+    run.run()
+    ok_dir = tmp_path / "PandaJob_1_1"
+    written = {p.name for p in ok_dir.iterdir() if p.name.endswith(".json")}
+    assert written == {"worker_attributes.json"}  # no outputs dump, no job report
+    ok = jobfiles.read_outcome(ok_dir, 1)
+    assert ok is not None and ok.status == "finished" and ok.n_events == 7
+    assert ok.output_events == {"out1.root": 7}  # what the daemon uses instead of the logs
+    bad = jobfiles.read_outcome(tmp_path / "PandaJob_2_1", 2)
+    assert bad is not None and bad.error_code == ErrorCode.MISSING_OUTPUT and bad.output_events == {}
+
+
+@pytest.mark.parametrize("value", [None, [1], {"a": -1}, {"a": True}, {"a": "7"}, {"a": 1.5}])
+def test_unusable_output_events_are_ignored(value: object) -> None:
+    attrs = {"jobStatus": "finished", "outputEvents": value}
+    outcome = jobfiles.JobOutcome.from_attributes(1, attrs)
+    assert outcome is not None and outcome.output_events is None  # the daemon then reads the counts elsewhere
+
+
 class _FailingCalibDB:
     """Stand-in for a calibdb whose start fails (the calibdb package is another area's,
     and a real start failure depends on its backend); records that stop() was called."""

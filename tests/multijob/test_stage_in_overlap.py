@@ -12,6 +12,7 @@ import pytest
 
 from compass_pilot import lifecycle
 from compass_pilot.modes.multijob import MultiJobDaemon, make_backend
+from harvester_plugins import jobfiles
 from hpc.jobset import read_jobset
 from tests.multijob.test_daemon import _run, _summary, mom  # noqa: F401  (mom: the fixture)
 
@@ -34,10 +35,11 @@ def _watch_stage_in(monkeypatch: pytest.MonkeyPatch, wait_for_script: bool) -> l
     return seen
 
 
-def test_the_batch_job_is_submitted_while_inputs_are_staged_in(mom, monkeypatch) -> None:  # noqa: F811
+def test_the_batch_job_is_submitted_while_inputs_are_staged_in(mom, monkeypatch, mocker) -> None:  # noqa: F811
     site, client, dispatcher, submit = mom
     submit(8)
     seen = _watch_stage_in(monkeypatch, wait_for_script=True)
+    dump_reads = mocker.spy(jobfiles, "read_event_counts")
     daemon = MultiJobDaemon(site, client, make_backend(site))
     _run(daemon)
     assert seen == [True] * 8  # every stage-in ran after the batch job was submitted
@@ -46,6 +48,8 @@ def test_the_batch_job_is_submitted_while_inputs_are_staged_in(mom, monkeypatch)
     (sub,) = daemon.submissions.values()
     assert "--jobset-wait 600" in (Path(sub.subdir) / "worker.sh").read_text()  # its agents wait for the job set
     assert not json.loads((Path(sub.subdir) / "state.json").read_text())["jobset_pending"]
+    # lean outcomes: one file per job, the event counts in it; no outputs dump was read
+    assert read_jobset(Path(sub.subdir) / "jobset.json").lean_outcomes and dump_reads.call_count == 0
 
 
 def test_jobset_wait_zero_stages_in_before_submitting(mom, monkeypatch) -> None:  # noqa: F811
