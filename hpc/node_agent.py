@@ -109,6 +109,11 @@ class _OneWriteHandler(logging.Handler):
             self.handleError(record)
 
 
+def _named_only(path: Path, kind: str, guid: str, n_events: int | None = None) -> OutputFile:
+    """An output of a lean outcome: its name and event count; no size or checksum (never written)."""
+    return OutputFile(str(path), kind, 0, "", guid, n_events)
+
+
 def _empty_result() -> PayloadResult:
     now = time.time()
     return PayloadResult(
@@ -227,19 +232,22 @@ class NodeRun:
         """
         workdir = Path(nj.workdir)
         files: list[OutputFile] = []
+        # a lean outcome lists no files, only the event counts: sizes and adler32s are the daemon's to take
+        # when it stages them out, so the outputs (GBs a node, for reconstruction) are not read here as well
+        describe = _named_only if self.lean_outcomes else OutputFile.of
         if verdict is None:
             per_file = compass.output_events(nj.job, stdout)
             for spec in nj.job.output_files:
                 local = workdir / spec.lfn
                 if not local.is_file():
                     return self._outputs(nj, stdout, (ErrorCode.MISSING_OUTPUT, f"output {spec.lfn} was not produced"))
-                files.append(OutputFile.of(local, "output", spec.guid or new_guid(), per_file.get(spec.lfn)))
+                files.append(describe(local, "output", spec.guid or new_guid(), per_file.get(spec.lfn)))
         if nj.job.log_file is not None:
             from compass_pilot.logpack import pack_log  # tarfile only once a job has ended
 
             packed = pack_log(nj.job, workdir)
             if packed is not None:
-                files.append(OutputFile.of(packed, "log", nj.job.log_file.guid or new_guid()))
+                files.append(describe(packed, "log", nj.job.log_file.guid or new_guid()))
         return files, verdict
 
     def _write_result(
