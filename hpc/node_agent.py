@@ -61,7 +61,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, expand
 from compass_pilot.errors import ErrorCode, PilotError, error_message
 from compass_pilot.exitcodes import ExitCode
 from compass_pilot.experiment import compass
@@ -69,6 +68,7 @@ from compass_pilot.faults import bug_point
 from compass_pilot.job import JobSpec, new_guid
 from compass_pilot.payload import PayloadProcess, PayloadResult
 from compass_pilot.reaper import PayloadReaper
+from compass_pilot.sections import CalibDBSection, GridSection, PayloadSection, expand
 from harvester_plugins import jobfiles
 from harvester_plugins.jobfiles import JobOutcome, OutputFile
 from hpc import notify
