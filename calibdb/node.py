@@ -46,8 +46,8 @@ from calibdb import backends
 from calibdb.endpoint import CONNECTION_KEYS, Endpoint, make_endpoint
 from calibdb.private import check_private_file, ensure_private_dir
 from compass_pilot.atomic import atomic_write_text
-from compass_pilot.config import CalibDBSection, expand
 from compass_pilot.errors import CalibDBError
+from compass_pilot.sections import CalibDBSection, expand
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,15 @@ import logging
 import os
 import shutil
 import sqlite3
-import subprocess
-import tarfile
-import tempfile
 from pathlib import Path
 
 from calibdb import backends
 from compass_pilot.errors import CalibDBError
 
 log = logging.getLogger(__name__)
+
+# subprocess, tarfile and tempfile are imported by build_mariadb, their only user: a node
+# agent imports this module for the demo SQLite snapshot, before its payloads start.
 
 DEMO_DUMP = Path(__file__).parent / "data" / "demo_calib.sql"
 DEMO_BUILD_TIMEOUT = 300.0
@@ -80,6 +80,10 @@ def build_sqlite(dump: Path, out: Path) -> Path:
 
 def build_mariadb(dump: Path, out: Path, *, database: str = "calib", mariadbd: str = "") -> Path:
     """Install a datadir, load the dump, shut down cleanly; ``out`` is a dir or a .tar."""
+    import subprocess
+    import tarfile
+    import tempfile
+
     import pymysql
 
     binary = backends.find_mariadbd(mariadbd)

@@ -29,9 +29,9 @@ import urllib.parse
 from pathlib import Path
 
 from calibdb.endpoint import CONNECTION_KEYS as CALIB_ENV  # what a calibration DB may hand a payload
-from compass_pilot.config import PayloadSection, expand
 from compass_pilot.errors import BadJobSpec, ErrorCode, PilotError
 from compass_pilot.job import JobSpec
+from compass_pilot.sections import PayloadSection, expand
 
 log = logging.getLogger(__name__)
 

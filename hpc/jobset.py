@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compass_pilot.atomic import atomic_write_text  # the one helper; node agents import it from here
-from compass_pilot.config import CalibDBSection, GridSection, PayloadSection, build_section
 from compass_pilot.errors import BadJobSpec, ConfigError
 from compass_pilot.job import JobSpec
+from compass_pilot.sections import CalibDBSection, GridSection, PayloadSection, build_section
 from hpc.notify import NotifyTarget
 
 if TYPE_CHECKING:  # node agents read job sets, only the daemon writes them

@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 
 from compass_pilot import trusted
-from compass_pilot.config import PayloadSection
 from compass_pilot.errors import BadJobSpec, ErrorCode
 from compass_pilot.job import FileSpec, JobSpec
 from compass_pilot.payload import PayloadResult
+from compass_pilot.sections import PayloadSection
 
 #: job type → marker that must be on stdout for success
 END_MARKERS = {
