@@ -107,22 +107,38 @@ class Journal:
             self._lock_fd = -1
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group many writes into one durable commit (one fsync for a whole submission or round)."""
+    def transaction(self, *, durable: bool = True) -> Iterator[None]:
+        """Group many writes into one durable commit (one fsync for a whole submission or round).
+
+        ``durable=False`` (outermost transaction only): committed without an fsync (WAL with
+        ``synchronous=NORMAL``) — it survives the process being killed, and becomes durable
+        with the next durable commit (the WAL is one sequence), but a power cut before that
+        may undo it.  For records whose loss costs a question, not a job: an acknowledgement
+        (a restart asks the server before re-sending a final, ``settle_owed_finals``).
+        """
         with self._lock:
-            if self._depth == 0:
-                self._conn.execute("BEGIN IMMEDIATE")
-            self._depth += 1
+            lazy = not durable and self._depth == 0
+            if lazy:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield
-            except BaseException:
+                if self._depth == 0:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                self._depth += 1
+                try:
+                    yield
+                except BaseException:
+                    self._depth -= 1
+                    if self._depth == 0:
+                        self._conn.execute("ROLLBACK")
+                    raise
                 self._depth -= 1
                 if self._depth == 0:
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            if self._depth == 0:
-                self._conn.execute("COMMIT")
+                    self._conn.execute("COMMIT")
+            finally:
+                if lazy:  # every later commit is durable again, whatever happened here
+                    if self._conn.in_transaction:  # a failed COMMIT: nothing of it stays
+                        self._conn.execute("ROLLBACK")
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     def checkpoint(self) -> None:
         """Make everything written so far durable now, inside a long transaction (before acting)."""
@@ -208,12 +224,16 @@ class Journal:
         self.reports_acked([(report, command)])
 
     def reports_acked(self, answered: list[tuple[JobReport, str | None]]) -> None:
-        """:meth:`report_acked` for a whole bulk answer: each statement prepared once, one commit."""
+        """:meth:`report_acked` for a whole bulk answer: each statement prepared once, one commit.
+
+        Not fsync'd (``transaction(durable=False)``): the daemon's thread does not wait for the
+        disk after every answer of a burst.  Lost only to a power cut, an ack costs a restart
+        one ``getStatus`` before it re-sends that final — never a second final."""
         if not answered:
             return
         now = time.time()
         finals = [(r.state, now, r.panda_id, r.attempt_nr) for r, _ in answered if r.is_final]
-        with self.transaction():
+        with self.transaction(durable=False):
             self._conn.executemany(
                 "INSERT INTO sent(panda_id, attempt_nr, state, acked, command) VALUES (?,?,?,?,?)",
                 [(r.panda_id, r.attempt_nr, r.state, now, command) for r, command in answered],

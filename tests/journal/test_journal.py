@@ -89,3 +89,40 @@ def test_kill_9_at_random_moments_leaves_a_consistent_journal(tmp_path: Path) ->
         journal = Journal(path)
         assert all(r.state == "finished" for r in journal.pending_reports())
         journal.close()
+
+
+def _synchronous(journal: Journal) -> int:
+    return int(journal._conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_acks_commit_without_fsync_and_every_other_commit_stays_durable(tmp_path: Path) -> None:
+    """An acknowledgement is committed with synchronous=NORMAL (no fsync of the daemon's thread per
+    bulk answer); the queueing of a report — what a restart needs — stays FULL, before and after."""
+    journal = Journal(tmp_path / "j.sqlite")
+    statements: list[str] = []
+    journal._conn.set_trace_callback(statements.append)
+    journal.report_queued(JobReport(7, "finished", 1))
+    queued = list(statements)
+    statements.clear()
+    journal.report_acked(JobReport(7, "finished", 1), None)
+    assert not any("synchronous" in s for s in queued)  # FULL, as the connection was opened
+    lazy = statements.index("PRAGMA synchronous=NORMAL")
+    commit = statements.index("COMMIT")
+    assert lazy < statements.index("BEGIN IMMEDIATE") < commit < statements.index("PRAGMA synchronous=FULL")
+    assert _synchronous(journal) == 2 and journal.final_acked(7, 1)  # 2 = FULL
+    journal.close()
+    assert Journal(tmp_path / "j.sqlite").final_acked(7, 1)
+
+
+def test_a_failed_lazy_transaction_leaves_the_journal_durable(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    try:
+        with journal.transaction(durable=False):
+            journal.report_queued(JobReport(8, "running", 1))
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert _synchronous(journal) == 2 and journal.pending_reports() == []  # rolled back, FULL again
+    # an outer durable transaction decides for a nested lazy one
+    with journal.transaction(), journal.transaction(durable=False):
+        assert _synchronous(journal) == 2
