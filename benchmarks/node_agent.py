@@ -4,7 +4,7 @@
 agent (one fake node, the launcher's rank in its environment as under hydra's mpiexec),
 so a change to the agent can be judged without the daemon's noise:
 
-    python benchmarks/node_agent.py [--slots 32] [--sleep 5] [--runs 3] [--reco]
+    python benchmarks/node_agent.py [--slots 32] [--sleep 5] [--runs 3] [--reco] [--daemon]
 
 Per run it prints: *→all started* (agent start → the last ``<reports>/<PandaID>.started``
 marker), *end→outcome* p50 / max (the payload's own last act — it writes the time — →
@@ -69,7 +69,7 @@ def _agent_of(keeper: int) -> int | None:
     return None
 
 
-def one_run(slots: int, sleep: float, reco: bool = False) -> dict[str, float]:
+def one_run(slots: int, sleep: float, reco: bool = False, daemon: bool = False) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     try:
         ids = range(1000, 1000 + slots)
@@ -80,7 +80,9 @@ def one_run(slots: int, sleep: float, reco: bool = False) -> dict[str, float]:
         site.payload.commands = ["sh"]
         site.calibdb.scratch_dir = str(tmp / "scratch")
         workdirs = {i: str(tmp / f"PandaJob_{i}_1") for i in ids}
-        jobset = write_jobset(tmp / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp))
+        # --daemon: the job set as the MOM-node daemon writes it (outcomes neither fsync'd nor in three files)
+        shape = {"durable_outcomes": False, "lean_outcomes": True} if daemon else {}
+        jobset = write_jobset(tmp / "jobset.json", sub, config_to_dict(site), workdirs, str(tmp), **shape)
         reports = tmp / "reports"
         env = dict(os.environ, PMI_RANK="0", PMI_SIZE="1")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -134,11 +136,14 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reco", action="store_true", help="e2e's job shape: three outputs and a log tarball each")
+    parser.add_argument(
+        "--daemon", action="store_true", help="the daemon's job set: outcomes not fsync'd, one file per job (lean)"
+    )
     args = parser.parse_args()
     print(f"one node agent, {args.slots} x sleep {args.sleep:g} (fake node; box load {os.getloadavg()[0]:.1f})")
     print("run  rc  →all started  end→outcome p50/max  tree CPU  pre-fork  post-fork  agent  threads")
     for n in range(args.runs):
-        r = one_run(args.slots, args.sleep, args.reco)
+        r = one_run(args.slots, args.sleep, args.reco, args.daemon)
         print(
             f"{n + 1:3d} {r['rc']:3d} {r['started']:10.3f} s {r['end_p50']:8.0f} /{r['end_max']:5.0f} ms"
             f" {r['tree']:8.3f} s {r['pre']:7.2f} s {r['post']:8.2f} s {r['whole']:5.2f} s {r['threads']:7d}"
