@@ -158,9 +158,14 @@ def one_run(
     spy: str | None,
     warm: float = 0.0,
     saga_state: str = "",
+    jobset_wait: float | None = None,
 ) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="compass-bench-e2e-"))
     dispatcher, site_yaml, env = multijob.prepare_run(base, sleep, poll)
+    if jobset_wait is not None:  # 0: stage in first, then submit (the order before hpc.jobset_wait)
+        site = yaml.safe_load(site_yaml.read_text())
+        site["hpc"]["jobset_wait"] = jobset_wait
+        site_yaml.write_text(yaml.safe_dump(site))
     if saga_state:  # radical.saga's state (its shell wrapper, staged on first use) as a MOM node keeps it
         Path(saga_state).mkdir(parents=True, exist_ok=True)
         env["RADICAL_BASE"] = str(Path(saga_state).resolve())
@@ -419,6 +424,13 @@ def main() -> int:
         " its fork job service then skips staging its shell wrapper (~0.5 s of the first open). Default: a fresh"
         " one per run (a node's first daemon)",
     )
+    parser.add_argument(
+        "--jobset-wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="hpc.jobset_wait (default: the site default, 600: submit while staging in); 0 = stage in, then submit",
+    )
     args = parser.parse_args()
     scanner = ScannerClient(args.scan)  # first: it must not be our child
     become_subreaper()
@@ -426,7 +438,17 @@ def main() -> int:
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs} …", file=sys.stderr)
         runs.append(
-            one_run(args.sleep, args.poll, args.keep, args.log_level, scanner, args.py_spy, args.warm, args.saga_state)
+            one_run(
+                args.sleep,
+                args.poll,
+                args.keep,
+                args.log_level,
+                scanner,
+                args.py_spy,
+                args.warm,
+                args.saga_state,
+                args.jobset_wait,
+            )
         )
     for r in runs:
         tl = dict(r["timeline"])

@@ -78,7 +78,13 @@ def _pack_log_unless(packed: bool, job: JobSpec, workdir: Path) -> None:
         _pack_log(job, workdir)
 
 
-def _stage_out(job: JobSpec, workdir: Path, copytool: object, include_outputs: bool) -> list[OutputFileReport]:
+def _stage_out(
+    job: JobSpec,
+    workdir: Path,
+    copytool: object,
+    include_outputs: bool,
+    known: dict[str, tuple[int, str]] | None = None,
+) -> list[OutputFileReport]:
     reports = []
     specs = list(job.output_files) if include_outputs else []
     if job.log_file is not None:
@@ -90,7 +96,8 @@ def _stage_out(job: JobSpec, workdir: Path, copytool: object, include_outputs: b
                 continue
             raise PilotError(f"output {spec.lfn} was not produced", ErrorCode.MISSING_OUTPUT)
         dest = compass.output_dest_path(job, spec)
-        report = copytool.stage_out(local, dest, guid=spec.guid or new_guid())  # type: ignore[attr-defined]
+        sums = {"known": known[spec.lfn]} if known and spec.lfn in known else {}  # the node agent's (size, adler32)
+        report = copytool.stage_out(local, dest, guid=spec.guid or new_guid(), **sums)  # type: ignore[attr-defined]
         reports.append(report)
     return reports
 
@@ -105,6 +112,7 @@ def finish_job(
     verdict: tuple[int, str] | str | None = "check",
     log_packed: bool = False,
     counted: tuple[int | None, dict[str, int]] | None = None,
+    known_sums: dict[str, tuple[int, str]] | None = None,
 ) -> JobReport:
     """Judge the payload, stage out outputs (and the log), and build the final report.
 
@@ -114,7 +122,9 @@ def finish_job(
     tarball found in the work dir is staged out as it is instead of packed again.
     ``counted``: (events, {output lfn: events}) the node agent already read from the logs
     with the verdict; the logs (up to 2 × 256 KiB a job, on the MOM node's shared file
-    system, for every job of a wave) are then not read again here.
+    system, for every job of a wave) are then not read again here.  ``known_sums``: {lfn:
+    (size, adler32)} the node agent took where the files were written; the copytool stages
+    out with them instead of reading each file for its checksum (``copytools.source_sums``).
     """
     timing = timing or Timing()
     if counted is not None and verdict != "check":
@@ -142,7 +152,7 @@ def finish_job(
         logs: list[OutputFileReport] = []
         _pack_log_unless(log_packed, job, workdir)
         try:
-            logs = _stage_out(job, workdir, copytool, include_outputs=False)
+            logs = _stage_out(job, workdir, copytool, include_outputs=False, known=known_sums)
         except PilotError as exc:
             log.warning("job %d: log stage-out failed: %s", job.panda_id, exc.diag)
         timing.stageout = time.time() - start
@@ -153,7 +163,7 @@ def finish_job(
         return report
     _pack_log_unless(log_packed, job, workdir)
     try:
-        files = _stage_out(job, workdir, copytool, include_outputs=True)
+        files = _stage_out(job, workdir, copytool, include_outputs=True, known=known_sums)
     except PilotError as exc:
         timing.stageout = time.time() - start
         report = failed_report(job.panda_id, job.attempt_nr, exc.code, exc.diag, **common)

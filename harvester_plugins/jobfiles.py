@@ -51,6 +51,8 @@ JOB_REPORT_KEY = "jobReportFile"
 OUTPUTS_KEY = "eventStatusDumpJsonFile"
 #: in a lean outcome's attributes: {output lfn: events counted} (our daemon's; not a Harvester name)
 OUTPUT_EVENTS_KEY = "outputEvents"
+#: in a lean outcome's attributes: {lfn: [size, adler32]} of every file to stage out (outputs and log)
+OUTPUT_FILES_KEY = "outputFiles"
 DEFAULT_NAMES = {
     ATTRIBUTES_KEY: "worker_attributes.json",
     JOB_REPORT_KEY: "jobReport.json",
@@ -146,6 +148,8 @@ class JobOutcome:
     outputs: list[OutputFile] = field(default_factory=list)
     #: {output lfn: events} from a lean outcome's attributes (``outputEvents``); None = not given there
     output_events: dict[str, int] | None = None
+    #: {lfn: (size, adler32)} the node agent measured (``outputFiles``); None = not given there
+    output_sums: dict[str, tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in FINAL_STATUSES:
@@ -235,6 +239,7 @@ class JobOutcome:
             core_count=_int_or_none(attrs.get("coreCount")),
             node=str(attrs.get("node") or ""),
             output_events=_event_counts(attrs.get(OUTPUT_EVENTS_KEY)),
+            output_sums=_file_sums(attrs.get(OUTPUT_FILES_KEY)),
         )
 
 
@@ -246,6 +251,25 @@ def _event_counts(value: Any) -> dict[str, int] | None:
         if not isinstance(name, str) or not isinstance(count, int) or isinstance(count, bool) or count < 0:
             return None
     return dict(value)
+
+
+def _file_sums(value: Any) -> dict[str, tuple[int, str]] | None:
+    """A lean outcome's ``outputFiles``; None when absent or not {name: [size ≥ 0, 8 hex digits]}."""
+    if not isinstance(value, dict):
+        return None
+    sums: dict[str, tuple[int, str]] = {}
+    for name, entry in value.items():
+        if not (isinstance(entry, list) and len(entry) == 2):
+            return None
+        size, checksum = entry
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not _is_adler32(checksum):
+            return None
+        sums[str(name)] = (size, checksum)
+    return sums
+
+
+def _is_adler32(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 8 and all(c in "0123456789abcdef" for c in value)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -276,8 +300,9 @@ def write_outcome(
 
     Each file is replaced atomically either way; ``durable`` adds the fsyncs that make the
     three survive a crash in order (see ``hpc.jobset.JobSet.durable_outcomes`` for who needs them).
-    ``lean``: the attributes alone, with ``outputEvents`` ({output lfn: events counted}) in them —
-    for our daemon, which reads nothing else (``hpc.jobset.JobSet.lean_outcomes``).
+    ``lean``: the attributes alone, with ``outputEvents`` ({output lfn: events counted}) and
+    ``outputFiles`` ({lfn: [size, adler32]}) in them — for our daemon, which reads nothing else
+    (``hpc.jobset.JobSet.lean_outcomes``) and stages out with those sums.
     """
     names = {**DEFAULT_NAMES, **(names or {})}
     target = Path(directory)
@@ -286,6 +311,7 @@ def write_outcome(
         attrs = outcome.attributes()
         counted = (f for f in outcome.outputs if f.type == "output" and f.n_events is not None)
         attrs[OUTPUT_EVENTS_KEY] = {f.lfn: f.n_events for f in counted}
+        attrs[OUTPUT_FILES_KEY] = {f.lfn: [f.fsize, f.chksum] for f in outcome.outputs}
         atomic_write_files(target, [(names[ATTRIBUTES_KEY], _json_bytes(attrs))], durable=durable)
         return
     atomic_write_files(  # each file atomic, one directory sync for the three

@@ -108,11 +108,6 @@ class _OneWriteHandler(logging.Handler):
             self.handleError(record)
 
 
-def _named_only(path: Path, kind: str, guid: str, n_events: int | None = None) -> OutputFile:
-    """An output of a lean outcome: its name and event count; no size or checksum (never written)."""
-    return OutputFile(str(path), kind, 0, "", guid, n_events)
-
-
 def _empty_result() -> PayloadResult:
     now = time.time()
     return PayloadResult(
@@ -240,9 +235,9 @@ class NodeRun:
         """
         workdir = Path(nj.workdir)
         files: list[OutputFile] = []
-        # a lean outcome lists no files, only the event counts: sizes and adler32s are the daemon's to take
-        # when it stages them out, so the outputs (GBs a node, for reconstruction) are not read here as well
-        describe = _named_only if self.lean_outcomes else OutputFile.of
+        # size and adler32 are taken here, where the data was just written (in the page cache, and on
+        # every node at once): the daemon stages out with them instead of reading each output again
+        describe = OutputFile.of
         if verdict is None:
             per_file = compass.output_events(nj.job, stdout)
             for spec in nj.job.output_files:

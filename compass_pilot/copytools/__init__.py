@@ -14,14 +14,23 @@ from pathlib import Path
 from typing import Protocol
 
 from compass_pilot.config import StorageSection
-from compass_pilot.errors import StageInError, StageOutError
+from compass_pilot.errors import ErrorCode, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
 #: Read size for checksums and copies: large enough to stream GB files fast, small enough
 #: to keep the pilot's memory flat whatever the file size.
 BLOCK = 1024 * 1024
 
-__all__ = ["BLOCK", "CopyTool", "adler32_of", "check_lfn", "check_rel_path", "make_copytool", "source_root"]
+__all__ = [
+    "BLOCK",
+    "CopyTool",
+    "adler32_of",
+    "check_lfn",
+    "check_rel_path",
+    "make_copytool",
+    "source_root",
+    "source_sums",
+]
 
 
 class CopyTool(Protocol):
@@ -31,9 +40,34 @@ class CopyTool(Protocol):
         """Bring ``src_path`` (relative to the input root) to ``workdir/spec.lfn``, verified."""
         ...
 
-    def stage_out(self, local: Path, dest_path: str, *, guid: str) -> OutputFileReport:
-        """Put ``local`` at ``dest_path`` (relative to the output root), verified at the destination."""
+    def stage_out(
+        self, local: Path, dest_path: str, *, guid: str, known: tuple[int, str] | None = None
+    ) -> OutputFileReport:
+        """Put ``local`` at ``dest_path`` (relative to the output root), verified at the destination.
+
+        ``known``: (size, adler32) the node agent measured where the output was written
+        (:func:`source_sums`); the source is then not read again for its checksum."""
         ...
+
+
+def source_sums(local: Path | str, size: int, known: tuple[int, str] | None) -> str:
+    """The adler32 of an output of ``size`` bytes about to be staged out.
+
+    Why: the node agent takes (size, adler32) where the payload just wrote the file — on
+    every node at once, from the page cache — and the MOM-node daemon stages out 512 jobs'
+    outputs one burst after another; reading every byte again there for the checksum made
+    the daemon's stage-out (and its file system) the wave's bottleneck.  So ``known`` is
+    used when the size still agrees; a different size means the file changed after the
+    payload ended, and the stage-out fails (1229) rather than report another file's sum.
+    """
+    if known is None:
+        return adler32_of(local)
+    if known[0] != size:
+        raise StageOutError(
+            f"{Path(local).name}: size {size} differs from the {known[0]} the node agent measured",
+            ErrorCode.CHECKSUM_MISMATCH,
+        )
+    return known[1]
 
 
 def adler32_of(path: Path | str) -> str:

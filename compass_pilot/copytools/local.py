@@ -40,7 +40,7 @@ import zlib
 from pathlib import Path
 
 from compass_pilot.config import StorageSection, expand
-from compass_pilot.copytools import BLOCK, adler32_of, check_lfn, check_rel_path, source_root
+from compass_pilot.copytools import BLOCK, adler32_of, check_lfn, check_rel_path, source_root, source_sums
 from compass_pilot.errors import ErrorCode, PilotError, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
@@ -234,7 +234,9 @@ class LocalCopyTool:
         log.info("staged in %s (%d bytes, %s)", spec.lfn, size, "linked" if self.storage.link_inputs else "copied")
         return dst
 
-    def _link_direct(self, local: Path, dest: Path, durable: bool) -> tuple[int, str] | None:
+    def _link_direct(
+        self, local: Path, dest: Path, durable: bool, known: tuple[int, str] | None = None
+    ) -> tuple[int, str] | None:
         """Hard-link ``local`` at ``dest`` itself: (size, adler32), or None to go the temp-name way.
 
         The fast path of a first stage-out on the same file system: one metadata
@@ -256,7 +258,7 @@ class LocalCopyTool:
             info = os.stat(dest)
             if info.st_mode & 0o777 != 0o644:
                 os.chmod(dest, 0o644)
-            checksum = adler32_of(dest)
+            checksum = source_sums(dest, info.st_size, known)  # the same inode: the agent's sum, if it gave one
             if durable:
                 _fsync_file(dest)
                 _fsync_dir(dest.parent)
@@ -289,18 +291,28 @@ class LocalCopyTool:
         """A stage-out session whose copies are made durable together by one :meth:`DurableBurst.sync`."""
         return DurableBurst(self)
 
-    def stage_out(self, local: Path, dest_path: str, *, guid: str, durable: bool = True) -> OutputFileReport:
+    def stage_out(
+        self,
+        local: Path,
+        dest_path: str,
+        *,
+        guid: str,
+        durable: bool = True,
+        known: tuple[int, str] | None = None,
+    ) -> OutputFileReport:
         """Copy ``local`` to ``<output_root>/<dest_path>`` via temp + verify + rename.
 
         ``durable``: fsync the copy before its rename and the directory after; without
         it the caller owes a sync before it reports the file (:class:`DurableBurst`).
+        ``known``: the node agent's (size, adler32): a hard link is not read for its
+        checksum; a copy, which reads the bytes anyway, must match it (1229 otherwise).
         """
         dest = self.output_root / check_rel_path(dest_path, stage_in=False)
         local = Path(local)
         what = f"stage-out of {local.name} to {dest_path}"
         tmp: Path | None = None
         try:
-            linked = self._link_direct(local, dest, durable) if self.storage.link_outputs else None
+            linked = self._link_direct(local, dest, durable, known) if self.storage.link_outputs else None
             if linked is not None:
                 size, checksum = linked
                 log.info("staged out %s → %s (%d bytes, adler32 %s, linked)", local.name, dest, size, checksum)
@@ -312,6 +324,11 @@ class LocalCopyTool:
                     raise
                 self._made_dirs.discard(dest.parent)  # removed since we made it: once more
                 tmp, size, checksum, found_size, found_sum = self._put_temp(local, dest, durable)
+            if known is not None and source_sums(local, size, known) != checksum:
+                raise StageOutError(
+                    f"{local.name}: adler32 {checksum} differs from the {known[1]} the node agent measured",
+                    ErrorCode.CHECKSUM_MISMATCH,
+                )
             if (found_size, found_sum) != (size, checksum):
                 raise StageOutError(
                     f"{local.name}: destination has size {found_size} adler32 {found_sum}, "
@@ -357,8 +374,10 @@ class DurableBurst:
     def stage_in(self, spec: FileSpec, src_path: str, workdir: Path) -> Path:
         return self.tool.stage_in(spec, src_path, workdir)
 
-    def stage_out(self, local: Path, dest_path: str, *, guid: str) -> OutputFileReport:
-        report = self.tool.stage_out(local, dest_path, guid=guid, durable=False)
+    def stage_out(
+        self, local: Path, dest_path: str, *, guid: str, known: tuple[int, str] | None = None
+    ) -> OutputFileReport:
+        report = self.tool.stage_out(local, dest_path, guid=guid, durable=False, known=known)
         with self._lock:
             self._written.append(report.surl)
         return report

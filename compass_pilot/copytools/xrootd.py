@@ -32,7 +32,7 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from compass_pilot.config import StorageSection, expand
-from compass_pilot.copytools import adler32_of, check_lfn, check_rel_path, source_root
+from compass_pilot.copytools import adler32_of, check_lfn, check_rel_path, source_root, source_sums
 from compass_pilot.errors import ConfigError, ErrorCode, PilotError, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
 
@@ -264,12 +264,16 @@ class XRootDCopyTool:
         log.info("staged in %s from %s (%d bytes%s)", spec.lfn, url, size, ", adler32 verified" if expected else "")
         return dst
 
-    def stage_out(self, local: Path, dest_path: str, *, guid: str) -> OutputFileReport:
-        """xrdcp ``local`` to ``<output_root>/<dest_path>``, then verify size and adler32 on the server."""
+    def stage_out(
+        self, local: Path, dest_path: str, *, guid: str, known: tuple[int, str] | None = None
+    ) -> OutputFileReport:
+        """xrdcp ``local`` to ``<output_root>/<dest_path>``, then verify size and adler32 on the server
+        (against ``known``, the node agent's, when given: the file is then read once, by xrdcp)."""
         url = f"{self.output_root}/{check_rel_path(dest_path, stage_in=False)}"
         local = Path(local).absolute()  # absolute: never read as an option
         try:
-            size, checksum = local.stat().st_size, adler32_of(local)
+            size = local.stat().st_size
+            checksum = source_sums(local, size, known)
         except OSError as exc:
             raise StageOutError(f"cannot read {local}: {exc.strerror}") from None
 

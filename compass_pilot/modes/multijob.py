@@ -397,9 +397,14 @@ class MultiJobDaemon:
         )
         start = utc_timestamp()
         copytool = self.copytool
-        # stage-in starts now and runs while the jobs are journaled: nothing here is durable
-        # before the checkpoint below, so the order changes no crash window, only the wait
-        prepared = self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
+
+        def stage_in() -> Any:
+            return self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
+
+        overlap = self.site.hpc.jobset_wait > 0
+        # without overlap, stage-in starts now and runs while the jobs are journaled: nothing here
+        # is durable before the checkpoint below, so the order changes no crash window, only the wait
+        prepared = None if overlap else stage_in()
         for job in submission.jobs:
             self.held.add(job.panda_id)
             workdir = str(lifecycle.job_workdir(site, job))
@@ -408,13 +413,16 @@ class MultiJobDaemon:
                 JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
             )
             state.jobs[str(job.panda_id)] = JobEntry(job.panda_id, job.attempt_nr, workdir)
-        if self.site.hpc.jobset_wait > 0:
+        if overlap:
             # the batch job is submitted now, its inputs still on their way: it queues (or its
             # agents start and wait for the job set) while stage-in runs.  If this daemon dies
-            # before the job set is written, the next one cancels it and fails its jobs (recover)
+            # before the job set is written, the next one stages them in again (recover).
+            # Stage-in starts after the journal work (its threads would slow this thread's down)
+            # and runs while the batch system takes the job (this thread then waits on the broker)
             state.jobset_pending = True
             self._place(state, submission)
             self._checkpoint(state, submission)
+            prepared = stage_in()
             self._try_submit(state)
             runnable = self._take_stage_in(state, submission, prepared)
             if state.done:  # the batch system refused it: every job has its final already
@@ -1068,6 +1076,7 @@ class MultiJobDaemon:
             verdict=outcome.verdict,
             log_packed=True,
             counted=(outcome.n_events, per_file) if per_file is not None else None,
+            known_sums=outcome.output_sums,  # the agent's (size, adler32): outputs are not read again here
         )
         report.node = report.node or outcome.node or ""  # the compute node it ran on, not this MOM node
         return report

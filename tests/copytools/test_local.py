@@ -335,3 +335,37 @@ def test_staging_out_a_linked_output_again_leaves_no_temp_file(tool: LocalCopyTo
     again = tool.burst().stage_out(local_file, "P09/mDST/m.root", guid="g")
     assert again == first
     assert [p.name for p in (tool.output_root / "P09/mDST").iterdir()] == ["m.root"]
+
+
+def test_a_linked_output_with_the_agents_sums_is_not_read(
+    tool: LocalCopyTool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node agent measured it where it was written: the MOM node links it and reads nothing."""
+    import compass_pilot.copytools as copytools
+
+    local_file = tmp_path / "work" / "m.root"
+    local_file.write_bytes(b"abc")
+
+    def no_reading(path: object) -> str:
+        raise AssertionError(f"read {path} for its checksum")
+
+    monkeypatch.setattr(copytools, "adler32_of", no_reading)
+    report = tool.stage_out(local_file, "P09/m.root", guid="g", known=(3, "024d0127"))
+    assert (report.fsize, report.adler32) == (3, "024d0127")
+    assert (tool.output_root / "P09/m.root").stat().st_ino == local_file.stat().st_ino
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_an_output_changed_since_the_agent_measured_it_is_1229(tmp_path: Path, link: bool) -> None:
+    """A size (link) or checksum (copy) other than the agent's: the file changed after the payload
+    ended — nothing is left at the destination and no report claims it."""
+    (tmp_path / "work").mkdir()
+    tool = LocalCopyTool(StorageSection(output_root=str(tmp_path / "out"), link_outputs=link))
+    local_file = tmp_path / "work" / "m.root"
+    local_file.write_bytes(b"abcd")  # the agent saw "abc"
+    known = (4, "024d0127") if not link else (3, "024d0127")
+    with pytest.raises(StageOutError) as err:
+        tool.stage_out(local_file, "P09/m.root", guid="g", known=known)
+    assert err.value.code == ErrorCode.CHECKSUM_MISMATCH and "node agent measured" in err.value.diag
+    assert not (tmp_path / "out" / "P09" / "m.root").exists()
+    assert [p.name for p in (tmp_path / "out" / "P09").iterdir()] == []  # no temp file either

@@ -85,6 +85,24 @@ def test_stage_in_and_out_through_the_server(tool: XRootDCopyTool, xrootd_server
     assert tool.remote_size(report.surl) == len(data)
 
 
+def test_stage_out_with_the_agents_sums_is_checked_by_the_server(
+    tool: XRootDCopyTool, xrootd_server: XRootDServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node agent's (size, adler32): the MOM node does not read the output for them — the
+    server's checksum of what it received must still match, or nothing stays there (1229)."""
+    import compass_pilot.copytools as copytools
+
+    local_file = tmp_path / "out.root"
+    local_file.write_bytes(b"abc")
+    monkeypatch.setattr(copytools, "adler32_of", lambda path: pytest.fail(f"read {path} for its checksum"))
+    report = tool.stage_out(local_file, "P09/known/ok.root", guid="g", known=(3, "024d0127"))
+    assert (report.fsize, report.adler32) == (3, "024d0127")
+    with pytest.raises(StageOutError) as err:  # an agent's sum that is not the file's
+        tool.stage_out(local_file, "P09/known/bad.root", guid="g", known=(3, "00000001"))
+    assert err.value.code == ErrorCode.CHECKSUM_MISMATCH
+    assert xrootd_server.data is not None and not (xrootd_server.data / "eos/P09/known/bad.root").exists()
+
+
 def test_wrong_expected_checksum_is_1229(
     tool: XRootDCopyTool, xrootd_server: XRootDServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

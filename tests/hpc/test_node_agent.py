@@ -167,14 +167,9 @@ def test_outcome_fsyncs_follow_the_job_set(tmp_path: Path, monkeypatch, durable:
     assert not list(tmp_path.glob("**/.*.tmp"))  # renamed into place either way
 
 
-def test_lean_outcome_is_the_attributes_alone_with_the_event_counts(tmp_path: Path, monkeypatch) -> None:
-    """The daemon's job sets (lean_outcomes): one file per job, the per-output counts inside it;
-    the outputs are not read for a checksum (the daemon takes its own when it stages them out)."""
-
-    def no_checksum(path: object) -> str:
-        raise AssertionError(f"read {path} for a checksum")
-
-    monkeypatch.setattr(jobfiles, "adler32_of", no_checksum)
+def test_lean_outcome_is_the_attributes_alone_with_the_event_counts(tmp_path: Path) -> None:
+    """The daemon's job sets (lean_outcomes): one file per job, the per-output counts and the
+    (size, adler32) of every file to stage out inside it — taken here, where the data is."""
     produce = "printf abc > out1.root; echo 7 events had been written to miniDST; echo End of Job"
     jobs = [
         NodeJob(1, 0, str(tmp_path / "PandaJob_1_1"), _job_with_files(1, produce)),
@@ -188,8 +183,20 @@ def test_lean_outcome_is_the_attributes_alone_with_the_event_counts(tmp_path: Pa
     ok = jobfiles.read_outcome(ok_dir, 1)
     assert ok is not None and ok.status == "finished" and ok.n_events == 7
     assert ok.output_events == {"out1.root": 7}  # what the daemon uses instead of the logs
+    assert ok.output_sums is not None and ok.output_sums["out1.root"] == (3, "024d0127")  # adler32("abc")
+    log_size = (ok_dir / "log1.tgz").stat().st_size
+    assert ok.output_sums["log1.tgz"] == (log_size, jobfiles.adler32_of(ok_dir / "log1.tgz"))
     bad = jobfiles.read_outcome(tmp_path / "PandaJob_2_1", 2)
     assert bad is not None and bad.error_code == ErrorCode.MISSING_OUTPUT and bad.output_events == {}
+    assert bad.output_sums is not None and set(bad.output_sums) == {"log2.tgz"}  # a failed job: its log only
+
+
+@pytest.mark.parametrize(
+    "value", [None, [1], {"a": [1]}, {"a": [-1, "00000001"]}, {"a": [1, "xyz"]}, {"a": [True, "00000001"]}]
+)
+def test_unusable_output_sums_are_ignored(value: object) -> None:
+    outcome = jobfiles.JobOutcome.from_attributes(1, {"jobStatus": "finished", "outputFiles": value})
+    assert outcome is not None and outcome.output_sums is None  # the daemon then reads the files itself
 
 
 @pytest.mark.parametrize("value", [None, [1], {"a": -1}, {"a": True}, {"a": "7"}, {"a": 1.5}])
