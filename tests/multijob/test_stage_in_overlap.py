@@ -65,22 +65,23 @@ def test_jobset_wait_zero_stages_in_before_submitting(mom, monkeypatch) -> None:
     assert "--jobset-wait" not in (Path(sub.subdir) / "worker.sh").read_text()
 
 
-def _lose_inputs(site, n: int) -> None:  # type: ignore[no-untyped-def]
-    raws = sorted(Path(site.storage.input_root).rglob("*.raw"))
-    assert len(raws) >= n
-    for raw in raws[:n]:
+def _run_losing_inputs(mom, jobs: int, lost: int):  # type: ignore[no-untyped-def]  # noqa: F811
+    """``jobs`` jobs whose first ``lost`` inputs are gone from storage, run by one daemon: each
+    job ends once; returns the jobs by status and the daemon's one submission."""
+    site, client, dispatcher, submit = mom
+    submit(jobs)
+    for raw in sorted(Path(site.storage.input_root).rglob("*.raw"))[:lost]:
         raw.unlink()
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)
+    assert dispatcher.duplicate_finals() == []
+    (sub,) = daemon.submissions.values()
+    return _summary(dispatcher.url)["jobs_by_status"], sub
 
 
 def test_a_failed_stage_in_after_submission_fails_only_its_job(mom) -> None:  # noqa: F811
-    site, client, dispatcher, submit = mom
-    submit(8)
-    _lose_inputs(site, 1)
-    daemon = MultiJobDaemon(site, client, make_backend(site))
-    _run(daemon)
-    assert _summary(dispatcher.url)["jobs_by_status"] == {"finished": 7, "failed": 1}
-    assert dispatcher.duplicate_finals() == []
-    (sub,) = daemon.submissions.values()
+    by_status, sub = _run_losing_inputs(mom, 8, 1)
+    assert by_status == {"finished": 7, "failed": 1}
     jobset = read_jobset(Path(sub.subdir) / "jobset.json")
     placed = {nj.panda_id for node_jobs in jobset.node_jobs.values() for nj in node_jobs}
     failed = {e.panda_id for e in sub.jobs.values() if e.final == "failed"}
@@ -89,12 +90,6 @@ def test_a_failed_stage_in_after_submission_fails_only_its_job(mom) -> None:  # 
 
 
 def test_every_stage_in_failed_ends_the_batch_job(mom) -> None:  # noqa: F811
-    site, client, dispatcher, submit = mom
-    submit(4)
-    _lose_inputs(site, 4)
-    daemon = MultiJobDaemon(site, client, make_backend(site))
-    _run(daemon)
-    assert _summary(dispatcher.url)["jobs_by_status"] == {"failed": 4}
-    assert dispatcher.duplicate_finals() == []
-    (sub,) = daemon.submissions.values()
+    by_status, sub = _run_losing_inputs(mom, 4, 4)
+    assert by_status == {"failed": 4}
     assert sub.done and (Path(sub.subdir) / "jobset.json").exists()  # empty: an agent that started ends at once
