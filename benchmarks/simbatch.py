@@ -223,6 +223,9 @@ def _start(jobset: Path, subdir: Path) -> tuple[list[dict[str, Any]], Any]:
                     "workdir": nj.workdir,
                     "outputs": [f.lfn for f in nj.job.output_files],
                     "started": now,
+                    # the outcome's shape the job set asks for, as a node agent writes it
+                    "durable": parsed.durable_outcomes,
+                    "lean": parsed.lean_outcomes,
                 }
             )
         if sender is not None and node_jobs:
@@ -256,7 +259,7 @@ def _finish(job: dict[str, Any], host: str, sender: Any = None) -> None:
         node=host,
         outputs=outputs,
     )
-    write_outcome(workdir, outcome)
+    write_outcome(workdir, outcome, durable=job.get("durable", True), lean=job.get("lean", False))
     if sender is not None:
         sender.send(notify.ENDED, [job["panda_id"]])  # after the files: the daemon reads them at once
 
