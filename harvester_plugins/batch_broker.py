@@ -471,13 +471,19 @@ def _error(exc: BaseException) -> dict[str, Any]:
 def serve(requests: Any, answer_fd: int) -> int:
     """Answer the parent's requests from ``requests`` (its pipe) until EOF or a stop."""
     lock = threading.Lock()
+    gone = threading.Event()  # the daemon closed its end: nobody reads answers or log records any more
 
     def write(message: dict[str, Any]) -> None:
+        if gone.is_set():
+            return
         data = json.dumps(message, default=str).encode() + b"\n"
         with lock:  # whole lines: log records come from the plugins' threads too
             view = memoryview(data)
-            while view:
-                view = view[os.write(answer_fd, view) :]
+            try:
+                while view:
+                    view = view[os.write(answer_fd, view) :]
+            except BrokenPipeError:
+                gone.set()  # an exiting daemon, not an error of ours: end quietly, no traceback
 
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -509,6 +515,8 @@ def serve(requests: Any, answer_fd: int) -> int:
             write({"id": seq, "value": value})
         except Exception as exc:  # every failure is an answer; the daemon decides
             write({"id": seq, "error": _error(exc)})
+        if gone.is_set():
+            break
     from harvester_plugins import saga_backend
 
     saga_backend.close_services()

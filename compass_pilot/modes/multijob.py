@@ -25,6 +25,7 @@ net: the files are the truth, a wake-up only says where to look now.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -427,7 +428,8 @@ class MultiJobDaemon:
             runnable = self._take_stage_in(state, submission, prepared)
             if state.done:  # the batch system refused it: every job has its final already
                 return 0
-            self._write_jobset(state, _only(submission, runnable))
+            if not self._write_jobset_or_fail(state, _only(submission, runnable)):
+                return 0
             if not runnable:  # every stage-in failed: the empty job set ends any agent that started
                 self._end_batch_job(state)
                 state.done = True
@@ -447,7 +449,8 @@ class MultiJobDaemon:
 
             submission = plan_submissions(runnable, self.site.hpc)[0]
         self._place(state, submission)
-        self._write_jobset(state, submission)
+        if not self._write_jobset_or_fail(state, submission):
+            return 0
         self._checkpoint(state, submission)
         return self._try_submit(state)
 
@@ -494,6 +497,32 @@ class MultiJobDaemon:
             durable_outcomes=False,
             lean_outcomes=True,  # the attributes alone: this daemon reads nothing else
         )
+
+    def _write_jobset_or_fail(self, state: SubmissionState, submission: Any) -> bool:
+        """Write the job set; when the shared file system refuses it (full, gone read-only), the
+        submission's jobs fail, each once, its batch job (if any) is cancelled, and the daemon
+        goes on — its agents would wait for a file that cannot come."""
+        try:
+            self._write_jobset(state, submission)
+            return True
+        except OSError as exc:
+            code = ErrorCode.NO_LOCAL_SPACE if exc.errno == errno.ENOSPC else ErrorCode.GENERAL
+            diag = f"cannot write the job set in {state.subdir}: {exc.strerror or exc}"
+        log.error("%s: %s", state.sub_id, diag)
+        self.submissions[state.sub_id] = state
+        self._end_batch_job(state)
+        for entry in state.jobs.values():
+            if not entry.final:
+                self._finish_entry(state, entry, (code, diag))
+        state.done = True
+        state.jobset_pending = False
+        self._plans.pop(state.sub_id, None)
+        self._retry_at.pop(state.sub_id, None)
+        try:
+            self._persist(state)
+        except OSError as exc:  # the same file system: the journal holds the finals either way
+            log.error("%s: cannot write its state either: %s", state.sub_id, exc)
+        return False
 
     def _checkpoint(self, state: SubmissionState, submission: Any) -> None:
         """The intent, with the batch job's unique name, durable before the batch job exists:

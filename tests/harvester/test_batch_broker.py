@@ -139,3 +139,25 @@ def test_probe_opens_the_job_service_ahead_and_a_failed_open_is_a_temporary_subm
         else:
             os.environ["COMPASS_SAGA_SHELL"] = shell
         backend.close()
+
+
+def test_serve_ends_quietly_when_the_daemon_is_gone() -> None:
+    """The daemon exited while a request was answered: no BrokenPipeError traceback on the
+    batch log, the broker just ends (it served the daemon's stdin; nobody reads its answers)."""
+    import json
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the daemon is gone
+    requests = [json.dumps({"op": "status", "id": n}).encode() + b"\n" for n in (1, 2, 3)]
+    try:
+        assert batch_broker.serve(iter(requests), write_end) == 0
+    finally:
+        os.close(write_end)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)

@@ -93,3 +93,31 @@ def test_every_stage_in_failed_ends_the_batch_job(mom) -> None:  # noqa: F811
     by_status, sub = _run_losing_inputs(mom, 4, 4)
     assert by_status == {"failed": 4}
     assert sub.done and (Path(sub.subdir) / "jobset.json").exists()  # empty: an agent that started ends at once
+
+
+@pytest.mark.parametrize("wait", [600.0, 0.0])
+def test_a_job_set_the_shared_disk_refuses_fails_its_jobs_once(mom, monkeypatch, wait: float) -> None:  # noqa: F811
+    """A full shared file system when the job set is written (after the qsub with jobset_wait, before
+    it without): the jobs fail 1098 once each, the batch job is cancelled, the daemon goes on."""
+    import errno
+
+    import hpc.jobset
+
+    site, client, dispatcher, submit = mom
+    site.hpc.jobset_wait = wait
+    submit(4)
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hpc.jobset, "write_jobset", full)
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    _run(daemon)  # returns: no exception out of the daemon
+    assert _summary(dispatcher.url)["jobs_by_status"] == {"failed": 4}
+    assert dispatcher.duplicate_finals() == []
+    (sub,) = daemon.submissions.values()
+    assert sub.done and not sub.jobset_pending
+    codes = {code for _, _, code, _ in daemon.recent_errors}
+    assert codes == {1098}
+    if wait:  # it was submitted: cancelled, so no node waits 600 s for a job set that cannot come
+        assert sub.batch_id and make_backend(site).status(sub.batch_id, Path(sub.subdir)) == "cancelled"
