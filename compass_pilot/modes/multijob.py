@@ -586,9 +586,14 @@ class MultiJobDaemon:
             state.done = True
             self._persist(state)
             return None
-        plan = plan_submissions(jobs, self.site.hpc)
-        self._plans[state.sub_id] = plan[0]
-        return plan[0]
+        plan = plan_submissions(jobs, self.site.hpc)[0]
+        # the job set on disk places its jobs on its own nodes (jobs that failed since may have
+        # emptied some): the batch job asks for all of them, so no node of it is left without a rank
+        nodes = _jobset_nodes(Path(state.subdir) / "jobset.json")
+        if nodes > plan.nodes:
+            plan = replace(plan, nodes=nodes)
+        self._plans[state.sub_id] = plan
+        return plan
 
     def _submit_failed(self, state: SubmissionState, exc: Exception) -> None:
         """A temporary error keeps the jobs (retried with backoff, heartbeats go on); a permanent
@@ -1440,6 +1445,16 @@ def _unless_lost(outcome: tuple[Any, PilotError | None], lost: dict[str, PilotEr
         report.output_files = [f for f in report.output_files if f.surl not in lost]
         return report, None
     return None, lost[gone[0].surl]
+
+
+def _jobset_nodes(path: Path) -> int:
+    """The node count a written job set asks for; 0 when there is none (or it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            nodes = json.load(handle).get("nodes")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return nodes if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 0 else 0
 
 
 def _only(submission: Any, jobs: list[JobSpec]) -> Any:

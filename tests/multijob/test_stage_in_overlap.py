@@ -121,3 +121,25 @@ def test_a_job_set_the_shared_disk_refuses_fails_its_jobs_once(mom, monkeypatch,
     assert codes == {1098}
     if wait:  # it was submitted: cancelled, so no node waits 600 s for a job set that cannot come
         assert sub.batch_id and make_backend(site).status(sub.batch_id, Path(sub.subdir)) == "cancelled"
+
+
+def test_a_resubmission_asks_for_every_node_of_the_written_job_set(mom, tmp_path: Path) -> None:  # noqa: F811
+    """A restarted daemon submits a state again whose job set is written: jobs that failed since
+    must not shrink the batch job below the job set's nodes (a node without a rank fails its jobs)."""
+    from compass_pilot.job import JobSpec
+    from compass_pilot.modes.multijob import JobEntry, SubmissionState
+    from tests.core.jobdicts import reco_job_dict
+
+    site, client, _dispatcher, _submit = mom
+    daemon = MultiJobDaemon(site, client, make_backend(site))
+    subdir = tmp_path / "sub-x"
+    subdir.mkdir()
+    state = SubmissionState("sub-x", "long", 2, 3600, str(subdir))
+    for panda_id in (1, 2, 3):  # 3 jobs left: one node of 8 slots would do
+        job = JobSpec.from_panda(reco_job_dict(panda_id))
+        daemon.journal.job_started(job, str(subdir / f"PandaJob_{panda_id}_1"), mode="multijob", sub_id="sub-x")
+        daemon.held.add(panda_id)
+        state.jobs[str(panda_id)] = JobEntry(panda_id, 1, str(subdir / f"PandaJob_{panda_id}_1"), node=panda_id % 2)
+    assert daemon._replan(state).nodes == 1  # no job set written: packed anew
+    (subdir / "jobset.json").write_text(json.dumps({"nodes": 2}))
+    assert daemon._replan(state).nodes == 2  # the written job set's nodes
