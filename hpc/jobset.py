@@ -64,8 +64,9 @@ class JobSet:
     #: makes the outputs durable itself before it reports.  Harvester's messenger keeps True: it trusts
     #: the outputs dump beside the attributes, and the order of the three files must survive a crash.
     durable_outcomes: bool = True
-    #: write each job's outcome as ONE file, the attributes, with the outputs' event counts in it
-    #: (``outputEvents``, :func:`harvester_plugins.jobfiles.write_outcome`).  The daemon writes True:
+    #: write each job's outcome as ONE file, the attributes, with the outputs' event counts and the
+    #: (size, adler32) of every file to stage out in it (``outputEvents``, ``outputFiles``:
+    #: :func:`harvester_plugins.jobfiles.write_outcome`).  The daemon writes True:
     #: it reads nothing else, so the outputs dump and the job report were two files created, renamed
     #: and deleted per job for no reader.  Harvester's messenger reads all three: False.
     lean_outcomes: bool = False

@@ -235,22 +235,21 @@ class NodeRun:
         """
         workdir = Path(nj.workdir)
         files: list[OutputFile] = []
-        # size and adler32 are taken here, where the data was just written (in the page cache, and on
-        # every node at once): the daemon stages out with them instead of reading each output again
-        describe = OutputFile.of
+        # size and adler32 are taken here (OutputFile.of), where the data was just written (in the page
+        # cache, and on every node at once): the daemon stages out with them instead of reading each output
         if verdict is None:
             per_file = compass.output_events(nj.job, stdout)
             for spec in nj.job.output_files:
                 local = workdir / spec.lfn
                 if not local.is_file():
                     return self._outputs(nj, stdout, (ErrorCode.MISSING_OUTPUT, f"output {spec.lfn} was not produced"))
-                files.append(describe(local, "output", spec.guid or new_guid(), per_file.get(spec.lfn)))
+                files.append(OutputFile.of(local, "output", spec.guid or new_guid(), per_file.get(spec.lfn)))
         if nj.job.log_file is not None:
             from compass_pilot.logpack import pack_log  # tarfile only once a job has ended
 
             packed = pack_log(nj.job, workdir)
             if packed is not None:
-                files.append(describe(packed, "log", nj.job.log_file.guid or new_guid()))
+                files.append(OutputFile.of(packed, "log", nj.job.log_file.guid or new_guid()))
         return files, verdict
 
     def _write_result(
