@@ -397,15 +397,10 @@ class MultiJobDaemon:
             subdir=str(subdir),
         )
         start = utc_timestamp()
-        copytool = self.copytool
-
-        def stage_in() -> Any:
-            return self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
-
         overlap = self.site.hpc.jobset_wait > 0
         # without overlap, stage-in starts now and runs while the jobs are journaled: nothing here
         # is durable before the checkpoint below, so the order changes no crash window, only the wait
-        prepared = None if overlap else stage_in()
+        prepared = None if overlap else self._stage_in(site, submission.jobs)
         for job in submission.jobs:
             self.held.add(job.panda_id)
             workdir = str(lifecycle.job_workdir(site, job))
@@ -423,20 +418,9 @@ class MultiJobDaemon:
             state.jobset_pending = True
             self._place(state, submission)
             self._checkpoint(state, submission)
-            prepared = stage_in()
+            prepared = self._stage_in(site, submission.jobs)
             self._try_submit(state)
-            runnable = self._take_stage_in(state, submission, prepared)
-            if state.done:  # the batch system refused it: every job has its final already
-                return 0
-            if not self._write_jobset_or_fail(state, _only(submission, runnable)):
-                return 0
-            if not runnable:  # every stage-in failed: the empty job set ends any agent that started
-                self._end_batch_job(state)
-                state.done = True
-                self._plans.pop(state.sub_id, None)
-                self._retry_at.pop(state.sub_id, None)
-            state.jobset_pending = False
-            self._persist(state)
+            runnable = self._jobset_after_stage_in(state, submission, prepared)
             return len(runnable) if state.batch_id else 0
         runnable = self._take_stage_in(state, submission, prepared)
         if not runnable:  # nothing to submit; the state is written so pruning finds the dir
@@ -453,6 +437,29 @@ class MultiJobDaemon:
             return 0
         self._checkpoint(state, submission)
         return self._try_submit(state)
+
+    def _stage_in(self, site: SiteConfig, jobs: Any) -> Any:
+        """Work dirs and inputs of ``jobs`` on the transfer threads; the call returns their results."""
+        copytool = self.copytool
+        return self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), jobs)
+
+    def _jobset_after_stage_in(self, state: SubmissionState, submission: Any, prepared: Any) -> list[JobSpec]:
+        """A submitted (or being submitted) state's stage-in ends: its job set is written with
+        the jobs whose inputs are in; returns them.  None in: the empty job set ends any agent
+        that started, and the batch job is cancelled."""
+        runnable = self._take_stage_in(state, submission, prepared)
+        if state.done:  # the batch system refused it: every job has its final already
+            return []
+        if not self._write_jobset_or_fail(state, _only(submission, runnable)):
+            return []
+        if not runnable:
+            self._end_batch_job(state)
+            state.done = True
+            self._plans.pop(state.sub_id, None)
+            self._retry_at.pop(state.sub_id, None)
+        state.jobset_pending = False
+        self._persist(state)
+        return runnable
 
     def _take_stage_in(self, state: SubmissionState, submission: Any, prepared: Any) -> list[JobSpec]:
         """The jobs whose inputs are in (their work dirs noted); a failed stage-in fails its job, once."""
@@ -508,16 +515,10 @@ class MultiJobDaemon:
         except OSError as exc:
             code = ErrorCode.NO_LOCAL_SPACE if exc.errno == errno.ENOSPC else ErrorCode.GENERAL
             diag = f"cannot write the job set in {state.subdir}: {exc.strerror or exc}"
-        log.error("%s: %s", state.sub_id, diag)
         self.submissions[state.sub_id] = state
         self._end_batch_job(state)
-        for entry in state.jobs.values():
-            if not entry.final:
-                self._finish_entry(state, entry, (code, diag))
-        state.done = True
+        self._fail_unsubmitted(state, diag, code)
         state.jobset_pending = False
-        self._plans.pop(state.sub_id, None)
-        self._retry_at.pop(state.sub_id, None)
         try:
             self._persist(state)
         except OSError as exc:  # the same file system: the journal holds the finals either way
@@ -629,11 +630,11 @@ class MultiJobDaemon:
             self._breaker_retry = time.monotonic() + hpc.submit_backoff_max
         self._persist(state)
 
-    def _fail_unsubmitted(self, state: SubmissionState, diag: str) -> None:
+    def _fail_unsubmitted(self, state: SubmissionState, diag: str, code: int = ErrorCode.BATCH_SYSTEM_FAILED) -> None:
         log.error("%s: %s", state.sub_id, diag)
         for entry in state.jobs.values():
             if not entry.final:
-                self._finish_entry(state, entry, (ErrorCode.BATCH_SYSTEM_FAILED, diag))
+                self._finish_entry(state, entry, (code, diag))
         state.done = True
         self._plans.pop(state.sub_id, None)
         self._retry_at.pop(state.sub_id, None)
@@ -717,18 +718,10 @@ class MultiJobDaemon:
             state.queue, state.nodes, hpc.slots_per_node, state.walltime, tuple(jobs), tuple(placements)
         )
         site = _with_workdir(self.site, str(Path(state.subdir) / "jobs"))
-        copytool = self.copytool
         log.warning(
             "%s: the previous daemon stopped while staging in: staging its %d jobs in again", state.sub_id, len(jobs)
         )
-        prepared = self._start_parallel(lambda job: lifecycle.prepare_job(job, site, copytool), submission.jobs)
-        runnable = self._take_stage_in(state, submission, prepared)
-        self._write_jobset(state, _only(submission, runnable))
-        if not runnable:
-            self._end_batch_job(state)
-            state.done = True
-        state.jobset_pending = False
-        self._persist(state)
+        self._jobset_after_stage_in(state, submission, self._stage_in(site, submission.jobs))
 
     def _recover_unsubmitted(self, state: SubmissionState) -> None:
         """A state without batch id: the daemon died around qsub.  Find the batch job by its
