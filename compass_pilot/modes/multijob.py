@@ -401,14 +401,19 @@ class MultiJobDaemon:
         # without overlap, stage-in starts now and runs while the jobs are journaled: nothing here
         # is durable before the checkpoint below, so the order changes no crash window, only the wait
         prepared = None if overlap else self._stage_in(site, submission.jobs)
+        started: list[tuple[JobSpec, str]] = []
         for job in submission.jobs:
             self.held.add(job.panda_id)
             workdir = str(lifecycle.job_workdir(site, job))
-            self.journal.job_started(job, workdir, mode="multijob", sub_id=sub_id)
-            self.updater.queue(
-                JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
-            )
+            started.append((job, workdir))
             state.jobs[str(job.panda_id)] = JobEntry(job.panda_id, job.attempt_nr, workdir)
+        self.journal.jobs_started(started, mode="multijob", sub_id=sub_id)
+        self.updater.queue_many(
+            [
+                JobReport(job.panda_id, "starting", job.attempt_nr, start_time=start, core_count=job.core_count)
+                for job in submission.jobs
+            ]
+        )
         if overlap:
             # the batch job is submitted now, its inputs still on their way: it queues (or its
             # agents start and wait for the job set) while stage-in runs.  If this daemon dies
@@ -573,8 +578,8 @@ class MultiJobDaemon:
             state.batch_id,
         )
         self._persist(state)
-        for entry in state.jobs.values():
-            self.journal.set_state(entry.panda_id, entry.attempt_nr, "submitted", batch_id=state.batch_id)
+        keys = [(entry.panda_id, entry.attempt_nr) for entry in state.jobs.values()]
+        self.journal.set_states(keys, "submitted", batch_id=state.batch_id)
         return len(submission.jobs)
 
     def _replan(self, state: SubmissionState) -> Any:
@@ -746,9 +751,8 @@ class MultiJobDaemon:
             log.warning("%s: never reached the batch system: submitting it again", state.sub_id)
             return
         self._persist(state)
-        for entry in state.jobs.values():
-            if not entry.final:
-                self.journal.set_state(entry.panda_id, entry.attempt_nr, "submitted", batch_id=state.batch_id)
+        keys = [(entry.panda_id, entry.attempt_nr) for entry in state.jobs.values() if not entry.final]
+        self.journal.set_states(keys, "submitted", batch_id=state.batch_id)
 
     # -- watch ---------------------------------------------------------------------------
     def watch(self) -> None:

@@ -57,6 +57,26 @@ def test_unfinished_job_keeps_what_recovery_needs(tmp_path: Path) -> None:
     assert JobSpec.from_panda(entry.spec).panda_id == 8
 
 
+def test_a_job_set_is_journaled_and_marked_submitted_in_one_commit_each(tmp_path: Path) -> None:
+    """512 jobs started, then marked submitted with their batch id: one COMMIT each, not one per
+    job (each statement outside a transaction is an fsync, and its GIL hand-off a wait while
+    stage-in threads run); only the keys named change, and only the fields a job may carry."""
+    journal = Journal(tmp_path / "j.sqlite")
+    jobs = [(JobSpec.from_panda(reco_job_dict(panda_id=i)), f"/w/{i}") for i in range(1, 513)]
+    statements: list[str] = []
+    journal._conn.set_trace_callback(statements.append)
+    journal.jobs_started(jobs, mode="multijob", sub_id="sub-1")
+    journal.set_states([(i, 1) for i in range(1, 512)], "submitted", batch_id="42.pbs", spec="x", final_acked=1)
+    assert statements.count("COMMIT") == 2
+    rows = {
+        r[0]: r[1:]
+        for r in journal._conn.execute("SELECT panda_id, state, batch_id, sub_id, workdir, final_acked FROM jobs")
+    }
+    assert len(rows) == 512 and rows[7] == ("submitted", "42.pbs", "sub-1", "/w/7", 0)
+    assert rows[512] == ("starting", "", "sub-1", "/w/512", 0)  # not named: unchanged
+    assert JobSpec.from_panda(journal.job_spec(7, 1) or {}).panda_id == 7  # the spec is not overwritten
+
+
 def test_claim_gives_live_pilots_separate_journals(tmp_path: Path) -> None:
     first = Journal.claim(tmp_path / "journal.sqlite")
     second = Journal.claim(tmp_path / "journal.sqlite")
