@@ -38,12 +38,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compass_pilot.atomic import atomic_write_files, atomic_write_text
+from compass_pilot.checksums import adler32_of
 
 #: Harvester's [payload_interaction] defaults for the three files (messenger-section keys).
 ATTRIBUTES_KEY = "workerAttributesFile"
@@ -66,15 +66,6 @@ def names_from(config: Any) -> dict[str, str]:
     """The three file names of a messenger section (dict or plugin), defaults filled in."""
     get = config.get if isinstance(config, dict) else lambda k, d: getattr(config, k, d)
     return {key: str(get(key, default) or default) for key, default in DEFAULT_NAMES.items()}
-
-
-def adler32_of(path: str | os.PathLike[str]) -> str:
-    """Adler-32 of a file, 8 lower-case hex digits (Harvester's ``calc_adler32`` format)."""
-    value = 1
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            value = zlib.adler32(chunk, value)
-    return f"{value & 0xFFFFFFFF:08x}"
 
 
 def panda_time(epoch: float | None) -> str | None:

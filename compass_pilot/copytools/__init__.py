@@ -9,17 +9,13 @@ are checked here, once, before any tool turns them into a file name or a URL.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Protocol
 
+from compass_pilot.checksums import BLOCK, adler32_of
 from compass_pilot.config import StorageSection
 from compass_pilot.errors import ErrorCode, StageInError, StageOutError
 from compass_pilot.job import FileSpec, OutputFileReport
-
-#: Read size for checksums and copies: large enough to stream GB files fast, small enough
-#: to keep the pilot's memory flat whatever the file size.
-BLOCK = 1024 * 1024
 
 __all__ = [
     "BLOCK",
@@ -68,15 +64,6 @@ def source_sums(local: Path | str, size: int, known: tuple[int, str] | None) -> 
             ErrorCode.CHECKSUM_MISMATCH,
         )
     return known[1]
-
-
-def adler32_of(path: Path | str) -> str:
-    """Streaming adler32 of a file: 8 lower-case hex digits, as PanDA stores it (``ad:`` stripped)."""
-    value = 1
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK):
-            value = zlib.adler32(block, value)
-    return f"{value & 0xFFFFFFFF:08x}"
 
 
 def check_rel_path(path: str, *, stage_in: bool) -> str:
