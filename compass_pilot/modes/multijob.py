@@ -497,8 +497,7 @@ class MultiJobDaemon:
         subdir = Path(state.subdir)
         workdirs = {job.panda_id: state.jobs[str(job.panda_id)].workdir for job in submission.jobs}
         notify = self._notify_target(state)
-        # durable_outcomes=False: this daemon reads only the attributes file and syncs the outputs itself;
-        # lean_outcomes=True: so the agents write that one file per job, not three
+        # durable_outcomes=False: this daemon reads only the attributes file and syncs the outputs itself
         write_jobset(
             subdir / "jobset.json",
             submission,
@@ -507,7 +506,7 @@ class MultiJobDaemon:
             str(subdir),
             notify=notify,
             durable_outcomes=False,
-            lean_outcomes=True,  # the attributes alone: this daemon reads nothing else
+            lean_outcomes=True,  # the attributes alone, one file per job: this daemon reads nothing else
         )
 
     def _write_jobset_or_fail(self, state: SubmissionState, submission: Any) -> bool:
@@ -704,10 +703,10 @@ class MultiJobDaemon:
         from hpc.packing import Placement, Submission
 
         jobs = []
-        for entry in state.jobs.values():
-            if entry.final:
-                continue
-            data = self.journal.job_spec(entry.panda_id, entry.attempt_nr)
+        waiting = [entry for entry in state.jobs.values() if not entry.final]
+        specs = self.journal.job_specs([(entry.panda_id, entry.attempt_nr) for entry in waiting])  # one query
+        for entry in waiting:
+            data = specs.get((entry.panda_id, entry.attempt_nr))
             try:  # with its raw dict (``_spec`` drops it): the job set carries the whole spec
                 jobs.append(JobSpec.from_panda(data or {}))
             except BadJobSpec as exc:
